@@ -1,0 +1,1 @@
+"""avm: networks of Abstract Virtual Machines."""

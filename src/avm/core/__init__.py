@@ -1,0 +1,1 @@
+"""The pure core: values, codec, capabilities, machines and the network. No I/O here."""

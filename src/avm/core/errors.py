@@ -1,0 +1,51 @@
+"""Typed errors of the pure core.
+
+Every error says whose fault it is and, where a value is involved, the *path* to the
+offending part (``$.state["orders"][3]``), because a user debugging a failed batch needs
+to know where to look, not only what went wrong. The edges (CLI, host, web) turn these
+into messages; the core never prints.
+"""
+
+from __future__ import annotations
+
+
+class AvmError(Exception):
+    """Base of every error the core raises on purpose."""
+
+
+class ValueRuleError(AvmError):
+    """A value is not an immutable AVM value (DESIGN section 2)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+class SubstructuralError(AvmError):
+    """A linear, affine or relevant value was copied or dropped (DESIGN section 2)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+class CodecError(AvmError):
+    """Bytes that do not decode to exactly one canonical value, or a value too large."""
+
+
+class CapabilityError(AvmError):
+    """A capability is malformed, forged, tampered with, or sealed for someone else."""
+
+
+class UnsealError(CapabilityError):
+    """A sealed value or capability did not open with the key offered."""
+
+
+class StepContractError(AvmError):
+    """A step function broke its contract: wrong return shape, bad output, bad target."""
+
+
+class SignalError(AvmError):
+    """A machine received a strong life-cycle signal that it does not understand."""
