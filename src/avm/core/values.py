@@ -150,7 +150,7 @@ class Map(Mapping):
             with m.mutate() as mm, subs.mutate() as ms:
                 for k, v in pairs:
                     _check_key(k)
-                    n = _count(v)
+                    n = _count(v, k)
                     mm[k] = v
                     if n:
                         ms[k] = n
@@ -193,7 +193,7 @@ class Map(Mapping):
     def set(self, key: Any, value: Any) -> Map:
         """A new map with ``key`` bound to ``value``; raises ValueRuleError on bad values."""
         _check_key(key)
-        n = _count(value)
+        n = _count(value, key)
         subs = self._subs
         if n:
             subs = subs.set(key, n)
@@ -219,7 +219,7 @@ class Map(Mapping):
         with self._m.mutate() as mm, self._subs.mutate() as ms:
             for k, v in pairs:
                 _check_key(k)
-                n = _count(v)
+                n = _count(v, k)
                 mm[k] = v
                 if n:
                     ms[k] = n
@@ -436,11 +436,11 @@ def register_value_type(t: type, children: Any) -> None:
     _EXTRA_TYPES[t] = children
 
 
-def _count(v: Any) -> int:
+def _count(v: Any, key: Any = None) -> int:
     """Validate ``v``; return how many substructural items it holds (0 is the fast path)."""
     if type(v) in _ATOMS:
         return 0
-    return check_value(v)
+    return check_value(v, "$" if key is None else f"$[{key!r}]")
 
 
 def _walk(v: Any, out: list | None) -> int:
