@@ -1,1 +1,78 @@
-"""avm: networks of Abstract Virtual Machines."""
+"""avm: networks of Abstract Virtual Machines.
+
+A machine is a pure step function ``step(message, state) -> (outputs, new_state)`` plus
+its state; machines talk only by sending message batches to capabilities. Start with
+:class:`Behavior` to write one and :class:`Sim` to run a network of them.
+"""
+
+from .core.caps import Capability, IdentityKey, Self, address_text
+from .core.codec import Limits, decode, encode, value_hash
+from .core.errors import (
+    AvmError,
+    CapabilityError,
+    CodecError,
+    SignalError,
+    StepContractError,
+    SubstructuralError,
+    UnsealError,
+    ValueRuleError,
+)
+from .core.machine import SIGNAL, Behavior, BatchResult, Failure, Message, run_batch
+from .core.network import Config, Faults, Network
+from .core.sim import InvariantViolation, Sim, format_event, parse_faults
+from .core.values import (
+    Affine,
+    Linear,
+    Map,
+    Relevant,
+    Sealed,
+    Sealer,
+    Unsealer,
+    check_value,
+    record,
+    sealer_pair,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Affine",
+    "AvmError",
+    "BatchResult",
+    "Behavior",
+    "Capability",
+    "CapabilityError",
+    "CodecError",
+    "Config",
+    "Failure",
+    "Faults",
+    "IdentityKey",
+    "InvariantViolation",
+    "Limits",
+    "Linear",
+    "Map",
+    "Message",
+    "Network",
+    "Relevant",
+    "SIGNAL",
+    "Sealed",
+    "Sealer",
+    "Self",
+    "SignalError",
+    "Sim",
+    "StepContractError",
+    "SubstructuralError",
+    "UnsealError",
+    "Unsealer",
+    "ValueRuleError",
+    "address_text",
+    "check_value",
+    "decode",
+    "encode",
+    "format_event",
+    "parse_faults",
+    "record",
+    "run_batch",
+    "sealer_pair",
+    "value_hash",
+]

@@ -119,10 +119,7 @@ def run_batch(
         try:
             result = step(msg, cur)
         except AvmError as e:
-            rule = "signal" if isinstance(e, SignalError) else (
-                "substructural" if isinstance(e, SubstructuralError) else (
-                    "value" if isinstance(e, ValueRuleError) else "exception"))
-            return _fail(rule, e, i)
+            return _fail(_RULE_OF.get(type(e), "exception"), e, i)
         except RecursionError as e:
             return _fail("exception", e, i)
         except Exception as e:
@@ -195,6 +192,14 @@ def run_batch(
         cur = new_state
         cur_items = new_items
     return BatchResult(True, cur, tuple(outputs), None, len(messages), cur_items)
+
+
+_RULE_OF = {
+    SignalError: "signal",
+    SubstructuralError: "substructural",
+    ValueRuleError: "value",
+    StepContractError: "contract",
+}
 
 
 def _shape_error(result: Any) -> str:

@@ -1,0 +1,956 @@
+"""The purely functional network: the reference semantics (DESIGN sections 4 and 7).
+
+    "The network is a value too: machines, pending batches per (sender, receiver)
+    channel, the clock, and the scheduler's seed. step(network) -> (network, events)
+    applies one batch according to section 4."
+
+:class:`Network` is an immutable, encodable value (a registered record of persistent
+maps), so it can be kept, compared, forked, and even be the state of a machine (nesting,
+see ``avm.core.nest``). :func:`step` is a pure function of the network and an
+:class:`Env` that resolves behavior names to step functions and caches keys; the cache
+never changes results.
+
+Machines live on named *hosts*. Between two hosts a batch travels as a *transmission*
+that the fault model may lose, delay, duplicate, reorder or corrupt; hosts may crash and
+restart and links may be partitioned. On top of that the network runs the delivery
+protocol that real hosts run (DESIGN section 9): per-channel sequence numbers, a durable
+outbox retried until acknowledged, a receiver that accepts each sequence number once and
+in order. So faults delay batches but never lose, duplicate or reorder them (promises
+P1-P3), and the test kit's checker verifies exactly that.
+
+One step does one thing, in this order of preference:
+
+1. deliver the earliest transmission that is due, or fire a due host event or retry;
+2. otherwise run the best ready batch (rule 6: earliest timestamp weighted by priority);
+3. otherwise advance the clock to the next timed event;
+4. otherwise report that the network is quiescent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import codec
+from .caps import (
+    Capability,
+    IdentityKey,
+    Keyring,
+    SealingKey,
+    Self,
+    address_of,
+    address_text,
+    commons_cap,
+    seal_context,
+    unseal_context,
+)
+from .commons import SERVICES, serve
+from .errors import AvmError, CapabilityError, UnsealError
+from .machine import SIGNAL, Failure, Message, run_batch
+from .schedule import hlc_now, hlc_recv, rng_float, rng_int, rng_next, score
+from .values import NO_COPY, Map, check_value, record, substructural_items
+
+__all__ = [
+    "Faults",
+    "Config",
+    "Batch",
+    "MachineRecord",
+    "HostRecord",
+    "Network",
+    "Env",
+    "new_network",
+    "add_host",
+    "spawn",
+    "submit",
+    "step",
+    "set_status",
+    "mint",
+    "events",
+]
+
+# ---------------------------------------------------------------------------------------
+# The network value
+# ---------------------------------------------------------------------------------------
+
+
+@record(name="avm.Faults")
+class Faults:
+    """Seeded faults between hosts. Probabilities are per transmission or per step."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    delay_min: int = 1
+    delay_max: int = 1
+    crash: float = 0.0  # per step: chance that one running host crashes
+    down_min: int = 5
+    down_max: int = 50
+    partition: float = 0.0  # per step: chance that one link is cut
+    partition_min: int = 5
+    partition_max: int = 100
+
+    @property
+    def any(self) -> bool:
+        return bool(self.loss or self.duplicate or self.corrupt or self.crash or self.partition
+                    or self.delay_max > self.delay_min)
+
+
+@record(name="avm.Config")
+class Config:
+    """Scheduler and delivery parameters. One step unit is charged per message stepped."""
+
+    slice_steps: int = 10_000  # a batch longer than this may be interrupted (rule 8)
+    restarts_max: int = 3  # interrupted more often than this: fails as timeout
+    hard_steps_max: int = 10_000_000  # a batch longer than this fails as timeout
+    retry_ticks: int = 16  # first retransmission delay; doubles up to retry_ticks_max
+    retry_ticks_max: int = 256
+    retry_max: int = 10_000  # attempts before a batch is dropped as unreachable
+    restart_signal: bool = True  # send ("restart", info) to machines after a host restarts
+    epoch_ms: int = 1_700_000_000_000  # what "time" answers at tick 0
+    tick_ms: int = 1
+    faults: Faults = field(default_factory=Faults)
+
+
+@record(name="avm.Batch")
+class Batch:
+    """Messages from one sender to one destination, applied all-or-nothing."""
+
+    sender: Any  # machine address, ("client", name), ("host", name) or ("~", service, host)
+    dest: Any  # machine address or ("~", service)
+    seq: int
+    ts: tuple
+    priority: float
+    messages: tuple  # ((capability, content), ...)
+    restarts: int = 0
+    notify: Any = None  # feedback: (status capability, tag)
+
+
+@record(name="avm.Machine")
+class MachineRecord:
+    name: str
+    state: Any
+    behavior: str  # a name the Env resolves: code and state change independently
+    signal: Any
+    host: str
+    keyver: int
+    status: str = "running"  # running | suspended | stopped
+
+
+@record(name="avm.Host")
+class HostRecord:
+    name: str
+    address: bytes
+    up: bool = True
+    clock: tuple = (0, 0)
+    down_until: int = 0
+
+
+@record(name="avm.Network")
+class Network:
+    config: Config
+    seed: int
+    now: int = 0
+    rng: int = 0
+    hosts: Map = field(default_factory=Map)  # name -> HostRecord
+    machines: Map = field(default_factory=Map)  # address -> MachineRecord
+    names: Map = field(default_factory=Map)  # machine name -> address
+    keys: Map = field(default_factory=Map)  # address -> Map(version -> key bytes)
+    next_seq: Map = field(default_factory=Map)  # channel -> last seq assigned (sender side)
+    pending: Map = field(default_factory=Map)  # (channel, seq) -> Batch (receiver inbox)
+    head: Map = field(default_factory=Map)  # channel -> next seq to apply
+    live: Map = field(default_factory=Map)  # channel -> True while its head is pending
+    received: Map = field(default_factory=Map)  # channel -> highest contiguous seq received
+    held: Map = field(default_factory=Map)  # (channel, seq) -> Batch that arrived early
+    outbox: Map = field(default_factory=Map)  # (channel, seq) -> (Batch, retry_at, attempts)
+    acked: Map = field(default_factory=Map)  # channel -> highest seq acknowledged
+    wire: Map = field(default_factory=Map)  # (due, n) -> transmission
+    wire_n: int = 0
+    cuts: Map = field(default_factory=Map)  # (host, host) sorted -> until
+    stats: Map = field(default_factory=Map)  # counter name -> int
+
+
+# ---------------------------------------------------------------------------------------
+# Events: what a step did. Plain frozen dataclasses, compared for determinism.
+# ---------------------------------------------------------------------------------------
+
+
+class events:  # noqa: N801 - a namespace
+    @dataclass(frozen=True)
+    class Created:
+        """A sender committed a batch (or a client submitted one)."""
+
+        chan: tuple
+        seq: int
+        dest: Any
+        size: int
+        ts: tuple
+        priority: float
+        at: int
+
+    @dataclass(frozen=True)
+    class Applied:
+        """A receiver processed a batch: committed (ok) or definitely failed."""
+
+        chan: tuple
+        seq: int
+        dest: Any
+        ok: bool
+        failure: Failure | None
+        steps: int
+        at: int
+        messages: tuple = ()
+
+    @dataclass(frozen=True)
+    class Dropped:
+        chan: tuple
+        seq: int
+        dest: Any
+        reason: str
+        at: int
+
+    @dataclass(frozen=True)
+    class Interrupted:
+        chan: tuple
+        seq: int
+        dest: Any
+        restarts: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Wire:
+        """A transmission between hosts and what happened to it."""
+
+        what: str  # sent | lost | duplicated | corrupted | delivered | refused-duplicate | ...
+        kind: str  # batch | ack
+        src: str
+        dst: str
+        chan: tuple
+        seq: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Host:
+        host: str
+        up: bool
+        at: int
+        until: int = 0
+
+    @dataclass(frozen=True)
+    class Cut:
+        hosts: tuple
+        until: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Spawned:
+        name: str
+        address: bytes
+        host: str
+        at: int
+
+    @dataclass(frozen=True)
+    class Idle:
+        at: int
+
+    @dataclass(frozen=True)
+    class Commons:
+        service: str
+        sender: Any
+        error: str | None
+        at: int
+
+
+# ---------------------------------------------------------------------------------------
+# The environment: behaviors by name, and caches that never change results
+# ---------------------------------------------------------------------------------------
+
+
+class Env:
+    """Resolves behavior names and caches key objects and unsealed contexts.
+
+    Not a value: it holds Python functions. Two runs with equal networks and equal
+    behavior tables produce equal results whatever is in the caches.
+    """
+
+    def __init__(self, behaviors: Mapping[str, Callable] | None = None) -> None:
+        self.behaviors: dict[str, Callable] = dict(behaviors or {})
+        self._keys: dict[bytes, SealingKey] = {}
+        self._unsealed: dict[tuple, Any] = {}
+
+    def behavior(self, name: str) -> Callable:
+        fn = self.behaviors.get(name)
+        if fn is None:
+            raise AvmError(f"no behavior named {name!r}; known: {sorted(self.behaviors)}")
+        return fn
+
+    def sealing_key(self, version: int, raw: bytes) -> SealingKey:
+        k = self._keys.get(raw)
+        if k is None or k.version != version:
+            k = SealingKey(version, raw)
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[raw] = k
+        return k
+
+    def keyring(self, net: Network, address: bytes) -> Keyring | None:
+        versions = net.keys.get(address)
+        if versions is None:
+            return None
+        ring = None
+        for v in sorted(versions, reverse=True):
+            k = self.sealing_key(v, versions[v])
+            if ring is None:
+                ring = Keyring(address, k)
+            else:
+                ring._keys[v] = k
+        return ring
+
+    def unseal(self, cap: Capability, ring: Keyring) -> Any:
+        if cap.kind:  # substructural contexts are decoded fresh: identity matters
+            return unseal_context(cap, ring)
+        key = (cap.address, cap.keyver, cap.priority, cap.sealed)
+        ctx = self._unsealed.get(key, _MISSING)
+        if ctx is _MISSING:
+            ctx = unseal_context(cap, ring)
+            if len(self._unsealed) > 100_000:
+                self._unsealed.clear()
+            self._unsealed[key] = ctx
+        elif ring.get(cap.keyver) is None:  # rotated away since it was cached
+            raise UnsealError(f"capability was sealed under key version {cap.keyver}, which is retired")
+        return ctx
+
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------
+# Building networks
+# ---------------------------------------------------------------------------------------
+
+
+def _derive(seed: int, *parts: Any) -> bytes:
+    return hashlib.sha256(repr((seed, *parts)).encode()).digest()
+
+
+def new_network(seed: int = 0, config: Config | None = None, hosts: Iterable[str] = ("h0",)) -> Network:
+    net = Network(config=config or Config(), seed=seed, rng=seed & ((1 << 64) - 1))
+    for h in hosts:
+        net = add_host(net, h)
+    return net
+
+
+def add_host(net: Network, name: str) -> Network:
+    if name in net.hosts:
+        raise AvmError(f"host {name!r} already exists")
+    ident = IdentityKey.from_seed(_derive(net.seed, "host", name))
+    addr = address_of(ident.resource((("host", name),)))
+    return replace(net, hosts=net.hosts.set(name, HostRecord(name, addr)))
+
+
+def _bump(stats: Map, name: str, n: int = 1) -> Map:
+    return stats.set(name, stats.get(name, 0) + n)
+
+
+def commons_env(net: Network, host: str) -> Map:
+    origin = net.hosts[host].address
+    return Map({s: commons_cap(origin, s) for s in SERVICES})
+
+
+def spawn(
+    net: Network, name: str, behavior: str, args: Any = None, *, host: str | None = None,
+    signal: Any = SIGNAL, env: Mapping[str, Any] | None = None, env_obj: Env | None = None,
+) -> tuple[Network, bytes, list]:
+    """Create a machine. Its first batch is ``[init, self, env]`` on its signal context.
+
+    Keys are derived from the network's seed and the machine's name, so a rerun with the
+    same seed gives the same addresses and capabilities.
+    """
+    host = host or next(iter(sorted(net.hosts)))
+    if host not in net.hosts:
+        raise AvmError(f"unknown host {host!r}; add it first")
+    if name in net.names:
+        raise AvmError(f"a machine named {name!r} already exists")
+    check_value(args, "$.args")
+    ident = IdentityKey.from_seed(_derive(net.seed, "machine", name))
+    address = address_of(ident.resource((("name", name),)))
+    raw_bytes = hashlib.shake_256(b"avm-siv" + _derive(net.seed, "seal", name)).digest(64)
+    rec = MachineRecord(name=name, state=None, behavior=behavior, signal=signal, host=host, keyver=0)
+    net = replace(
+        net,
+        machines=net.machines.set(address, rec),
+        names=net.names.set(name, address),
+        keys=net.keys.set(address, Map({0: raw_bytes})),
+    )
+    key = (env_obj or Env()).sealing_key(0, raw_bytes)
+    sig = seal_context(address, key, signal)
+    envmap = commons_env(net, host).update(env or {})
+    msgs = ((sig, ("init", args)), (sig, ("self", Self(address, 0, key))), (sig, ("env", envmap)))
+    net, evs = _enqueue_local(net, ("host", host), address, msgs, host, 1.0)
+    return net, address, [events.Spawned(name, address, host, net.now), *evs]
+
+
+def mint(net: Network, env: Env, address: bytes, context: Any, priority: float = 0.0) -> Capability:
+    """Make a capability to a machine, as its host may (web page, CLI, tests)."""
+    versions = net.keys.get(address)
+    if versions is None:
+        raise CapabilityError(f"no machine {address_text(address)[:10]}... in this network")
+    v = max(versions)
+    return seal_context(address, env.sealing_key(v, versions[v]), context, priority)
+
+
+def rotate_key(net: Network, address: bytes, keep_old: bool = False) -> Network:
+    """Give a machine a new sealing key version: revokes what it issued under the old ones."""
+    versions = net.keys[address]
+    v = max(versions) + 1
+    raw = _derive(net.seed, "seal", address, v) + _derive(net.seed, "seal2", address, v)
+    new = (versions if keep_old else Map()).set(v, raw)
+    m = net.machines[address]
+    return replace(net, keys=net.keys.set(address, new),
+                   machines=net.machines.set(address, replace(m, keyver=v)))
+
+
+def set_status(net: Network, address: bytes, status: str) -> Network:
+    """Suspend, resume ("running") or stop a machine. A suspended machine queues its input."""
+    if status not in ("running", "suspended", "stopped"):
+        raise AvmError(f"unknown status {status!r}")
+    m = net.machines[address]
+    return replace(net, machines=net.machines.set(address, replace(m, status=status)))
+
+
+def submit(
+    net: Network, messages: Iterable[tuple[Capability, Any]], client: str = "client",
+    priority: float | None = None,
+) -> tuple[Network, list]:
+    """An outside client sends a batch (grouped per destination, rule 3)."""
+    msgs = tuple(messages)
+    items: list = []
+    for j, o in enumerate(msgs):
+        if type(o) is not tuple or len(o) != 2 or type(o[0]) is not Capability:
+            raise AvmError(f"message {j} must be a (capability, content) pair")
+        check_value(o[1], f"$[{j}].content")
+        items.extend(substructural_items(o))
+    seen: set[int] = set()
+    for it in items:
+        if it.kind & NO_COPY and id(it) in seen:
+            raise AvmError(f"the submission copies a {it!r}")
+        seen.add(id(it))
+    out: list = []
+    groups: dict[Any, list] = {}
+    for o in msgs:
+        cap = o[0]
+        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
+        groups.setdefault(key, []).append(o)
+    for dest, group in groups.items():
+        host = _host_of_dest(net, dest)
+        prio = max(c.priority for c, _ in group) if priority is None else priority
+        net, evs = _enqueue_local(net, ("client", client), dest, tuple(group), host, prio)
+        out.extend(evs)
+    return net, out
+
+
+def _host_of_dest(net: Network, dest: Any) -> str:
+    if type(dest) is bytes:
+        m = net.machines.get(dest)
+        if m is not None:
+            return m.host
+    return next(iter(sorted(net.hosts)))
+
+
+def _host_of_sender(net: Network, sender: Any) -> str:
+    if type(sender) is bytes:
+        m = net.machines.get(sender)
+        return m.host if m is not None else next(iter(sorted(net.hosts)))
+    if sender[0] == "host":
+        return sender[1]
+    if sender[0] == "~":
+        return sender[2]
+    return next(iter(sorted(net.hosts)))
+
+
+# ---------------------------------------------------------------------------------------
+# Enqueueing batches: local inbox or cross-host outbox
+# ---------------------------------------------------------------------------------------
+
+
+def _stamp(net: Network, host: str) -> tuple[Network, tuple]:
+    h = net.hosts[host]
+    ts = hlc_now(h.clock, net.now)
+    return replace(net, hosts=net.hosts.set(host, replace(h, clock=ts))), ts
+
+
+def _enqueue_local(
+    net: Network, sender: Any, dest: Any, msgs: tuple, host: str, priority: float,
+    notify: Any = None,
+) -> tuple[Network, list]:
+    """A batch whose sender and receiver are on the same host goes straight to the inbox."""
+    chan = (sender, dest)
+    seq = net.next_seq.get(chan, 0) + 1
+    net, ts = _stamp(net, host)
+    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
+    net = replace(net, next_seq=net.next_seq.set(chan, seq))
+    net = _accept(net, chan, b)
+    return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+
+
+def _accept(net: Network, chan: tuple, b: Batch) -> Network:
+    """Put a batch in the receiver's durable inbox (in order, exactly once)."""
+    head = net.head.get(chan)
+    heads = net.head if head is not None else net.head.set(chan, b.seq)
+    live = net.live if chan in net.live else net.live.set(chan, True)
+    return replace(net, pending=net.pending.set((chan, b.seq), b), head=heads, live=live)
+
+
+def _send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
+                priority: float, notify: Any = None) -> tuple[Network, list]:
+    dst_host = _host_of_dest(net, dest) if type(dest) is bytes else src_host
+    if dst_host == src_host or type(dest) is not bytes or dest not in net.machines:
+        return _enqueue_local(net, sender, dest, msgs, src_host, priority, notify)
+    chan = (sender, dest)
+    seq = net.next_seq.get(chan, 0) + 1
+    net, ts = _stamp(net, src_host)
+    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
+    net = replace(
+        net, next_seq=net.next_seq.set(chan, seq),
+        outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
+    evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+    net, more = _transmit(net, "batch", src_host, dst_host, chan, seq, b)
+    return net, evs + more
+
+
+def _transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int,
+              payload: Any) -> tuple[Network, list]:
+    """Put a transmission on the wire, through the fault model."""
+    f = net.config.faults
+    rng = net.rng
+    at = net.now
+    evs: list = []
+    cut = net.cuts.get(tuple(sorted((src, dst))))
+    if cut is not None and cut > at:
+        return replace(net, stats=_bump(net.stats, "wire.cut")), [
+            events.Wire("cut", kind, src, dst, chan, seq, at)]
+    if f.loss:
+        x, rng = rng_float(rng)
+        if x < f.loss:
+            return replace(net, rng=rng, stats=_bump(net.stats, "wire.lost")), [
+                events.Wire("lost", kind, src, dst, chan, seq, at)]
+    copies = 1
+    if f.duplicate:
+        x, rng = rng_float(rng)
+        if x < f.duplicate:
+            copies = 2
+            evs.append(events.Wire("duplicated", kind, src, dst, chan, seq, at))
+    wire = net.wire
+    n = net.wire_n
+    stats = net.stats
+    for _ in range(copies):
+        delay, rng = rng_int(rng, f.delay_min, max(f.delay_min, f.delay_max))
+        corrupt = False
+        if f.corrupt:
+            x, rng = rng_float(rng)
+            corrupt = x < f.corrupt
+        n += 1
+        wire = wire.set((at + delay, n), (kind, src, dst, chan, seq, payload, corrupt))
+        stats = _bump(stats, "wire.sent")
+    return replace(net, rng=rng, wire=wire, wire_n=n, stats=stats), evs
+
+
+# ---------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------
+
+
+def step(net: Network, env: Env) -> tuple[Network, list]:
+    """Apply one action to the network; return the new network and what happened."""
+    now = net.now
+    # 1. Due timed work: transmissions, host restarts, retries (earliest first).
+    due = _next_timed(net)
+    if due is not None and due[0] <= now:
+        return _do_timed(net, env, due)
+    # Random faults that strike between actions.
+    f = net.config.faults
+    if f.crash or f.partition:
+        net2, evs = _maybe_fault(net)
+        if evs:
+            return net2, evs
+        net = net2
+    # 2. The best ready batch.
+    pick = _pick(net)
+    if pick is not None:
+        return _run(net, env, pick)
+    # 3. Advance the clock to the next timed event.
+    if due is not None:
+        return replace(net, now=due[0]), []
+    # 4. Nothing left.
+    return net, [events.Idle(now)]
+
+
+def _next_timed(net: Network) -> tuple | None:
+    best: tuple | None = None
+    for k in net.wire:
+        if best is None or k < best[1]:
+            best = (k[0], k, "wire")
+    for h in net.hosts.values():
+        if not h.up and (best is None or h.down_until < best[0]):
+            best = (h.down_until, h.name, "restart")
+    for k, (b, retry_at, _) in net.outbox.items():
+        if best is None or retry_at < best[0]:
+            best = (retry_at, k, "retry")
+    return best
+
+
+def _do_timed(net: Network, env: Env, due: tuple) -> tuple[Network, list]:
+    what = due[2]
+    if what == "wire":
+        return _deliver(net, due[1])
+    if what == "restart":
+        return _restart_host(net, env, due[1])
+    return _retry(net, due[1])
+
+
+def _maybe_fault(net: Network) -> tuple[Network, list]:
+    f = net.config.faults
+    rng = net.rng
+    hosts = sorted(net.hosts)
+    if f.crash and len(hosts) > 1:
+        x, rng = rng_float(rng)
+        if x < f.crash:
+            up = [h for h in hosts if net.hosts[h].up]
+            if len(up) > 1:  # keep at least one host running so the run can progress
+                i, rng = rng_int(rng, 0, len(up) - 1)
+                d, rng = rng_int(rng, f.down_min, f.down_max)
+                h = net.hosts[up[i]]
+                until = net.now + d
+                net = replace(net, rng=rng, stats=_bump(net.stats, "fault.crash"),
+                              hosts=net.hosts.set(h.name, replace(h, up=False, down_until=until)))
+                # A crash loses what was in flight *to* the host: the wire keeps it, and
+                # delivery finds the host down and drops it.
+                return net, [events.Host(h.name, False, net.now, until)]
+    if f.partition and len(hosts) > 1:
+        x, rng = rng_float(rng)
+        if x < f.partition:
+            i, rng = rng_int(rng, 0, len(hosts) - 1)
+            j, rng = rng_int(rng, 0, len(hosts) - 2)
+            if j >= i:
+                j += 1
+            d, rng = rng_int(rng, f.partition_min, f.partition_max)
+            pair = tuple(sorted((hosts[i], hosts[j])))
+            until = net.now + d
+            net = replace(net, rng=rng, cuts=net.cuts.set(pair, until),
+                          stats=_bump(net.stats, "fault.partition"))
+            return net, [events.Cut(pair, until, net.now)]
+    return replace(net, rng=rng), []
+
+
+def _restart_host(net: Network, env: Env, name: str) -> tuple[Network, list]:
+    h = net.hosts[name]
+    down = net.now - (h.down_until - 0)
+    net = replace(net, hosts=net.hosts.set(name, replace(h, up=True)),
+                  stats=_bump(net.stats, "host.restart"))
+    evs: list = [events.Host(name, True, net.now)]
+    if net.config.restart_signal:
+        for addr in sorted(a for a, m in net.machines.items() if m.host == name):
+            m = net.machines[addr]
+            if m.status == "stopped":
+                continue
+            sig = mint(net, env, addr, m.signal)
+            net, more = _enqueue_local(
+                net, ("host", name), addr, ((sig, ("restart", Map({"host": name}))),), name, 1.0)
+            evs.extend(more)
+    _ = down
+    return net, evs
+
+
+def _retry(net: Network, key: tuple) -> tuple[Network, list]:
+    b, _, attempts = net.outbox[key]
+    chan, seq = key
+    src = _host_of_sender(net, b.sender)
+    cfg = net.config
+    if not net.hosts[src].up:
+        # A crashed sender retries after it restarts.
+        h = net.hosts[src]
+        return replace(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
+    if attempts >= cfg.retry_max:
+        net = replace(net, outbox=net.outbox.delete(key), stats=_bump(net.stats, "drop.unreachable"))
+        return net, [events.Dropped(chan, seq, b.dest, "unreachable: retry budget spent", net.now)]
+    backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
+    net = replace(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
+                  stats=_bump(net.stats, "wire.retry"))
+    dst = _host_of_dest(net, b.dest)
+    return _transmit(net, "batch", src, dst, chan, seq, b)
+
+
+def _deliver(net: Network, key: tuple) -> tuple[Network, list]:
+    kind, src, dst, chan, seq, payload, corrupt = net.wire[key]
+    net = replace(net, wire=net.wire.delete(key))
+    at = net.now
+    if not net.hosts[dst].up:
+        return replace(net, stats=_bump(net.stats, "wire.to-down-host")), [
+            events.Wire("lost-host-down", kind, src, dst, chan, seq, at)]
+    if corrupt:
+        # Authenticated transport: a corrupted frame fails its check and is discarded.
+        return replace(net, stats=_bump(net.stats, "wire.corrupt-refused")), [
+            events.Wire("corrupt-refused", kind, src, dst, chan, seq, at)]
+    if kind == "ack":
+        upto = payload
+        acked = net.acked.get(chan, 0)
+        outbox = net.outbox
+        for s in range(acked + 1, upto + 1):
+            if (chan, s) in outbox:
+                outbox = outbox.delete((chan, s))
+        net = replace(net, outbox=outbox, acked=net.acked.set(chan, max(acked, upto)))
+        return net, [events.Wire("acked", kind, src, dst, chan, upto, at)]
+    b: Batch = payload
+    got = net.received.get(chan, 0)
+    evs: list = []
+    h = net.hosts[dst]
+    net = replace(net, hosts=net.hosts.set(dst, replace(h, clock=hlc_recv(h.clock, b.ts, at))))
+    if seq <= got or (chan, seq) in net.held:
+        net = replace(net, stats=_bump(net.stats, "wire.duplicate-refused"))
+        evs.append(events.Wire("refused-duplicate", kind, src, dst, chan, seq, at))
+    elif seq == got + 1:
+        net = _accept(net, chan, b)
+        got = seq
+        held = net.held
+        while (chan, got + 1) in held:
+            nb = held[(chan, got + 1)]
+            held = held.delete((chan, got + 1))
+            net = _accept(net, chan, nb)
+            got += 1
+        net = replace(net, held=held, received=net.received.set(chan, got))
+        evs.append(events.Wire("delivered", kind, src, dst, chan, seq, at))
+    else:
+        net = replace(net, held=net.held.set((chan, seq), b),
+                      stats=_bump(net.stats, "wire.early"))
+        evs.append(events.Wire("held-early", kind, src, dst, chan, seq, at))
+    # Acknowledge cumulatively what is now durable in the inbox.
+    net, more = _transmit(net, "ack", dst, src, chan, got, got)
+    return net, evs + more
+
+
+# -- scheduling ----------------------------------------------------------------------
+
+
+def _runnable(net: Network, b: Batch) -> bool:
+    dest = b.dest
+    if type(dest) is bytes:
+        m = net.machines.get(dest)
+        if m is None:
+            return True  # runs only to be dropped as unknown
+        if m.status == "suspended":
+            return False
+        return net.hosts[m.host].up
+    host = _host_of_sender(net, b.sender)
+    return net.hosts[host].up
+
+
+def _pick(net: Network) -> tuple | None:
+    best = None
+    best_score = None
+    for chan in net.live:
+        b = net.pending[(chan, net.head[chan])]
+        if not _runnable(net, b):
+            continue
+        s = score(b.ts, b.priority)
+        if best is None or s < best_score or (s == best_score and repr(chan) < repr(best[0])):
+            best, best_score = (chan, b), s
+    return best
+
+
+def _waiting_higher(net: Network, dest: Any, priority: float, skip: tuple) -> tuple | None:
+    """A ready batch for the same machine with a higher priority (for rule 8)."""
+    best = None
+    for chan in net.live:
+        if chan == skip or chan[1] != dest:
+            continue
+        b = net.pending[(chan, net.head[chan])]
+        if b.priority > priority and (best is None or score(b.ts, b.priority) < score(best[1].ts, best[1].priority)):
+            best = (chan, b)
+    return best
+
+
+def _pop(net: Network, chan: tuple, seq: int) -> Network:
+    pending = net.pending.delete((chan, seq))
+    nxt = seq + 1
+    if (chan, nxt) in pending:
+        return replace(net, pending=pending, head=net.head.set(chan, nxt))
+    return replace(net, pending=pending, head=net.head.set(chan, nxt), live=net.live.delete(chan))
+
+
+def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
+    chan, b = pick
+    cfg = net.config
+    n = len(b.messages)
+    evs: list = []
+    # Rule 8: interrupts and time-outs, charged one unit per message.
+    if n > cfg.hard_steps_max:
+        return _fail_batch(net, chan, b, Failure("timeout", f"{n} messages exceed the hard limit of {cfg.hard_steps_max} steps"), evs)
+    if n > cfg.slice_steps:
+        rival = _waiting_higher(net, b.dest, b.priority, chan)
+        if rival is not None:
+            if b.restarts >= cfg.restarts_max:
+                return _fail_batch(net, chan, b, Failure("timeout", f"interrupted {b.restarts} times by higher-priority batches"), evs)
+            nb = replace(b, restarts=b.restarts + 1)
+            net = replace(net, pending=net.pending.set((chan, b.seq), nb),
+                          stats=_bump(net.stats, "batch.interrupted"))
+            evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
+            chan, b = rival
+    net = _pop(net, chan, b.seq)
+    net = replace(net, now=net.now + 1)
+    dest = b.dest
+    if type(dest) is tuple:
+        net, more = _run_commons(net, env, chan, b)
+        return net, evs + more
+    m = net.machines.get(dest)
+    if m is None:
+        net = replace(net, stats=_bump(net.stats, "drop.unknown-address"))
+        evs.append(events.Dropped(chan, b.seq, dest, "unknown address", net.now))
+        net, more = _notify(net, b, False, "unknown address")
+        return net, evs + more
+    if m.status == "stopped":
+        net = replace(net, stats=_bump(net.stats, "drop.stopped"))
+        evs.append(events.Dropped(chan, b.seq, dest, "machine stopped", net.now))
+        net, more = _notify(net, b, False, "machine stopped")
+        return net, evs + more
+    # Unseal every capability first: one bad capability fails the whole batch (rule 10).
+    ring = env.keyring(net, dest)
+    msgs = []
+    last_cap = None
+    last_ctx = None
+    try:
+        for cap, content in b.messages:
+            if cap is not last_cap or cap.kind:
+                last_ctx = env.unseal(cap, ring)
+                last_cap = cap
+            msgs.append(Message(last_ctx, content))
+    except UnsealError as e:
+        net = replace(net, stats=_bump(net.stats, "drop.unseal"))
+        return _fail_batch(net, chan, b, Failure("unseal", str(e)), evs, counted=False)
+    try:
+        fn = env.behavior(m.behavior)
+    except AvmError as e:
+        return _fail_batch(net, chan, b, Failure("undeliverable", str(e)), evs)
+    r = run_batch(fn, m.state, msgs)
+    if not r.ok:
+        net = replace(net, stats=_bump(net.stats, "batch.failed"))
+        evs.append(events.Applied(chan, b.seq, dest, False, r.failure, r.steps, net.now, tuple(msgs)))
+        net, more = _notify(net, b, False, str(r.failure))
+        return net, evs + more
+    # Commit: the new state and the outgoing batches in one act (rule 3).
+    net = replace(
+        net, machines=net.machines.set(dest, replace(m, state=r.state)),
+        stats=_bump(_bump(net.stats, "batch.ok"), "steps", r.steps))
+    evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs)))
+    net, more = _emit(net, dest, m.host, r.outputs)
+    evs.extend(more)
+    net, more = _notify(net, b, True, "")
+    return net, evs + more
+
+
+def _fail_batch(net: Network, chan: tuple, b: Batch, failure: Failure, evs: list,
+                counted: bool = True) -> tuple[Network, list]:
+    if net.pending.get((chan, b.seq)) is not None:
+        net = _pop(net, chan, b.seq)
+    stats = _bump(net.stats, "batch.failed") if counted else net.stats
+    if failure.rule == "timeout":
+        stats = _bump(stats, "batch.timeout")
+    net = replace(net, stats=stats)
+    evs = [*evs, events.Applied(chan, b.seq, b.dest, False, failure, 0, net.now)]
+    net, more = _notify(net, b, False, str(failure))
+    return net, evs + more
+
+
+def _emit(net: Network, sender: Any, host: str, outputs: tuple) -> tuple[Network, list]:
+    """Partition outputs by destination (rule 3) and send each group as one batch."""
+    if not outputs:
+        return net, []
+    groups: dict[Any, list] = {}
+    for o in outputs:
+        cap = o[0]
+        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [o]
+        else:
+            g.append(o)
+    evs: list = []
+    for dest, group in groups.items():
+        prio = max(c.priority for c, _ in group)
+        net, more = _send_batch(net, sender, dest, tuple(group), host, prio)
+        evs.extend(more)
+    return net, evs
+
+
+def _notify(net: Network, b: Batch, ok: bool, why: str) -> tuple[Network, list]:
+    if b.notify is None:
+        return net, []
+    status_cap, tag = b.notify
+    content = ("delivered", tag) if ok else ("failed", tag, why)
+    host = _host_of_dest(net, b.dest)
+    return _send_batch(net, ("~", "feedback", host), status_cap.address, ((status_cap, content),),
+                       host, status_cap.priority)
+
+
+def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network, list]:
+    service = b.dest[1]
+    host = _host_of_sender(net, b.sender)
+    evs: list = [events.Applied(chan, b.seq, b.dest, True, None, len(b.messages), net.now)]
+    outputs: list = []
+    rng = net.rng
+    for cap, content in b.messages:
+        if service == "feedback":
+            ok = (type(content) is tuple and len(content) == 4 and type(content[0]) is Capability
+                  and type(content[2]) is Capability)
+            if not ok:
+                evs.append(events.Commons(service, b.sender, "feedback takes (target, content, status_cap, tag)", net.now))
+                net = replace(net, stats=_bump(net.stats, "commons.refused"))
+                continue
+            target, inner, status_cap, tag = content
+            dest = ("~", target.commons[0]) if target.commons is not None else target.address
+            net, more = _send_batch(net, b.sender, dest, ((target, inner),), host,
+                                    target.priority, notify=(status_cap, tag))
+            evs.extend(more)
+            continue
+        now_ms = net.config.epoch_ms + net.now * net.config.tick_ms
+        outs, rng, err = serve(service, content, now_ms, rng)
+        if err:
+            evs.append(events.Commons(service, b.sender, err, net.now))
+            net = replace(net, stats=_bump(net.stats, "commons.refused"))
+        outputs.extend(outs)
+    net = replace(net, rng=rng)
+    net, more = _emit(net, ("~", service, host), host, tuple(outputs))
+    return net, evs + more
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers used by the simulator and the test kit
+# ---------------------------------------------------------------------------------------
+
+
+def quiescent(net: Network) -> bool:
+    """No batch pending or in flight anywhere."""
+    return not net.live and not net.wire and not net.outbox and not net.held
+
+
+def describe_chan(net: Network, chan: tuple) -> str:
+    return f"{who(net, chan[0])} -> {who(net, chan[1])}"
+
+
+def who(net: Network, x: Any) -> str:
+    if type(x) is bytes:
+        m = net.machines.get(x)
+        return m.name if m is not None else address_text(x)[:10] + "..."
+    if type(x) is tuple and x and x[0] == "~":
+        return "~" + x[1]
+    if type(x) is tuple and len(x) == 2:
+        return f"{x[0]}:{x[1]}"
+    return repr(x)
+
+
+def batch_hash(b: Batch) -> bytes:
+    return codec.value_hash(b.messages)
+
+
+_ = (dataclasses, rng_next)

@@ -1,0 +1,289 @@
+"""Seeded simulation: a friendly handle on the pure network (DESIGN section 7).
+
+    "Simulation with faults: seeded loss, delay, duplication and reordering between
+    hosts, host crashes and restarts, partitions; user-supplied invariants checked after
+    every step; a failing seed reproduces the failure exactly."
+
+:class:`Sim` holds the current :class:`~avm.core.network.Network` value and replaces it
+at each step; everything it does is a pure function of the seed and the calls made on
+it, so the same script with the same seed prints the same trace. It keeps the events in
+``sim.trace`` for the test kit's checker (``avm.testing``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from . import network as nw
+from .caps import Capability
+from .errors import AvmError
+from .machine import SIGNAL, Behavior
+from .network import Config, Env, Faults, Network, events
+
+__all__ = ["Sim", "InvariantViolation", "parse_faults", "format_event", "RunReport"]
+
+
+class InvariantViolation(AvmError):
+    """A user invariant failed. Carries the seed and step that reproduce it."""
+
+    def __init__(self, name: str, seed: int, step: int, detail: str) -> None:
+        self.name = name
+        self.seed = seed
+        self.step = step
+        self.detail = detail
+        super().__init__(
+            f"invariant {name!r} failed at step {step} (seed {seed}): {detail}. "
+            f"Run again with seed {seed} to reproduce it exactly.")
+
+
+class RunReport:
+    """What :meth:`Sim.run` did."""
+
+    __slots__ = ("steps", "events", "quiescent", "now")
+
+    def __init__(self, steps: int, events: int, quiescent: bool, now: int) -> None:
+        self.steps, self.events, self.quiescent, self.now = steps, events, quiescent, now
+
+    def __repr__(self) -> str:
+        q = "quiescent" if self.quiescent else "still busy"
+        return f"<RunReport {self.steps} steps, {self.events} events, t={self.now}, {q}>"
+
+
+_FAULT_KEYS = {
+    "loss": "loss", "drop": "loss", "dup": "duplicate", "duplicate": "duplicate",
+    "corrupt": "corrupt", "crash": "crash", "partition": "partition",
+}
+
+
+def parse_faults(spec: str) -> Faults:
+    """``"loss=0.1,dup=0.05,delay=1-20,crash=0.01,partition=0.01,corrupt=0.01"``.
+
+    ``delay=A-B`` draws each transmission's delay from A..B ticks (reordering follows);
+    ``down=A-B`` and ``cut=A-B`` set how long crashes and partitions last.
+    """
+    f = Faults()
+    if not spec or spec == "none":
+        return f
+    if spec == "all":
+        spec = "loss=0.05,dup=0.05,corrupt=0.02,delay=1-20,crash=0.002,partition=0.002"
+    kw: dict[str, Any] = {}
+    for part in spec.split(","):
+        k, sep, v = part.strip().partition("=")
+        if not sep:
+            raise AvmError(f"fault {part!r} needs a value, as in loss=0.1")
+        try:
+            if k in ("delay", "down", "cut"):
+                lo, _, hi = v.partition("-")
+                a, b = int(lo), int(hi or lo)
+                if a < 0 or b < a:
+                    raise ValueError
+                names = {"delay": ("delay_min", "delay_max"), "down": ("down_min", "down_max"),
+                         "cut": ("partition_min", "partition_max")}[k]
+                kw[names[0]], kw[names[1]] = a, b
+            elif k in _FAULT_KEYS:
+                p = float(v)
+                if not 0.0 <= p <= 1.0:
+                    raise ValueError
+                kw[_FAULT_KEYS[k]] = p
+            else:
+                raise AvmError(
+                    f"unknown fault {k!r}; use loss, dup, corrupt, delay, crash, partition, down, cut")
+        except ValueError:
+            raise AvmError(f"bad value in fault {part!r}: probabilities are in [0, 1], "
+                           "ranges are A-B ticks") from None
+    return replace(f, **kw)
+
+
+class Sim:
+    """A deterministic network of machines on simulated hosts."""
+
+    def __init__(
+        self, seed: int = 0, hosts: Iterable[str] = ("h0",), faults: Faults | str | None = None,
+        config: Config | None = None, record: bool = True,
+    ) -> None:
+        cfg = config or Config()
+        if faults is not None:
+            cfg = replace(cfg, faults=parse_faults(faults) if isinstance(faults, str) else faults)
+        self.seed = seed
+        self.env = Env()
+        self.net: Network = nw.new_network(seed, cfg, hosts)
+        self.record = record
+        self.trace: list = []
+        self.steps = 0
+        self._invariants: list[tuple[str, Callable[[Sim], Any]]] = []
+        self._probe_fn_registered = False
+
+    # -- building ---------------------------------------------------------------------
+    def behavior(self, fn: Callable, name: str | None = None) -> str:
+        """Register a step function under a name (the dictionary word it stands for)."""
+        name = name or getattr(fn, "name", None) or getattr(fn, "__name__", None) or "behavior"
+        if not isinstance(name, str):
+            raise AvmError("a behavior needs a name")
+        old = self.env.behaviors.get(name)
+        if old is not None and old is not fn:
+            raise AvmError(f"another behavior is already registered as {name!r}; pass name=")
+        self.env.behaviors[name] = fn
+        return name
+
+    def add_host(self, name: str) -> None:
+        self.net = nw.add_host(self.net, name)
+
+    def spawn(
+        self, name: str, behavior: Callable | str, args: Any = None, *, host: str | None = None,
+        env: dict[str, Any] | None = None, signal: Any = SIGNAL,
+    ) -> bytes:
+        """Create a machine and queue its creation batch; returns its address."""
+        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        self.net, addr, evs = nw.spawn(self.net, name, bname, args, host=host, signal=signal,
+                                       env=env, env_obj=self.env)
+        self._log(evs)
+        return addr
+
+    def address(self, name: str) -> bytes:
+        try:
+            return self.net.names[name]
+        except KeyError:
+            raise AvmError(f"no machine named {name!r}; spawned: {sorted(self.net.names)}") from None
+
+    def cap(self, name: str, context: Any = None, priority: float = 0.0) -> Capability:
+        """A capability to machine ``name`` with ``context``, minted as its host may."""
+        return nw.mint(self.net, self.env, self.address(name), context, priority)
+
+    def probe(self, name: str, host: str | None = None) -> Capability:
+        """A machine that records every message content it receives; returns a cap to it."""
+        if not self._probe_fn_registered:
+            self.behavior(_probe, "avm.probe")
+            self._probe_fn_registered = True
+        self.spawn(name, "avm.probe", (), host=host)
+        return self.cap(name, "probe")
+
+    def received(self, name: str) -> tuple:
+        """What a probe has received, in order."""
+        return self.state(name)
+
+    # -- driving ----------------------------------------------------------------------
+    def send(self, cap: Capability, content: Any, client: str = "client") -> None:
+        self.submit([(cap, content)], client)
+
+    def submit(self, messages: Iterable[tuple[Capability, Any]], client: str = "client") -> None:
+        """Send one batch per destination from an outside client (rule 3)."""
+        self.net, evs = nw.submit(self.net, messages, client)
+        self._log(evs)
+
+    def invariant(self, fn: Callable[[Sim], Any], name: str | None = None) -> Callable:
+        """Check ``fn(sim)`` after every step; it fails by raising or returning False."""
+        self._invariants.append((name or getattr(fn, "__name__", "invariant"), fn))
+        return fn
+
+    def step(self) -> list:
+        self.net, evs = nw.step(self.net, self.env)
+        self.steps += 1
+        self._log(evs)
+        for name, fn in self._invariants:
+            try:
+                ok = fn(self)
+            except InvariantViolation:
+                raise
+            except Exception as e:
+                raise InvariantViolation(name, self.seed, self.steps, f"{type(e).__name__}: {e}") from e
+            if ok is False:
+                raise InvariantViolation(name, self.seed, self.steps, "returned False")
+        return evs
+
+    def run(self, max_steps: int = 1_000_000, on_event: Callable[[Any], None] | None = None) -> RunReport:
+        """Step until the network is quiescent (or ``max_steps``)."""
+        n = 0
+        count = 0
+        while n < max_steps:
+            evs = self.step()
+            n += 1
+            count += len(evs)
+            if on_event is not None:
+                for e in evs:
+                    on_event(e)
+            if len(evs) == 1 and type(evs[0]) is events.Idle:
+                return RunReport(n, count, True, self.net.now)
+        return RunReport(n, count, nw.quiescent(self.net), self.net.now)
+
+    # -- inspecting -------------------------------------------------------------------
+    def state(self, name: str) -> Any:
+        return self.net.machines[self.address(name)].state
+
+    def machine(self, name: str) -> nw.MachineRecord:
+        return self.net.machines[self.address(name)]
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.net.stats)
+
+    def suspend(self, name: str) -> None:
+        self.net = nw.set_status(self.net, self.address(name), "suspended")
+
+    def resume(self, name: str) -> None:
+        self.net = nw.set_status(self.net, self.address(name), "running")
+
+    def stop(self, name: str) -> None:
+        self.net = nw.set_status(self.net, self.address(name), "stopped")
+
+    def rotate_key(self, name: str, keep_old: bool = False) -> None:
+        """Revoke every capability the machine issued (unless ``keep_old``)."""
+        self.net = nw.rotate_key(self.net, self.address(name), keep_old)
+
+    def snapshot(self) -> Network:
+        """The whole network as an immutable value; :meth:`restore` puts it back."""
+        return self.net
+
+    def restore(self, net: Network) -> None:
+        self.net = net
+
+    def format(self, ev: Any) -> str:
+        return format_event(self.net, ev)
+
+    def _log(self, evs: list) -> None:
+        if self.record and evs:
+            self.trace.extend(evs)
+
+
+def _probe(msg: Any, state: Any) -> tuple:
+    ctx, content = msg
+    if ctx == SIGNAL:
+        name = content[0] if type(content) is tuple and content else None
+        return [], (() if name == "init" else state)
+    return [], (*state, content)
+
+
+_ = Behavior
+
+
+def format_event(net: Network, ev: Any) -> str:
+    """One readable line per event, for traces."""
+    t = type(ev)
+    who = nw.who
+    if t is events.Applied:
+        src = who(net, ev.chan[0])
+        dst = who(net, ev.dest)
+        if ev.ok:
+            return f"t={ev.at:<6} {dst} <- {src} #{ev.seq}: {ev.steps} msg ok"
+        return f"t={ev.at:<6} {dst} <- {src} #{ev.seq}: FAILED {ev.failure}"
+    if t is events.Created:
+        return (f"t={ev.at:<6} {who(net, ev.chan[0])} -> {who(net, ev.dest)} #{ev.seq}: "
+                f"{ev.size} msg queued" + (f" (priority {ev.priority:g})" if ev.priority else ""))
+    if t is events.Dropped:
+        return f"t={ev.at:<6} DROP {who(net, ev.chan[0])} -> {who(net, ev.dest)} #{ev.seq}: {ev.reason}"
+    if t is events.Interrupted:
+        return f"t={ev.at:<6} {who(net, ev.dest)}: batch #{ev.seq} interrupted ({ev.restarts})"
+    if t is events.Wire:
+        return (f"t={ev.at:<6} wire {ev.src}->{ev.dst} {ev.kind} "
+                f"{who(net, ev.chan[0])}->{who(net, ev.chan[1])} #{ev.seq}: {ev.what}")
+    if t is events.Host:
+        return f"t={ev.at:<6} host {ev.host} " + ("up" if ev.up else f"CRASHED until t={ev.until}")
+    if t is events.Cut:
+        return f"t={ev.at:<6} link {ev.hosts[0]}<->{ev.hosts[1]} cut until t={ev.until}"
+    if t is events.Spawned:
+        return f"t={ev.at:<6} spawn {ev.name} on {ev.host}"
+    if t is events.Idle:
+        return f"t={ev.at:<6} quiescent"
+    if t is events.Commons:
+        return f"t={ev.at:<6} ~{ev.service} refused a request: {ev.error}"
+    return repr(ev)
