@@ -111,6 +111,7 @@ class Config:
     restart_signal: bool = True  # send ("restart", info) to machines after a host restarts
     epoch_ms: int = 1_700_000_000_000  # what "time" answers at tick 0
     tick_ms: int = 1
+    boundary: bool = False  # nested networks: batches to unknown addresses leave via exits
     faults: Faults = field(default_factory=Faults)
 
 
@@ -170,6 +171,7 @@ class Network:
     wire_n: int = 0
     cuts: Map = field(default_factory=Map)  # (host, host) sorted -> until
     stats: Map = field(default_factory=Map)  # counter name -> int
+    exits: tuple = ()  # boundary networks: messages that left, in order
 
 
 # ---------------------------------------------------------------------------------------
@@ -804,6 +806,10 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
         net, more = _run_commons(net, env, chan, b)
         return net, evs + more
     m = net.machines.get(dest)
+    if m is None and net.config.boundary:
+        net = replace(net, exits=net.exits + b.messages, stats=_bump(net.stats, "exits"))
+        evs.append(events.Applied(chan, b.seq, dest, True, None, 0, net.now))
+        return net, evs
     if m is None:
         net = replace(net, stats=_bump(net.stats, "drop.unknown-address"))
         evs.append(events.Dropped(chan, b.seq, dest, "unknown address", net.now))
