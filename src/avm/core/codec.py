@@ -275,11 +275,18 @@ def _scan(data: bytes, limits: Limits) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+# cbor2 decodes a map inside a tag (a record, a Linear, a Sealed...) as its own immutable
+# mapping type, not a dict: both must become a Map.
+_CBOR_MAP_TYPES = frozenset(
+    {dict} | {getattr(cbor2, n) for n in ("frozendict", "FrozenDict") if hasattr(cbor2, n)}
+)
+
+
 def _to_value(obj: Any) -> Any:
     t = type(obj)
     if t is list or t is tuple:
         return tuple(_to_value(x) for x in obj)
-    if t is dict:
+    if t in _CBOR_MAP_TYPES:
         out = {}
         for k, v in obj.items():
             out[_to_key(k)] = _to_value(v)

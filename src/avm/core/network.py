@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
@@ -51,7 +51,7 @@ from .commons import SERVICES, serve
 from .errors import AvmError, CapabilityError, UnsealError
 from .machine import SIGNAL, Failure, Message, run_batch
 from .schedule import hlc_now, hlc_recv, rng_float, rng_int, rng_next, score
-from .values import NO_COPY, Map, check_value, record, substructural_items
+from .values import _ATOMS, NO_COPY, Map, check_value, record, substructural_items
 
 __all__ = [
     "Faults",
@@ -281,6 +281,7 @@ class Env:
         self.behaviors: dict[str, Callable] = dict(behaviors or {})
         self._keys: dict[bytes, SealingKey] = {}
         self._unsealed: dict[tuple, Any] = {}
+        self._rings: dict[bytes, tuple[Map, Keyring | None]] = {}
 
     def behavior(self, name: str) -> Callable:
         fn = self.behaviors.get(name)
@@ -301,6 +302,14 @@ class Env:
         versions = net.keys.get(address)
         if versions is None:
             return None
+        cached = self._rings.get(address)
+        if cached is not None and cached[0] is versions:
+            return cached[1]
+        ring = self._build_ring(address, versions)
+        self._rings[address] = (versions, ring)
+        return ring
+
+    def _build_ring(self, address: bytes, versions: Map) -> Keyring | None:
         ring = None
         for v in sorted(versions, reverse=True):
             k = self.sealing_key(v, versions[v])
@@ -333,6 +342,28 @@ _MISSING = object()
 # ---------------------------------------------------------------------------------------
 
 
+def _with(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for our frozen records, without its per-call overhead.
+
+    The network does a handful of these per step, so the stock version (which re-runs
+    ``__init__`` and its checks) dominated the simulator's profile.
+    """
+    new = object.__new__(type(obj))
+    d = new.__dict__
+    d.update(obj.__dict__)
+    d.pop("_avm_n", None)
+    d.update(changes)
+    return new
+
+
+def _batch(sender: Any, dest: Any, seq: int, ts: tuple, priority: float, msgs: tuple,
+           notify: Any = None, count: int | None = None) -> Batch:
+    """A new Batch with its substructural count cached (it is walked once, not per map op)."""
+    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
+    b.__dict__["_avm_n"] = check_value(msgs) if count is None else count
+    return b
+
+
 def _derive(seed: int, *parts: Any) -> bytes:
     return hashlib.sha256(repr((seed, *parts)).encode()).digest()
 
@@ -349,11 +380,11 @@ def add_host(net: Network, name: str) -> Network:
         raise AvmError(f"host {name!r} already exists")
     ident = IdentityKey.from_seed(_derive(net.seed, "host", name))
     addr = address_of(ident.resource((("host", name),)))
-    return replace(net, hosts=net.hosts.set(name, HostRecord(name, addr)))
+    return _with(net, hosts=net.hosts._set_plain(name, HostRecord(name, addr)))
 
 
 def _bump(stats: Map, name: str, n: int = 1) -> Map:
-    return stats.set(name, stats.get(name, 0) + n)
+    return stats._set_plain(name, stats.get(name, 0) + n)
 
 
 def commons_env(net: Network, host: str) -> Map:
@@ -380,7 +411,7 @@ def spawn(
     address = address_of(ident.resource((("name", name),)))
     raw_bytes = hashlib.shake_256(b"avm-siv" + _derive(net.seed, "seal", name)).digest(64)
     rec = MachineRecord(name=name, state=None, behavior=behavior, signal=signal, host=host, keyver=0)
-    net = replace(
+    net = _with(
         net,
         machines=net.machines.set(address, rec),
         names=net.names.set(name, address),
@@ -410,8 +441,8 @@ def rotate_key(net: Network, address: bytes, keep_old: bool = False) -> Network:
     raw = _derive(net.seed, "seal", address, v) + _derive(net.seed, "seal2", address, v)
     new = (versions if keep_old else Map()).set(v, raw)
     m = net.machines[address]
-    return replace(net, keys=net.keys.set(address, new),
-                   machines=net.machines.set(address, replace(m, keyver=v)))
+    return _with(net, keys=net.keys.set(address, new),
+                   machines=net.machines.set(address, _with(m, keyver=v)))
 
 
 def set_status(net: Network, address: bytes, status: str) -> Network:
@@ -419,7 +450,7 @@ def set_status(net: Network, address: bytes, status: str) -> Network:
     if status not in ("running", "suspended", "stopped"):
         raise AvmError(f"unknown status {status!r}")
     m = net.machines[address]
-    return replace(net, machines=net.machines.set(address, replace(m, status=status)))
+    return _with(net, machines=net.machines.set(address, _with(m, status=status)))
 
 
 def submit(
@@ -429,11 +460,17 @@ def submit(
     """An outside client sends a batch (grouped per destination, rule 3)."""
     msgs = tuple(messages)
     items: list = []
+    counts: dict[int, int] = {}
     for j, o in enumerate(msgs):
         if type(o) is not tuple or len(o) != 2 or type(o[0]) is not Capability:
             raise AvmError(f"message {j} must be a (capability, content) pair")
-        check_value(o[1], f"$[{j}].content")
-        items.extend(substructural_items(o))
+        cap, content = o
+        n = 1 if cap.kind or cap._held else 0
+        if type(content) not in _ATOMS:
+            n += check_value(content, f"$[{j}].content")
+        if n:
+            items.extend(substructural_items(o))
+            counts[j] = n
     seen: set[int] = set()
     for it in items:
         if it.kind & NO_COPY and id(it) in seen:
@@ -441,14 +478,17 @@ def submit(
         seen.add(id(it))
     out: list = []
     groups: dict[Any, list] = {}
-    for o in msgs:
+    group_counts: dict[Any, int] = {}
+    for j, o in enumerate(msgs):
         cap = o[0]
         key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
         groups.setdefault(key, []).append(o)
+        group_counts[key] = group_counts.get(key, 0) + counts.get(j, 0)
     for dest, group in groups.items():
         host = _host_of_dest(net, dest)
         prio = max(c.priority for c, _ in group) if priority is None else priority
-        net, evs = _enqueue_local(net, ("client", client), dest, tuple(group), host, prio)
+        net, evs = _enqueue_local(net, ("client", client), dest, tuple(group), host, prio,
+                                  count=group_counts[dest])
         out.extend(evs)
     return net, out
 
@@ -480,19 +520,19 @@ def _host_of_sender(net: Network, sender: Any) -> str:
 def _stamp(net: Network, host: str) -> tuple[Network, tuple]:
     h = net.hosts[host]
     ts = hlc_now(h.clock, net.now)
-    return replace(net, hosts=net.hosts.set(host, replace(h, clock=ts))), ts
+    return _with(net, hosts=net.hosts._set_plain(host, _with(h, clock=ts))), ts
 
 
 def _enqueue_local(
     net: Network, sender: Any, dest: Any, msgs: tuple, host: str, priority: float,
-    notify: Any = None,
+    notify: Any = None, count: int | None = None,
 ) -> tuple[Network, list]:
     """A batch whose sender and receiver are on the same host goes straight to the inbox."""
     chan = (sender, dest)
     seq = net.next_seq.get(chan, 0) + 1
     net, ts = _stamp(net, host)
-    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
-    net = replace(net, next_seq=net.next_seq.set(chan, seq))
+    b = _batch(sender, dest, seq, ts, priority, msgs, notify, count)
+    net = _with(net, next_seq=net.next_seq._set_plain(chan, seq))
     net = _accept(net, chan, b)
     return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
 
@@ -500,9 +540,9 @@ def _enqueue_local(
 def _accept(net: Network, chan: tuple, b: Batch) -> Network:
     """Put a batch in the receiver's durable inbox (in order, exactly once)."""
     head = net.head.get(chan)
-    heads = net.head if head is not None else net.head.set(chan, b.seq)
-    live = net.live if chan in net.live else net.live.set(chan, True)
-    return replace(net, pending=net.pending.set((chan, b.seq), b), head=heads, live=live)
+    heads = net.head if head is not None else net.head._set_plain(chan, b.seq)
+    live = net.live if chan in net.live else net.live._set_plain(chan, True)
+    return _with(net, pending=net.pending.set((chan, b.seq), b), head=heads, live=live)
 
 
 def _send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
@@ -513,9 +553,9 @@ def _send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str
     chan = (sender, dest)
     seq = net.next_seq.get(chan, 0) + 1
     net, ts = _stamp(net, src_host)
-    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
-    net = replace(
-        net, next_seq=net.next_seq.set(chan, seq),
+    b = _batch(sender, dest, seq, ts, priority, msgs, notify)
+    net = _with(
+        net, next_seq=net.next_seq._set_plain(chan, seq),
         outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
     evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
     net, more = _transmit(net, "batch", src_host, dst_host, chan, seq, b)
@@ -531,12 +571,12 @@ def _transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int
     evs: list = []
     cut = net.cuts.get(tuple(sorted((src, dst))))
     if cut is not None and cut > at:
-        return replace(net, stats=_bump(net.stats, "wire.cut")), [
+        return _with(net, stats=_bump(net.stats, "wire.cut")), [
             events.Wire("cut", kind, src, dst, chan, seq, at)]
     if f.loss:
         x, rng = rng_float(rng)
         if x < f.loss:
-            return replace(net, rng=rng, stats=_bump(net.stats, "wire.lost")), [
+            return _with(net, rng=rng, stats=_bump(net.stats, "wire.lost")), [
                 events.Wire("lost", kind, src, dst, chan, seq, at)]
     copies = 1
     if f.duplicate:
@@ -556,7 +596,7 @@ def _transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int
         n += 1
         wire = wire.set((at + delay, n), (kind, src, dst, chan, seq, payload, corrupt))
         stats = _bump(stats, "wire.sent")
-    return replace(net, rng=rng, wire=wire, wire_n=n, stats=stats), evs
+    return _with(net, rng=rng, wire=wire, wire_n=n, stats=stats), evs
 
 
 # ---------------------------------------------------------------------------------------
@@ -584,7 +624,7 @@ def step(net: Network, env: Env) -> tuple[Network, list]:
         return _run(net, env, pick)
     # 3. Advance the clock to the next timed event.
     if due is not None:
-        return replace(net, now=due[0]), []
+        return _with(net, now=due[0]), []
     # 4. Nothing left.
     return net, [events.Idle(now)]
 
@@ -625,8 +665,8 @@ def _maybe_fault(net: Network) -> tuple[Network, list]:
                 d, rng = rng_int(rng, f.down_min, f.down_max)
                 h = net.hosts[up[i]]
                 until = net.now + d
-                net = replace(net, rng=rng, stats=_bump(net.stats, "fault.crash"),
-                              hosts=net.hosts.set(h.name, replace(h, up=False, down_until=until)))
+                net = _with(net, rng=rng, stats=_bump(net.stats, "fault.crash"),
+                              hosts=net.hosts._set_plain(h.name, _with(h, up=False, down_until=until)))
                 # A crash loses what was in flight *to* the host: the wire keeps it, and
                 # delivery finds the host down and drops it.
                 return net, [events.Host(h.name, False, net.now, until)]
@@ -640,16 +680,16 @@ def _maybe_fault(net: Network) -> tuple[Network, list]:
             d, rng = rng_int(rng, f.partition_min, f.partition_max)
             pair = tuple(sorted((hosts[i], hosts[j])))
             until = net.now + d
-            net = replace(net, rng=rng, cuts=net.cuts.set(pair, until),
+            net = _with(net, rng=rng, cuts=net.cuts._set_plain(pair, until),
                           stats=_bump(net.stats, "fault.partition"))
             return net, [events.Cut(pair, until, net.now)]
-    return replace(net, rng=rng), []
+    return _with(net, rng=rng), []
 
 
 def _restart_host(net: Network, env: Env, name: str) -> tuple[Network, list]:
     h = net.hosts[name]
     down = net.now - (h.down_until - 0)
-    net = replace(net, hosts=net.hosts.set(name, replace(h, up=True)),
+    net = _with(net, hosts=net.hosts._set_plain(name, _with(h, up=True)),
                   stats=_bump(net.stats, "host.restart"))
     evs: list = [events.Host(name, True, net.now)]
     if net.config.restart_signal:
@@ -673,12 +713,12 @@ def _retry(net: Network, key: tuple) -> tuple[Network, list]:
     if not net.hosts[src].up:
         # A crashed sender retries after it restarts.
         h = net.hosts[src]
-        return replace(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
+        return _with(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
     if attempts >= cfg.retry_max:
-        net = replace(net, outbox=net.outbox.delete(key), stats=_bump(net.stats, "drop.unreachable"))
+        net = _with(net, outbox=net.outbox.delete(key), stats=_bump(net.stats, "drop.unreachable"))
         return net, [events.Dropped(chan, seq, b.dest, "unreachable: retry budget spent", net.now)]
     backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
-    net = replace(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
+    net = _with(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
                   stats=_bump(net.stats, "wire.retry"))
     dst = _host_of_dest(net, b.dest)
     return _transmit(net, "batch", src, dst, chan, seq, b)
@@ -686,14 +726,14 @@ def _retry(net: Network, key: tuple) -> tuple[Network, list]:
 
 def _deliver(net: Network, key: tuple) -> tuple[Network, list]:
     kind, src, dst, chan, seq, payload, corrupt = net.wire[key]
-    net = replace(net, wire=net.wire.delete(key))
+    net = _with(net, wire=net.wire.delete(key))
     at = net.now
     if not net.hosts[dst].up:
-        return replace(net, stats=_bump(net.stats, "wire.to-down-host")), [
+        return _with(net, stats=_bump(net.stats, "wire.to-down-host")), [
             events.Wire("lost-host-down", kind, src, dst, chan, seq, at)]
     if corrupt:
         # Authenticated transport: a corrupted frame fails its check and is discarded.
-        return replace(net, stats=_bump(net.stats, "wire.corrupt-refused")), [
+        return _with(net, stats=_bump(net.stats, "wire.corrupt-refused")), [
             events.Wire("corrupt-refused", kind, src, dst, chan, seq, at)]
     if kind == "ack":
         upto = payload
@@ -702,15 +742,15 @@ def _deliver(net: Network, key: tuple) -> tuple[Network, list]:
         for s in range(acked + 1, upto + 1):
             if (chan, s) in outbox:
                 outbox = outbox.delete((chan, s))
-        net = replace(net, outbox=outbox, acked=net.acked.set(chan, max(acked, upto)))
+        net = _with(net, outbox=outbox, acked=net.acked._set_plain(chan, max(acked, upto)))
         return net, [events.Wire("acked", kind, src, dst, chan, upto, at)]
     b: Batch = payload
     got = net.received.get(chan, 0)
     evs: list = []
     h = net.hosts[dst]
-    net = replace(net, hosts=net.hosts.set(dst, replace(h, clock=hlc_recv(h.clock, b.ts, at))))
+    net = _with(net, hosts=net.hosts._set_plain(dst, _with(h, clock=hlc_recv(h.clock, b.ts, at))))
     if seq <= got or (chan, seq) in net.held:
-        net = replace(net, stats=_bump(net.stats, "wire.duplicate-refused"))
+        net = _with(net, stats=_bump(net.stats, "wire.duplicate-refused"))
         evs.append(events.Wire("refused-duplicate", kind, src, dst, chan, seq, at))
     elif seq == got + 1:
         net = _accept(net, chan, b)
@@ -721,10 +761,10 @@ def _deliver(net: Network, key: tuple) -> tuple[Network, list]:
             held = held.delete((chan, got + 1))
             net = _accept(net, chan, nb)
             got += 1
-        net = replace(net, held=held, received=net.received.set(chan, got))
+        net = _with(net, held=held, received=net.received._set_plain(chan, got))
         evs.append(events.Wire("delivered", kind, src, dst, chan, seq, at))
     else:
-        net = replace(net, held=net.held.set((chan, seq), b),
+        net = _with(net, held=net.held.set((chan, seq), b),
                       stats=_bump(net.stats, "wire.early"))
         evs.append(events.Wire("held-early", kind, src, dst, chan, seq, at))
     # Acknowledge cumulatively what is now durable in the inbox.
@@ -777,8 +817,8 @@ def _pop(net: Network, chan: tuple, seq: int) -> Network:
     pending = net.pending.delete((chan, seq))
     nxt = seq + 1
     if (chan, nxt) in pending:
-        return replace(net, pending=pending, head=net.head.set(chan, nxt))
-    return replace(net, pending=pending, head=net.head.set(chan, nxt), live=net.live.delete(chan))
+        return _with(net, pending=pending, head=net.head._set_plain(chan, nxt))
+    return _with(net, pending=pending, head=net.head._set_plain(chan, nxt), live=net.live.delete(chan))
 
 
 def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
@@ -794,29 +834,29 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
         if rival is not None:
             if b.restarts >= cfg.restarts_max:
                 return _fail_batch(net, chan, b, Failure("timeout", f"interrupted {b.restarts} times by higher-priority batches"), evs)
-            nb = replace(b, restarts=b.restarts + 1)
-            net = replace(net, pending=net.pending.set((chan, b.seq), nb),
+            nb = _with(b, restarts=b.restarts + 1)
+            net = _with(net, pending=net.pending.set((chan, b.seq), nb),
                           stats=_bump(net.stats, "batch.interrupted"))
             evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
             chan, b = rival
     net = _pop(net, chan, b.seq)
-    net = replace(net, now=net.now + 1)
+    net = _with(net, now=net.now + 1)
     dest = b.dest
     if type(dest) is tuple:
         net, more = _run_commons(net, env, chan, b)
         return net, evs + more
     m = net.machines.get(dest)
     if m is None and net.config.boundary:
-        net = replace(net, exits=net.exits + b.messages, stats=_bump(net.stats, "exits"))
+        net = _with(net, exits=net.exits + b.messages, stats=_bump(net.stats, "exits"))
         evs.append(events.Applied(chan, b.seq, dest, True, None, 0, net.now))
         return net, evs
     if m is None:
-        net = replace(net, stats=_bump(net.stats, "drop.unknown-address"))
+        net = _with(net, stats=_bump(net.stats, "drop.unknown-address"))
         evs.append(events.Dropped(chan, b.seq, dest, "unknown address", net.now))
         net, more = _notify(net, b, False, "unknown address")
         return net, evs + more
     if m.status == "stopped":
-        net = replace(net, stats=_bump(net.stats, "drop.stopped"))
+        net = _with(net, stats=_bump(net.stats, "drop.stopped"))
         evs.append(events.Dropped(chan, b.seq, dest, "machine stopped", net.now))
         net, more = _notify(net, b, False, "machine stopped")
         return net, evs + more
@@ -832,21 +872,21 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
                 last_cap = cap
             msgs.append(Message(last_ctx, content))
     except UnsealError as e:
-        net = replace(net, stats=_bump(net.stats, "drop.unseal"))
+        net = _with(net, stats=_bump(net.stats, "drop.unseal"))
         return _fail_batch(net, chan, b, Failure("unseal", str(e)), evs, counted=False)
     try:
         fn = env.behavior(m.behavior)
     except AvmError as e:
         return _fail_batch(net, chan, b, Failure("undeliverable", str(e)), evs)
-    r = run_batch(fn, m.state, msgs)
+    r = run_batch(fn, m.state, msgs, plain_messages=not b.__dict__.get("_avm_n", 1))
     if not r.ok:
-        net = replace(net, stats=_bump(net.stats, "batch.failed"))
+        net = _with(net, stats=_bump(net.stats, "batch.failed"))
         evs.append(events.Applied(chan, b.seq, dest, False, r.failure, r.steps, net.now, tuple(msgs)))
         net, more = _notify(net, b, False, str(r.failure))
         return net, evs + more
     # Commit: the new state and the outgoing batches in one act (rule 3).
-    net = replace(
-        net, machines=net.machines.set(dest, replace(m, state=r.state)),
+    net = _with(
+        net, machines=net.machines.set(dest, _with(m, state=r.state)),
         stats=_bump(_bump(net.stats, "batch.ok"), "steps", r.steps))
     evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs)))
     net, more = _emit(net, dest, m.host, r.outputs)
@@ -862,7 +902,7 @@ def _fail_batch(net: Network, chan: tuple, b: Batch, failure: Failure, evs: list
     stats = _bump(net.stats, "batch.failed") if counted else net.stats
     if failure.rule == "timeout":
         stats = _bump(stats, "batch.timeout")
-    net = replace(net, stats=stats)
+    net = _with(net, stats=stats)
     evs = [*evs, events.Applied(chan, b.seq, b.dest, False, failure, 0, net.now)]
     net, more = _notify(net, b, False, str(failure))
     return net, evs + more
@@ -911,7 +951,7 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
                   and type(content[2]) is Capability)
             if not ok:
                 evs.append(events.Commons(service, b.sender, "feedback takes (target, content, status_cap, tag)", net.now))
-                net = replace(net, stats=_bump(net.stats, "commons.refused"))
+                net = _with(net, stats=_bump(net.stats, "commons.refused"))
                 continue
             target, inner, status_cap, tag = content
             dest = ("~", target.commons[0]) if target.commons is not None else target.address
@@ -923,9 +963,9 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
         outs, rng, err = serve(service, content, now_ms, rng)
         if err:
             evs.append(events.Commons(service, b.sender, err, net.now))
-            net = replace(net, stats=_bump(net.stats, "commons.refused"))
+            net = _with(net, stats=_bump(net.stats, "commons.refused"))
         outputs.extend(outs)
-    net = replace(net, rng=rng)
+    net = _with(net, rng=rng)
     net, more = _emit(net, ("~", service, host), host, tuple(outputs))
     return net, evs + more
 

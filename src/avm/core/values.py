@@ -201,6 +201,14 @@ class Map(Mapping):
             subs = subs.delete(key)
         return Map._make(self._m.set(key, value), subs)
 
+    def _set_plain(self, key: Any, value: Any) -> Map:
+        """Set without validation: only for the core's own bookkeeping maps, whose keys
+        and values it builds itself and which hold no substructural items."""
+        subs = self._subs
+        if key in subs:
+            subs = subs.delete(key)
+        return Map._make(self._m.set(key, value), subs)
+
     def delete(self, key: Any) -> Map:
         """A new map without ``key`` (KeyError if absent, as ``del d[k]``)."""
         subs = self._subs
@@ -444,7 +452,11 @@ def _count(v: Any, key: Any = None) -> int:
 
 
 def _walk(v: Any, out: list | None) -> int:
-    """Fast walk: count (and optionally collect) substructural items, raise _Invalid."""
+    """Fast walk: count (and optionally collect) substructural items, raise _Invalid.
+
+    Ordered by how often each type shows up in messages and states. Records cache their
+    count on first walk (they are deeply immutable, so it cannot change).
+    """
     t = type(v)
     if t in _ATOMS:
         return 0
@@ -464,6 +476,34 @@ def _walk(v: Any, out: list | None) -> int:
         for k in v._subs:
             n += _walk(m[k], out)
         return n
+    extra = _EXTRA_TYPES.get(t)
+    if extra is not None:
+        own_kind, held = extra(v)
+        if not own_kind and not held:
+            return 0
+        n = 0
+        if own_kind:
+            n = 1
+            if out is not None:
+                out.append(v)
+        for h in held:
+            n += _walk(h, out)
+        return n
+    fields = _record_fields(t)
+    if fields is not None:
+        d = getattr(v, "__dict__", None)
+        if out is None and d is not None:
+            cached = d.get("_avm_n")
+            if cached is not None:
+                return cached
+        n = 0
+        for f in fields:
+            x = getattr(v, f)
+            if type(x) not in _ATOMS:
+                n += _walk(x, out)
+        if d is not None:
+            d["_avm_n"] = n
+        return n
     if isinstance(v, Substructural):
         if out is not None:
             out.append(v)
@@ -479,23 +519,6 @@ def _walk(v: Any, out: list | None) -> int:
                 n += _walk(h, out)
             return n
         return _walk(v.payload, out)
-    fields = _record_fields(t)
-    if fields is not None:
-        n = 0
-        for f in fields:
-            n += _walk(getattr(v, f), out)
-        return n
-    extra = _EXTRA_TYPES.get(t)
-    if extra is not None:
-        own_kind, held = extra(v)
-        n = 0
-        if own_kind:
-            n = 1
-            if out is not None:
-                out.append(v)
-        for h in held:
-            n += _walk(h, out)
-        return n
     if t in _OPAQUE_TYPES:
         return 0
     raise _Invalid()

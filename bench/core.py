@@ -1,0 +1,236 @@
+"""Throughput of the pure core against the obvious alternatives, in one run.
+
+    python bench/core.py            # full run (about a minute on 2 cores)
+    python bench/core.py --quick    # smaller counts, for a smoke test
+
+Every contender runs the *same* step function, a counter ``(msg, n) -> ((), n + k)``:
+
+* bare loop      a Python ``for`` calling the step function: the floor, no checks at all;
+* run_batch      avm's batch executor alone (all step-boundary checks, no network);
+* sim 1 batch    the simulator, one client batch of N messages (submit + schedule + run);
+* sim N batches  the simulator, N single-message batches (per-batch overhead dominates);
+* sim +linear    like "sim 1 batch" with 16 linear tokens kept in the state, so the
+                 substructural census runs at every step;
+* pykka          Pykka actors: N ``tell`` then one ``ask`` (threads);
+* asyncio queue  one consumer task draining a plain ``asyncio.Queue``.
+
+Then steps per second for a state Map of 1k, 10k and 100k entries updated one key per
+message, which should be roughly flat (a persistent map: O(log n) per update).
+
+Figures are messages per second; ratios are against Pykka's ``tell``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from avm import Behavior, Linear, Map, Message, Sim, run_batch
+
+
+def step(msg, n):
+    return (), n + msg.content
+
+
+def best_of(fn: Callable[[], float], repeat: int) -> float:
+    """Best (highest) rate of ``repeat`` runs: the least disturbed by the machine."""
+    rates = []
+    for _ in range(repeat):
+        gc.collect()
+        rates.append(fn())
+    return max(rates)
+
+
+def bench_bare(n: int) -> float:
+    msgs = [Message(None, 1)] * n
+    t = time.perf_counter()
+    s = 0
+    for m in msgs:
+        _, s = step(m, s)
+    dt = time.perf_counter() - t
+    assert s == n
+    return n / dt
+
+
+def bench_run_batch(n: int) -> float:
+    msgs = [Message(None, 1)] * n
+    t = time.perf_counter()
+    r = run_batch(step, 0, msgs)
+    dt = time.perf_counter() - t
+    assert r.ok and r.state == n
+    return n / dt
+
+
+def _counter_sim(linear: bool) -> tuple[Sim, object]:
+    b = Behavior("counter")
+
+    @b.init
+    def init(state, args):
+        if linear:
+            return [], Map({"n": 0, "tokens": Map({i: Linear(("token", i)) for i in range(16)})})
+        return [], 0
+
+    @b.on("add")
+    def add(state, k):
+        if linear:
+            return [], state.set("n", state["n"] + k)
+        return [], state + k
+
+    sim = Sim(seed=1, record=False)
+    sim.spawn("c", b)
+    sim.run()
+    return sim, sim.cap("c")
+
+
+def bench_sim_one_batch(n: int, linear: bool = False) -> float:
+    sim, cap = _counter_sim(linear)
+    msgs = [(cap, ("add", 1))] * n
+    t = time.perf_counter()
+    sim.submit(msgs)
+    sim.run()
+    dt = time.perf_counter() - t
+    final = sim.state("c")
+    assert (final["n"] if linear else final) == n, final
+    return n / dt
+
+
+def bench_sim_many_batches(n: int) -> float:
+    sim, cap = _counter_sim(False)
+    t = time.perf_counter()
+    for _ in range(n):
+        sim.send(cap, ("add", 1))
+    sim.run()
+    dt = time.perf_counter() - t
+    assert sim.state("c") == n
+    return n / dt
+
+
+def bench_pykka(n: int) -> float:
+    import pykka
+
+    class Counter(pykka.ThreadingActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def on_receive(self, message):
+            if message == "get":
+                return self.n
+            _, self.n = step(Message(None, message), self.n)
+            return None
+
+    ref = Counter.start()
+    try:
+        t = time.perf_counter()
+        for _ in range(n):
+            ref.tell(1)
+        got = ref.ask("get")
+        dt = time.perf_counter() - t
+    finally:
+        ref.stop()
+    assert got == n
+    return n / dt
+
+
+def bench_asyncio(n: int) -> float:
+    async def main() -> float:
+        q: asyncio.Queue = asyncio.Queue()
+        done = asyncio.Event()
+        state = {"n": 0}
+
+        async def consumer() -> None:
+            s = 0
+            for _ in range(n):
+                m = await q.get()
+                _, s = step(m, s)
+            state["n"] = s
+            done.set()
+
+        task = asyncio.create_task(consumer())
+        msg = Message(None, 1)
+        t = time.perf_counter()
+        for _ in range(n):
+            q.put_nowait(msg)
+        await done.wait()
+        dt = time.perf_counter() - t
+        await task
+        assert state["n"] == n
+        return n / dt
+
+    return asyncio.run(main())
+
+
+def bench_big_state(entries: int, n: int) -> float:
+    b = Behavior("kv")
+
+    @b.init
+    def init(state, size):
+        return [], Map({i: 0 for i in range(size)})
+
+    @b.on("bump")
+    def bump(state, key):
+        return [], state.set(key, state[key] + 1)
+
+    sim = Sim(seed=1, record=False)
+    sim.spawn("kv", b, entries)
+    sim.run()
+    cap = sim.cap("kv")
+    msgs = [(cap, ("bump", i % entries)) for i in range(n)]
+    t = time.perf_counter()
+    sim.submit(msgs)
+    sim.run()
+    dt = time.perf_counter() - t
+    assert sim.state("kv")[0] >= 1
+    return n / dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    p.add_argument("-n", type=int, default=100_000, help="messages per run (default 100000)")
+    args = p.parse_args(argv)
+    n = 10_000 if args.quick else args.n
+    rep = 1 if args.quick else 3
+    few = max(1_000, n // 5)  # single-message batches are slow: fewer of them
+
+    print(f"avm core benchmark: {n} messages per run, best of {rep}, Python {sys.version.split()[0]}",
+          f"({threading.active_count()} thread)")
+    rows: list[tuple[str, float, str]] = []
+
+    def row(name: str, rate: float, note: str = "") -> None:
+        rows.append((name, rate, note))
+        print(f"  measured {name:<16} {rate:>12,.0f} msg/s", flush=True)
+
+    row("bare loop", best_of(lambda: bench_bare(n), rep), "floor: no checks")
+    row("run_batch", best_of(lambda: bench_run_batch(n), rep), "executor alone")
+    row("sim 1 batch", best_of(lambda: bench_sim_one_batch(n), rep), f"1 batch of {n}")
+    row("sim +linear", best_of(lambda: bench_sim_one_batch(n, True), rep), "16 linear in state")
+    row("sim N batches", best_of(lambda: bench_sim_many_batches(few), rep), f"{few} batches of 1")
+    row("pykka tell", best_of(lambda: bench_pykka(n), rep), "threads, N tell + 1 ask")
+    row("asyncio queue", best_of(lambda: bench_asyncio(n), rep), "one consumer task")
+    pykka = next(r for name, r, _ in rows if name == "pykka tell")
+
+    print()
+    print(f"{'contender':<16} {'msg/s':>12} {'x pykka':>9}  note")
+    print("-" * 62)
+    for name, rate, note in rows:
+        print(f"{name:<16} {rate:>12,.0f} {rate / pykka:>8.2f}x  {note}")
+
+    print()
+    print("state size vs. cost: one key of a Map updated per message")
+    print(f"{'entries':>10} {'steps/s':>12} {'vs 1k':>7}")
+    base = None
+    for entries in (1_000, 10_000, 100_000):
+        rate = best_of(lambda e=entries: bench_big_state(e, n // 2), rep)
+        base = base or rate
+        print(f"{entries:>10,} {rate:>12,.0f} {rate / base:>6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
