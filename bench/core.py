@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from avm import Behavior, Linear, Map, Message, Sim, run_batch
+from avm import SIGNAL, Behavior, Linear, Map, Message, Sim, run_batch
 
 
 def step(msg, n):
@@ -67,29 +67,31 @@ def bench_run_batch(n: int) -> float:
 
 
 def _counter_sim(linear: bool) -> tuple[Sim, object]:
-    b = Behavior("counter")
-
-    @b.init
-    def init(state, args):
-        if linear:
-            return [], Map({"n": 0, "tokens": Map({i: Linear(("token", i)) for i in range(16)})})
-        return [], 0
-
-    @b.on("add")
-    def add(state, k):
-        if linear:
-            return [], state.set("n", state["n"] + k)
-        return [], state + k
+    """The counter as a raw step function (the same ``step`` every contender runs), plus
+    the life-cycle signals every machine receives at creation."""
+    if linear:
+        def counter(msg, state):
+            if msg.context == SIGNAL:
+                if msg.content[0] == "init":
+                    tokens = Map({i: Linear(("token", i)) for i in range(16)})
+                    return (), Map({"n": 0, "tokens": tokens})
+                return (), state
+            return (), state.set("n", state["n"] + msg.content)
+    else:
+        def counter(msg, state):
+            if msg.context == SIGNAL:
+                return (), 0 if state is None else state
+            return step(msg, state)
 
     sim = Sim(seed=1, record=False)
-    sim.spawn("c", b)
+    sim.spawn("c", counter)
     sim.run()
     return sim, sim.cap("c")
 
 
 def bench_sim_one_batch(n: int, linear: bool = False) -> float:
     sim, cap = _counter_sim(linear)
-    msgs = [(cap, ("add", 1))] * n
+    msgs = [(cap, 1)] * n
     t = time.perf_counter()
     sim.submit(msgs)
     sim.run()
@@ -103,7 +105,7 @@ def bench_sim_many_batches(n: int) -> float:
     sim, cap = _counter_sim(False)
     t = time.perf_counter()
     for _ in range(n):
-        sim.send(cap, ("add", 1))
+        sim.send(cap, 1)
     sim.run()
     dt = time.perf_counter() - t
     assert sim.state("c") == n

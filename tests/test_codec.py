@@ -86,8 +86,13 @@ atoms = st.one_of(
 
 # Map keys: hashable values. NaN is left out: a NaN key can never be looked up again.
 key_atoms = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.fractions(),
-    st.text(max_size=6), st.binary(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.fractions(),
+    st.text(max_size=6),
+    st.binary(max_size=6),
 )
 keys = st.recursive(
     key_atoms,
@@ -114,8 +119,9 @@ def values(max_leaves: int = 25):
             ch.map(Affine),
             ch.map(Relevant),
             st.tuples(names, ch).map(lambda t: Sealer(t[0]).seal(t[1])),
-            st.tuples(names, st.binary(min_size=1, max_size=24),
-                      st.sampled_from([0, 1, 2, 3])).map(_crypto_sealed),
+            st.tuples(names, st.binary(min_size=1, max_size=24), st.sampled_from([0, 1, 2, 3])).map(
+                _crypto_sealed
+            ),
             st.builds(Point, ch, ch),
         ),
         max_leaves=max_leaves,
@@ -133,7 +139,7 @@ def same(a, b) -> bool:
             return math.isnan(b)
         return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
     if t is tuple:
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if t is Map:
         if len(a) != len(b):
             return False
@@ -145,8 +151,12 @@ def same(a, b) -> bool:
     if isinstance(a, Substructural):
         return same(a.value, b.value)
     if t is Sealed:
-        return (a.sealer == b.sealer and a.crypto == b.crypto and a.kind == b.kind
-                and same(a.payload, b.payload))
+        return (
+            a.sealer == b.sealer
+            and a.crypto == b.crypto
+            and a.kind == b.kind
+            and same(a.payload, b.payload)
+        )
     if t in (Point, Empty, Positive):
         return all(same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
     return a == b
@@ -242,7 +252,8 @@ def test_value_hash():
 
 
 @pytest.mark.parametrize(
-    "bad", [[1], {"a": 1}, {1}, (1, [2]), object(), lambda: 0, 1j, bytearray(b"x")],
+    "bad",
+    [[1], {"a": 1}, {1}, (1, [2]), object(), lambda: 0, 1j, bytearray(b"x")],
     ids=["list", "dict", "set", "nested-list", "object", "lambda", "complex", "bytearray"],
 )
 def test_encode_refuses_non_values(bad):
@@ -324,19 +335,54 @@ def test_arbitrary_bytes_decode_or_codec_error(data):
 
 
 @settings(max_examples=300)
-@given(st.lists(st.sampled_from(
-    # fragments that look like CBOR headers, tags and project tags
-    [b"\x80", b"\x81", b"\x82", b"\xa1", b"\xa2", b"\x01", b"\x20", b"\x40", b"\x60",
-     b"\x61a", b"\xf4", b"\xf5", b"\xf6", b"\xf7", b"\xf9\x7e\x00", b"\xd8\x1e",
-     b"\xc2", b"\xc3", b"\x41\x01", b"\x9f", b"\xff", b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
-     b"\xd9\xaf\x01", b"\xd9\xaf\x02", b"\xd9\xaf\x04", b"\xd9\xaf\x07", b"\xd9\xaf\x08",
-     b"\xd9\xaf\x09", b"\x64s\x00\x00\x00"]), max_size=12).map(b"".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            # fragments that look like CBOR headers, tags and project tags
+            [
+                b"\x80",
+                b"\x81",
+                b"\x82",
+                b"\xa1",
+                b"\xa2",
+                b"\x01",
+                b"\x20",
+                b"\x40",
+                b"\x60",
+                b"\x61a",
+                b"\xf4",
+                b"\xf5",
+                b"\xf6",
+                b"\xf7",
+                b"\xf9\x7e\x00",
+                b"\xd8\x1e",
+                b"\xc2",
+                b"\xc3",
+                b"\x41\x01",
+                b"\x9f",
+                b"\xff",
+                b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
+                b"\xd9\xaf\x01",
+                b"\xd9\xaf\x02",
+                b"\xd9\xaf\x04",
+                b"\xd9\xaf\x07",
+                b"\xd9\xaf\x08",
+                b"\xd9\xaf\x09",
+                b"\x64s\x00\x00\x00",
+            ]
+        ),
+        max_size=12,
+    ).map(b"".join)
+)
 def test_header_soup_decodes_or_codec_error(data):
     _decode_or_codec_error(data)
 
 
-_mutation = st.tuples(st.sampled_from(["flip", "set", "insert", "delete"]),
-                      st.integers(0, 10_000), st.integers(0, 255))
+_mutation = st.tuples(
+    st.sampled_from(["flip", "set", "insert", "delete"]),
+    st.integers(0, 10_000),
+    st.integers(0, 255),
+)
 
 
 @settings(max_examples=300)
@@ -395,8 +441,13 @@ def _nest(depth: int, wrap):
 
 @pytest.mark.parametrize(
     "wrap, cost",
-    [(lambda v: (v,), 1), (lambda v: Map({"k": v}), 1), (Linear, 1),
-     (lambda v: Sealer("s").seal(v), 2), (lambda v: Point(v, 0), 2)],
+    [
+        (lambda v: (v,), 1),
+        (lambda v: Map({"k": v}), 1),
+        (Linear, 1),
+        (lambda v: Sealer("s").seal(v), 2),
+        (lambda v: Point(v, 0), 2),
+    ],
     ids=["tuple", "map", "linear", "sealed", "record"],
 )
 def test_depth_limit(wrap, cost):
@@ -474,33 +525,70 @@ def test_items_limit_holds_for_many_small_items():
     "data",
     [
         # integers, lengths and tags not in their shortest form
-        "1801", "190001", "1a00000001", "1b0000000000000001", "3800", "1817",
-        "780161", "5801ff", "980101", "b8010101", "d8028101",
+        "1801",
+        "190001",
+        "1a00000001",
+        "1b0000000000000001",
+        "3800",
+        "1817",
+        "780161",
+        "5801ff",
+        "980101",
+        "b8010101",
+        "d8028101",
         "c24101",  # bignum for a small integer
         "c2420001",  # bignum with a leading zero byte
         "c34100",  # negative bignum for a small integer
         "c240",  # bignum for zero
         # floats not in their shortest form, and non-canonical NaNs
-        "fa3fc00000", "fb3ff8000000000000", "fa7fc00000", "f97e01", "fb7ff8000000000000",
+        "fa3fc00000",
+        "fb3ff8000000000000",
+        "fa7fc00000",
+        "f97e01",
+        "fb7ff8000000000000",
         "f9fe00",
         # map keys out of order (canonical is length-first, then bytewise)
         "a2616201616102",  # {"b": 1, "a": 2}
         "a2616101" + "0102",  # {"a": 1, 1: 2}: shorter key must come first
         "a21903e800616100",  # {1000: 0, "a": 0}: bytewise order, not length-first
         # duplicate keys, including keys that are equal as values
-        "a201010102", "a20101f502",
+        "a201010102",
+        "a20101f502",
         # indefinite lengths
-        "9f01ff", "5f4101ff", "7f6161ff", "bf0101ff", "9fff",
+        "9f01ff",
+        "5f4101ff",
+        "7f6161ff",
+        "bf0101ff",
+        "9fff",
         # a reducible, negative-denominator or zero-denominator fraction
-        "d81e820204", "d81e820121", "d81e820100", "d81e83010203", "d81e01",
+        "d81e820204",
+        "d81e820121",
+        "d81e820100",
+        "d81e83010203",
+        "d81e01",
         # simple values that are not values
-        "f7", "e0", "f0", "f820", "f8ff",
+        "f7",
+        "e0",
+        "f0",
+        "f820",
+        "f8ff",
         # a break or reserved additional info where an item should be
-        "ff", "1c", "3d", "5e", "7f", "9e", "be", "de", "fc",
+        "ff",
+        "1c",
+        "3d",
+        "5e",
+        "7f",
+        "9e",
+        "be",
+        "de",
+        "fc",
         # invalid UTF-8
-        "62c328", "61ff",
+        "62c328",
+        "61ff",
         # a map key that is not a value key
-        "a1a000", "a1d9af010101", "a1d9af0484617301f40001",  # keys: a map, Linear, Sealed
+        "a1a000",
+        "a1d9af010101",
+        "a1d9af0484617301f40001",  # keys: a map, Linear, Sealed
     ],
 )
 def test_non_canonical_or_invalid_encodings_refused(data):
@@ -510,17 +598,52 @@ def test_non_canonical_or_invalid_encodings_refused(data):
 
 def test_the_canonical_forms_of_those_values_decode():
     # Control group for the test above: the same values in canonical form are accepted.
-    for data in ["01", "1818", "20", "6161", "4161", "8101", "a10101",
-                 "f93e00", "f97e00", "a2616101616202", "a2010261610f", "d81e820102",
-                 "c249010000000000000000", "a1810001"]:
+    for data in [
+        "01",
+        "1818",
+        "20",
+        "6161",
+        "4161",
+        "8101",
+        "a10101",
+        "f93e00",
+        "f97e00",
+        "a2616101616202",
+        "a2010261610f",
+        "d81e820102",
+        "c249010000000000000000",
+        "a1810001",
+    ]:
         v = decode(bytes.fromhex(data))
         assert encode(v).hex() == data
 
 
 @pytest.mark.parametrize(
     "tag",
-    [0, 1, 4, 5, 21, 22, 23, 24, 25, 28, 29, 32, 35, 256, 258, 259, 55799,
-     codec.TAG_RESERVED_MAX, codec.TAG_LINEAR - 1, 44811, 2**32, 2**64 - 1],
+    [
+        0,
+        1,
+        4,
+        5,
+        21,
+        22,
+        23,
+        24,
+        25,
+        28,
+        29,
+        32,
+        35,
+        256,
+        258,
+        259,
+        55799,
+        codec.TAG_RESERVED_MAX,
+        codec.TAG_LINEAR - 1,
+        44811,
+        2**32,
+        2**64 - 1,
+    ],
 )
 def test_unknown_tags_refused(tag):
     if tag < 24:

@@ -180,10 +180,30 @@ def test_invalid_value_deep_in_map_record_names_its_path():
 
 @pytest.mark.parametrize(
     "key",
-    [[1], {"a": 1}, {1}, bytearray(b"x"), Map(), Linear(1), Affine(1), (1, [2]),
-     Point(Linear(1), 0), object()],
-    ids=["list", "dict", "set", "bytearray", "Map", "Linear", "Affine", "tuple-list",
-         "record-linear", "object"],
+    [
+        [1],
+        {"a": 1},
+        {1},
+        bytearray(b"x"),
+        Map(),
+        Linear(1),
+        Affine(1),
+        (1, [2]),
+        Point(Linear(1), 0),
+        object(),
+    ],
+    ids=[
+        "list",
+        "dict",
+        "set",
+        "bytearray",
+        "Map",
+        "Linear",
+        "Affine",
+        "tuple-list",
+        "record-linear",
+        "object",
+    ],
 )
 def test_map_refuses_bad_keys(key):
     with pytest.raises(ValueRuleError):
@@ -193,8 +213,18 @@ def test_map_refuses_bad_keys(key):
 
 
 def test_map_accepts_value_keys():
-    keys = [None, True, 3, -2**80, 1.5, Fraction(1, 3), "s", b"b", (1, ("x", b"y")),
-            Point(1, "a")]
+    keys = [
+        None,
+        True,
+        3,
+        -(2**80),
+        1.5,
+        Fraction(1, 3),
+        "s",
+        b"b",
+        (1, ("x", b"y")),
+        Point(1, "a"),
+    ]
     m = Map((k, i) for i, k in enumerate(keys))
     for i, k in enumerate(keys):
         assert m[k] == i
@@ -224,7 +254,9 @@ def test_map_substructural_index_follows_updates():
 _small_keys = st.sampled_from(["a", "b", "c", 1, 2, (1, "x")])
 _plain = st.one_of(st.integers(-3, 3), st.text(max_size=2), st.none())
 _subby = st.one_of(
-    _plain.map(Linear), _plain.map(Affine), _plain.map(Relevant),
+    _plain.map(Linear),
+    _plain.map(Affine),
+    _plain.map(Relevant),
     st.tuples(_plain, _plain.map(Linear)),
 )
 _ops = st.lists(
@@ -274,8 +306,22 @@ def test_map_model(ops):
 def test_check_value_accepts_values_and_counts_items():
     s, _ = sealer_pair("s")
     good = [
-        None, True, 0, 2**100, -1.5, float("nan"), Fraction(2, 3), "", b"", (), (1, (2, ())),
-        Map({"a": (1, 2)}), Point(1, (2, Map())), s, Unsealer("s"), s.seal((1, 2)),
+        None,
+        True,
+        0,
+        2**100,
+        -1.5,
+        float("nan"),
+        Fraction(2, 3),
+        "",
+        b"",
+        (),
+        (1, (2, ())),
+        Map({"a": (1, 2)}),
+        Point(1, (2, Map())),
+        s,
+        Unsealer("s"),
+        s.seal((1, 2)),
     ]
     for v in good:
         assert check_value(v) == 0, v
@@ -314,8 +360,20 @@ class _Unregistered:
         (1j, "complex"),
         (Map, "callable"),
     ],
-    ids=["list", "dict", "set", "frozenset", "bytearray", "lambda", "function",
-         "unregistered-dataclass", "object", "generator", "complex", "class"],
+    ids=[
+        "list",
+        "dict",
+        "set",
+        "frozenset",
+        "bytearray",
+        "lambda",
+        "function",
+        "unregistered-dataclass",
+        "object",
+        "generator",
+        "complex",
+        "class",
+    ],
 )
 def test_check_value_rejects_non_values_with_path(bad, word):
     with pytest.raises(ValueRuleError) as ei:
@@ -648,7 +706,8 @@ def _pieces():
     # Every piece is a fresh substructural wrapper, so identities are never shared.
     return st.lists(
         st.tuples(st.sampled_from(_WRAPPERS), nested).map(lambda t: t[0](t[1])),
-        min_size=1, max_size=6,
+        min_size=1,
+        max_size=6,
     )
 
 
@@ -666,8 +725,10 @@ def _arrange(pieces, order, cut):
 @settings(max_examples=200)
 @given(_pieces(), st.data())
 def test_conservation_property(pieces, data):
-    inputs = [("$.msg", tuple(pieces[: len(pieces) // 2])),
-              ("$.state", Map({"held": tuple(pieces[len(pieces) // 2:])}))]
+    inputs = [
+        ("$.msg", tuple(pieces[: len(pieces) // 2])),
+        ("$.state", Map({"held": tuple(pieces[len(pieces) // 2 :])})),
+    ]
     n = len(pieces)
     order = data.draw(st.permutations(range(n)))
     cut = data.draw(st.integers(0, n))

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 ALGORITHMS = ("ed25519", "ed448")
+_PUBLIC_KEY_BYTES = {"ed25519": 32, "ed448": 57}
 ADDRESS_BYTES = 32
 SEALING_KEY_BYTES = 64  # AES-256-SIV
 PRIORITY_MIN, PRIORITY_MAX = -1.0, 1.0
@@ -119,8 +120,13 @@ def verify_identity(resource_bytes: bytes, address: bytes) -> Map:
     """Decode an identity resource fetched from anywhere and check it names ``address``."""
     if hashlib.sha256(resource_bytes).digest() != address:
         raise CapabilityError("identity resource does not hash to the address")
-    res = codec.decode(resource_bytes)
-    if type(res) is not Map or set(res) != {"key", "alg", "meta"} or res["alg"] not in ALGORITHMS:
+    try:
+        res = codec.decode(resource_bytes)
+    except CodecError as e:  # the peer's fault, reported as what it is: a bad identity
+        raise CapabilityError(f"identity resource does not decode: {e}") from None
+    if (type(res) is not Map or set(res) != {"key", "alg", "meta"}
+            or res["alg"] not in ALGORITHMS or type(res["key"]) is not bytes
+            or len(res["key"]) != _PUBLIC_KEY_BYTES[res["alg"]]):
         raise CapabilityError("not an identity resource")
     return res
 
@@ -425,5 +431,10 @@ def _self_from_items(items: tuple) -> Self:
 
 codec.register_extension(Capability, codec.TAG_CAPABILITY, _cap_to_items, _cap_from_items)
 codec.register_extension(Self, codec.TAG_SELF, lambda s: (s.address, s.keyver), _self_from_items)
-register_value_type(Capability, lambda c: (c.kind, c._held))
+# A commons capability's arguments are plain values in the clear: any linear, affine or
+# relevant items in them are counted like items anywhere else (copying the capability
+# copies them), or they could be laundered through a commons capability.
+register_value_type(
+    Capability, lambda c: (c.kind, c._held if c.commons is None else (c.commons[1],))
+)
 register_value_type(Self, lambda s: (UNRESTRICTED, ()))

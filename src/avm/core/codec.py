@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import cbor2
 
@@ -344,7 +345,7 @@ def _from_tag(tag: int, v: Any) -> Any:
         if len(v) - 1 != len(fields):
             raise CodecError(f"record {v[0]!r} needs {len(fields)} fields, got {len(v) - 1}")
         try:
-            return cls(**dict(zip(fields, v[1:])))
+            return cls(**dict(zip(fields, v[1:], strict=True)))
         except Exception as e:  # a user's __post_init__ may refuse the fields
             raise CodecError(f"record {v[0]!r} refused its fields: {e}") from None
     fn = _EXT_DEC.get(tag)
@@ -391,6 +392,5 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 # Fractions are normalised by Python, so tag 30 with a reducible pair is caught by the
-# canonical re-encode check above; a zero denominator raises inside cbor2 and becomes a
-# CodecError there.
-_ = Fraction
+# canonical re-encode check in ``decode``; a zero denominator raises inside cbor2 and
+# becomes a CodecError there.

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .caps import Capability, Self
+from .caps import Capability
 from .errors import AvmError, SignalError, StepContractError, SubstructuralError, ValueRuleError
 from .values import _ATOMS, Map, _Invalid, _walk, check_conservation, check_value
 
@@ -384,6 +384,3 @@ class Behavior:
             f"{self.name} got the strong signal {name!r}, which it does not handle; add "
             f"@{self.name}.signal({name!r}) or make the sender use a weak signal '~{name}'")
 
-
-# ``Self`` and ``Map`` are re-exported here for behaviors that import from one place.
-_ = (Self, Map)

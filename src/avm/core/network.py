@@ -28,7 +28,6 @@ One step does one thing, in this order of preference:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from .caps import (
 from .commons import SERVICES, serve
 from .errors import AvmError, CapabilityError, UnsealError
 from .machine import SIGNAL, Failure, Message, run_batch
-from .schedule import hlc_now, hlc_recv, rng_float, rng_int, rng_next, score
+from .schedule import hlc_now, hlc_recv, rng_float, rng_int, score
 from .values import _ATOMS, NO_COPY, Map, check_value, record, substructural_items
 
 __all__ = [
@@ -67,6 +66,10 @@ __all__ = [
     "submit",
     "step",
     "set_status",
+    "MachineImage",
+    "export_machine",
+    "import_machine",
+    "move",
     "mint",
     "events",
 ]
@@ -204,6 +207,7 @@ class events:  # noqa: N801 - a namespace
         steps: int
         at: int
         messages: tuple = ()
+        read_only: bool = False  # committed and left the state as it was
 
     @dataclass(frozen=True)
     class Dropped:
@@ -445,6 +449,56 @@ def rotate_key(net: Network, address: bytes, keep_old: bool = False) -> Network:
                    machines=net.machines.set(address, _with(m, keyver=v)))
 
 
+@record(name="avm.MachineImage")
+class MachineImage:
+    """Everything that makes a machine, as one value: for moving it between networks."""
+
+    address: bytes
+    name: str
+    state: Any
+    behavior: str
+    signal: Any
+    keyver: int
+    keys: Map  # version -> sealing key bytes: an image is as secret as the machine
+
+
+def export_machine(net: Network, address: bytes) -> tuple[Network, MachineImage]:
+    """Take a machine out of a network (mobility, DESIGN section 7).
+
+    Batches still queued for it stay behind and will be dropped as unknown-address,
+    exactly as they would be on a host that no longer serves it; senders that care use
+    ``feedback``. Its address and keys travel with it, so every capability to it still
+    works wherever it is imported.
+    """
+    m = net.machines[address]
+    image = MachineImage(address, m.name, m.state, m.behavior, m.signal, m.keyver,
+                         net.keys[address])
+    net = _with(net, machines=net.machines.delete(address), names=net.names.delete(m.name),
+                keys=net.keys.delete(address))
+    return net, image
+
+
+def import_machine(net: Network, image: MachineImage, host: str) -> Network:
+    """Install a machine image on ``host``; it keeps its address, keys and state."""
+    if host not in net.hosts:
+        raise AvmError(f"unknown host {host!r}")
+    if image.address in net.machines or image.name in net.names:
+        raise AvmError(f"machine {image.name!r} is already in this network")
+    rec = MachineRecord(name=image.name, state=image.state, behavior=image.behavior,
+                        signal=image.signal, host=host, keyver=image.keyver)
+    return _with(net, machines=net.machines.set(image.address, rec),
+                 names=net.names.set(image.name, image.address),
+                 keys=net.keys.set(image.address, image.keys))
+
+
+def move(net: Network, address: bytes, host: str) -> Network:
+    """Move a machine to another host of the same network; channels follow it."""
+    if host not in net.hosts:
+        raise AvmError(f"unknown host {host!r}")
+    m = net.machines[address]
+    return _with(net, machines=net.machines.set(address, _with(m, host=host)))
+
+
 def set_status(net: Network, address: bytes, status: str) -> Network:
     """Suspend, resume ("running") or stop a machine. A suspended machine queues its input."""
     if status not in ("running", "suspended", "stopped"):
@@ -630,16 +684,27 @@ def step(net: Network, env: Env) -> tuple[Network, list]:
 
 
 def _next_timed(net: Network) -> tuple | None:
+    """The earliest timed event, with a total order on ties.
+
+    Map iteration order follows key hashes, which Python randomises per process for
+    text and bytes; every choice here therefore compares explicit keys, so that a seed
+    replays identically in a fresh process (the CLI's reproduction promise).
+    """
     best: tuple | None = None
+    best_key: tuple | None = None
     for k in net.wire:
-        if best is None or k < best[1]:
-            best = (k[0], k, "wire")
+        key = (k[0], 0, k[1])
+        if best_key is None or key < best_key:
+            best, best_key = (k[0], k, "wire"), key
     for h in net.hosts.values():
-        if not h.up and (best is None or h.down_until < best[0]):
-            best = (h.down_until, h.name, "restart")
-    for k, (b, retry_at, _) in net.outbox.items():
-        if best is None or retry_at < best[0]:
-            best = (retry_at, k, "retry")
+        if not h.up:
+            key = (h.down_until, 1, h.name)
+            if best_key is None or key < best_key:
+                best, best_key = (h.down_until, h.name, "restart"), key
+    for k, (_b, retry_at, _) in net.outbox.items():
+        key = (retry_at, 2, repr(k))
+        if best_key is None or key < best_key:
+            best, best_key = (retry_at, k, "retry"), key
     return best
 
 
@@ -688,7 +753,6 @@ def _maybe_fault(net: Network) -> tuple[Network, list]:
 
 def _restart_host(net: Network, env: Env, name: str) -> tuple[Network, list]:
     h = net.hosts[name]
-    down = net.now - (h.down_until - 0)
     net = _with(net, hosts=net.hosts._set_plain(name, _with(h, up=True)),
                   stats=_bump(net.stats, "host.restart"))
     evs: list = [events.Host(name, True, net.now)]
@@ -701,7 +765,6 @@ def _restart_host(net: Network, env: Env, name: str) -> tuple[Network, list]:
             net, more = _enqueue_local(
                 net, ("host", name), addr, ((sig, ("restart", Map({"host": name}))),), name, 1.0)
             evs.extend(more)
-    _ = down
     return net, evs
 
 
@@ -802,14 +865,17 @@ def _pick(net: Network) -> tuple | None:
 
 
 def _waiting_higher(net: Network, dest: Any, priority: float, skip: tuple) -> tuple | None:
-    """A ready batch for the same machine with a higher priority (for rule 8)."""
+    """The best ready batch for the same machine with a higher priority (for rule 8)."""
     best = None
+    best_key = None
     for chan in net.live:
         if chan == skip or chan[1] != dest:
             continue
         b = net.pending[(chan, net.head[chan])]
-        if b.priority > priority and (best is None or score(b.ts, b.priority) < score(best[1].ts, best[1].priority)):
-            best = (chan, b)
+        if b.priority > priority:
+            key = (score(b.ts, b.priority), repr(chan))
+            if best_key is None or key < best_key:
+                best, best_key = (chan, b), key
     return best
 
 
@@ -862,15 +928,8 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
         return net, evs + more
     # Unseal every capability first: one bad capability fails the whole batch (rule 10).
     ring = env.keyring(net, dest)
-    msgs = []
-    last_cap = None
-    last_ctx = None
     try:
-        for cap, content in b.messages:
-            if cap is not last_cap or cap.kind:
-                last_ctx = env.unseal(cap, ring)
-                last_cap = cap
-            msgs.append(Message(last_ctx, content))
+        msgs = _open_messages(env, ring, b.messages)
     except UnsealError as e:
         net = _with(net, stats=_bump(net.stats, "drop.unseal"))
         return _fail_batch(net, chan, b, Failure("unseal", str(e)), evs, counted=False)
@@ -888,11 +947,37 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
     net = _with(
         net, machines=net.machines.set(dest, _with(m, state=r.state)),
         stats=_bump(_bump(net.stats, "batch.ok"), "steps", r.steps))
-    evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs)))
+    # Read-only: the step handed back the state it was given (or an equal atom). Hosts
+    # use this to run such batches optimistically in parallel; the simulator reports it.
+    ro = r.state is m.state or (type(r.state) in _ATOMS and r.state == m.state
+                                and type(r.state) is type(m.state))
+    evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs), ro))
     net, more = _emit(net, dest, m.host, r.outputs)
     evs.extend(more)
     net, more = _notify(net, b, True, "")
     return net, evs + more
+
+
+def _open_messages(env: Env, ring: Keyring | None, messages: tuple) -> list[Message]:
+    """Unseal every capability of a batch into the messages a step receives.
+
+    Batches usually reuse a few capabilities many times, so each distinct unrestricted
+    capability is opened once; substructural ones are opened every time (their decoded
+    contexts must be distinct objects for the conservation check).
+    """
+    if ring is None:
+        raise UnsealError("no keys for this machine")
+    opened: dict[int, Any] = {}
+    subs = False
+    for cap, _ in messages:
+        if cap.kind:
+            subs = True
+        elif id(cap) not in opened:
+            opened[id(cap)] = env.unseal(cap, ring)
+    if not subs:
+        return [Message(opened[id(cap)], content) for cap, content in messages]
+    return [Message(env.unseal(cap, ring) if cap.kind else opened[id(cap)], content)
+            for cap, content in messages]
 
 
 def _fail_batch(net: Network, chan: tuple, b: Batch, failure: Failure, evs: list,
@@ -945,7 +1030,7 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
     evs: list = [events.Applied(chan, b.seq, b.dest, True, None, len(b.messages), net.now)]
     outputs: list = []
     rng = net.rng
-    for cap, content in b.messages:
+    for _cap, content in b.messages:
         if service == "feedback":
             ok = (type(content) is tuple and len(content) == 4 and type(content[0]) is Capability
                   and type(content[2]) is Capability)
@@ -998,5 +1083,3 @@ def who(net: Network, x: Any) -> str:
 def batch_hash(b: Batch) -> bytes:
     return codec.value_hash(b.messages)
 
-
-_ = (dataclasses, rng_next)

@@ -17,9 +17,9 @@ from dataclasses import replace
 from typing import Any
 
 from . import network as nw
-from .caps import Capability
+from .caps import Capability, Self
 from .errors import AvmError
-from .machine import SIGNAL, Behavior
+from .machine import SIGNAL
 from .network import Config, Env, Faults, Network, events
 
 __all__ = ["Sim", "InvariantViolation", "parse_faults", "format_event", "RunReport"]
@@ -228,7 +228,30 @@ class Sim:
 
     def rotate_key(self, name: str, keep_old: bool = False) -> None:
         """Revoke every capability the machine issued (unless ``keep_old``)."""
-        self.net = nw.rotate_key(self.net, self.address(name), keep_old)
+        addr = self.address(name)
+        self.net = nw.rotate_key(self.net, addr, keep_old)
+        # A machine that kept its Self would go on sealing under the retired key, minting
+        # capabilities that are dead on arrival: hand it the new one, as at spawn.
+        m = self.net.machines[addr]
+        new_self = Self(addr, m.keyver, self.env.sealing_key(m.keyver, self.net.keys[addr][m.keyver]))
+        sig = nw.mint(self.net, self.env, addr, m.signal)
+        self.net, evs = nw._enqueue_local(
+            self.net, ("host", m.host), addr, ((sig, ("self", new_self)),), m.host, 1.0)
+        self._log(evs)
+
+    def move(self, name: str, host: str) -> None:
+        """Move a machine to another host; capabilities to it keep working."""
+        self.net = nw.move(self.net, self.address(name), host)
+
+    def export_machine(self, name: str) -> nw.MachineImage:
+        """Remove a machine and return it as a value, to import into another network."""
+        self.net, image = nw.export_machine(self.net, self.address(name))
+        return image
+
+    def import_machine(self, image: nw.MachineImage, host: str | None = None) -> None:
+        """Install a machine exported from another network (its behavior must be known here)."""
+        self.env.behavior(image.behavior)
+        self.net = nw.import_machine(self.net, image, host or next(iter(sorted(self.net.hosts))))
 
     def snapshot(self) -> Network:
         """The whole network as an immutable value; :meth:`restore` puts it back."""
@@ -252,8 +275,6 @@ def _probe(msg: Any, state: Any) -> tuple:
         return [], (() if name == "init" else state)
     return [], (*state, content)
 
-
-_ = Behavior
 
 
 def format_event(net: Network, ev: Any) -> str:
