@@ -172,6 +172,9 @@ def confirmed(state, tag, *, ctx):
 
 # -- the network -------------------------------------------------------------------------
 
+#: Hosts for ``avm sim``, which creates them before calling build; build adds any that
+#: are missing, so it also runs in a one-host simulator or nested in a machine.
+HOSTS = ("h0", "h1")
 BRANCHES = {
     "branch.north": ("h0", {"alice": 100, "bob": 50, "carol": 0}),
     "branch.south": ("h1", {"dave": 80, "erin": 20}),
@@ -222,7 +225,7 @@ def balances(sim):
 
 def build_with(sim, workload=WORKLOAD):
     """Spawn branches and tellers on two hosts, submit ``workload``, add invariants."""
-    ensure_hosts(sim, "h0", "h1")
+    ensure_hosts(sim, *HOSTS)
     for bname, (host, opening) in BRANCHES.items():
         sim.spawn(bname, branch, Map(opening), host=host)
     for tname, (host, bname) in TELLERS.items():

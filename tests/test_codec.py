@@ -657,7 +657,7 @@ def test_unknown_tags_refused(tag):
     else:
         head = bytes([0xDB]) + tag.to_bytes(8, "big")
     for body in ("00", "6161", "820102"):
-        with pytest.raises(CodecError):
+        with pytest.raises(CodecError, match=f"unknown tag {tag}"):
             decode(head + bytes.fromhex(body))
 
 

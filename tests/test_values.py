@@ -248,6 +248,16 @@ def test_map_substructural_index_follows_updates():
     assert any(x is lin for x in substructural_items(m))
 
 
+def test_map_repeated_key_keeps_only_the_last_binding_in_the_index():
+    m = Map([("k", Linear(1)), ("k", 2)])
+    assert m["k"] == 2
+    assert list(m.substructural_keys()) == [] and check_value(m) == 0
+    m = Map([("k", 2), ("k", Affine(1))])
+    assert list(m.substructural_keys()) == ["k"] and check_value(m) == 1
+    m = Map({"k": Linear(1)}).update([("k", Linear(2)), ("k", 3)])
+    assert list(m.substructural_keys()) == [] and m.substructural_count == 0
+
+
 # A model-based property: a sequence of operations on Map behaves like a dict, and each
 # old version keeps its contents (persistence) and its substructural index.
 

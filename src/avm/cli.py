@@ -13,6 +13,7 @@ an exception while building). Tracebacks only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -25,9 +26,11 @@ from types import ModuleType
 from typing import Any
 
 from . import __version__
+from .core.codec import encode
 from .core.errors import AvmError
 from .core.network import Faults, events, quiescent
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
+from .core.values import Map, Substructural
 
 __all__ = ["main"]
 
@@ -418,11 +421,42 @@ class _Tally:
             self.counts[key] = self.counts.get(key, 0) + 1
 
 
+def show(v: Any) -> str:
+    """``repr`` with every Map in canonical key order, so the text is the same in every process.
+
+    ``Map.__repr__`` follows the map's hash order, and Python randomises string hashes
+    per process (PYTHONHASHSEED); printing that would break "same seed, same output".
+    """
+    t = type(v)
+    if t is tuple:
+        inner = ", ".join(show(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if t is Map:
+        keys = sorted(v, key=_canonical_key)
+        return "Map({" + ", ".join(f"{show(k)}: {show(v[k])}" for k in keys) + "})"
+    if isinstance(v, Substructural):
+        return f"{t.__name__}({show(v.value)})"
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        fields = ", ".join(f"{f.name}={show(getattr(v, f.name))}"
+                           for f in dataclasses.fields(v) if f.repr)
+        return f"{t.__qualname__}({fields})"
+    return repr(v)
+
+
+def _canonical_key(k: Any) -> tuple[int, bytes]:
+    """The order of keys in the canonical encoding: length first, then bytewise."""
+    try:
+        b = encode(k)
+    except AvmError:
+        b = repr(k).encode()
+    return (len(b), b)
+
+
 def _print_states(sim: Sim, out: Any) -> None:
     print("final states:", file=out)
     for name in sorted(sim.net.names):
         m = sim.machine(name)
-        text = repr(m.state)
+        text = show(m.state)
         if len(text) > STATE_CHARS_MAX:
             text = text[: STATE_CHARS_MAX - 3] + "..."
         status = "" if m.status == "running" else f", {m.status}"

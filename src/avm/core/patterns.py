@@ -67,6 +67,7 @@ __all__ = [
     "Refused",
     "Forward",
     "Grants",
+    "is_grant",
     "caretaker",
     "membrane",
     "caretaker_args",
