@@ -5,6 +5,7 @@ its state; machines talk only by sending message batches to capabilities. Start 
 :class:`Behavior` to write one and :class:`Sim` to run a network of them.
 """
 
+from .core import patterns
 from .core.caps import Capability, IdentityKey, Self, address_text
 from .core.codec import Limits, decode, encode, value_hash
 from .core.errors import (
@@ -21,6 +22,10 @@ from .core.machine import SIGNAL, BatchResult, Behavior, Failure, Message, run_b
 from .core.network import Config, Faults, Network
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
 from .core.values import (
+    AFFINE,
+    LINEAR,
+    RELEVANT,
+    UNRESTRICTED,
     Affine,
     Linear,
     Map,
@@ -36,6 +41,11 @@ from .core.values import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AFFINE",
+    "ANY",
+    "LINEAR",
+    "RELEVANT",
+    "UNRESTRICTED",
     "Affine",
     "AvmError",
     "BatchResult",
@@ -71,6 +81,7 @@ __all__ = [
     "encode",
     "format_event",
     "parse_faults",
+    "patterns",
     "record",
     "run_batch",
     "sealer_pair",

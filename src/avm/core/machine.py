@@ -28,6 +28,7 @@ from .values import _ATOMS, Map, _Invalid, _walk, check_conservation, check_valu
 
 __all__ = [
     "SIGNAL",
+    "ANY",
     "Message",
     "StepFn",
     "Failure",
@@ -39,6 +40,16 @@ __all__ = [
 
 #: The default signal context: life-cycle messages arrive as ``Message(SIGNAL, (name, args))``.
 SIGNAL = "avm:signal"
+
+
+class _Any:
+    """Matches every context in ``Behavior.on``."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY = _Any()
 
 
 class Message(NamedTuple):
@@ -288,6 +299,8 @@ class Behavior:
       and is called as ``fn(state, *args)``;
     * ``@b.on(RecordClass)`` handles content of that record type: ``fn(state, content)``;
     * a handler that declares a keyword-only parameter ``ctx`` also gets the context;
+    * ``@b.on("name", context=c)`` only matches messages sent through a capability whose
+      context is ``c`` (or a tuple starting with ``c``): authority lives in the context;
     * ``@b.signal("init")`` (or ``@b.init``), ``@b.signal("self")``, ``@b.signal("env")``
       and ``@b.signal("restart")`` handle life-cycle signals as ``fn(state, args)``.
       Without an ``init`` handler the initial state is the init argument; without the
@@ -302,8 +315,9 @@ class Behavior:
     def __init__(self, name: str = "behavior", signal: Any = SIGNAL) -> None:
         self.name = name
         self.signal_context = signal
-        self._by_name: dict[str, tuple[Callable, bool]] = {}
-        self._by_type: dict[type, tuple[Callable, bool]] = {}
+        # key -> ((context filter, handler, wants ctx), ...), tried in order.
+        self._by_name: dict[str, tuple[tuple[Any, Callable, bool], ...]] = {}
+        self._by_type: dict[type, tuple[tuple[Any, Callable, bool], ...]] = {}
         self._signals: dict[str, Callable] = {}
         self._fallback: tuple[Callable, bool] | None = None
 
@@ -315,15 +329,20 @@ class Behavior:
         p = inspect.signature(fn).parameters.get("ctx")
         return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
 
-    def on(self, key: str | type) -> Callable[[Callable], Callable]:
+    def on(self, key: str | type, context: Any = ANY) -> Callable[[Callable], Callable]:
+        """Handle messages named ``key`` (or of record type ``key``).
+
+        With ``context=``, only messages that arrived through a capability whose context
+        equals it, or is a tuple starting with it, match: authority lives in the context,
+        so ``@b.on("revoke", context="admin")`` cannot be reached through a capability
+        made for anything else. Handlers for one key are tried in the order declared.
+        """
         def deco(fn: Callable) -> Callable:
-            entry = (fn, self._wants_ctx(fn))
-            if isinstance(key, str):
-                self._by_name[key] = entry
-            elif isinstance(key, type):
-                self._by_type[key] = entry
-            else:
+            if not isinstance(key, (str, type)):
                 raise TypeError("Behavior.on takes a message name (str) or a record class")
+            entry = (context, fn, self._wants_ctx(fn))
+            table: dict = self._by_name if isinstance(key, str) else self._by_type
+            table[key] = (*table.get(key, ()), entry)
             return fn
         return deco
 
@@ -348,23 +367,27 @@ class Behavior:
             return self._on_signal(content, state)
         t = type(content)
         if t is tuple and content and type(content[0]) is str:
-            entry = self._by_name.get(content[0])
-            if entry is not None:
-                fn, wants = entry
-                return fn(state, *content[1:], ctx=ctx) if wants else fn(state, *content[1:])
+            entries = self._by_name.get(content[0])
+            args = content[1:]
         elif t is str:
-            entry = self._by_name.get(content)
-            if entry is not None:
-                fn, wants = entry
-                return fn(state, ctx=ctx) if wants else fn(state)
+            entries = self._by_name.get(content)
+            args = ()
         else:
-            entry = self._by_type.get(t)
-            if entry is not None:
-                fn, wants = entry
-                return fn(state, content, ctx=ctx) if wants else fn(state, content)
+            entries = self._by_type.get(t)
+            args = (content,)
+        if entries is not None:
+            for want, fn, wants in entries:
+                if want is ANY or ctx == want or (
+                        type(ctx) is tuple and ctx and ctx[0] == want):
+                    return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
         if self._fallback is not None:
             fn, wants = self._fallback
             return fn(state, content, ctx=ctx) if wants else fn(state, content)
+        if entries is not None:
+            raise StepContractError(
+                f"{self.name} does not accept {_short(content)} through a capability with "
+                f"context {_short(ctx)}; its handlers want contexts "
+                f"{[e[0] for e in entries]}")
         known = sorted(self._by_name) + sorted(c.__name__ for c in self._by_type)
         raise StepContractError(
             f"{self.name} has no handler for message {_short(content)}; it handles {known}")

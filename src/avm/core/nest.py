@@ -12,8 +12,13 @@ which then runs until it is quiescent; messages addressed outside it leave as th
 machine's outputs. Nothing here needs host support: it is only a step function.
 
 Routing in: an outer capability with context ``("route", machine_name, inner_context)``
-reaches inner machine ``machine_name`` with ``inner_context``. Mint them with
-:func:`route_cap` from a capability of the nesting machine, or with ``Self``.
+reaches inner machine ``machine_name`` with ``inner_context``. The nesting machine's host
+mints them (``sim.cap("world", ("route", "bank", None))``), or the machine itself with its
+``Self``.
+
+What stays behind: invariants that ``build`` registers are checked while the init batch
+settles; later steps run the inner network without them (check the outer network's
+invariants instead, reading inner states with :func:`inner_state`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ def nest(
     behaviors: dict[str, Callable] = {}
 
     def _sim(net: Network) -> Sim:
+        if not behaviors:
+            # A nest restored from storage or moved here never ran its init in this
+            # process: learn the behavior table by running build on a scratch network.
+            # build is deterministic, so this is the same table init saw.
+            scratch = Sim(seed=net.seed, hosts=hosts, record=False)
+            build(scratch)
+            behaviors.update(scratch.env.behaviors)
         sim = Sim(seed=net.seed, hosts=(), record=False)
         sim.env.behaviors.update(behaviors)
         sim.restore(net)

@@ -438,15 +438,26 @@ def mint(net: Network, env: Env, address: bytes, context: Any, priority: float =
     return seal_context(address, env.sealing_key(v, versions[v]), context, priority)
 
 
-def rotate_key(net: Network, address: bytes, keep_old: bool = False) -> Network:
-    """Give a machine a new sealing key version: revokes what it issued under the old ones."""
+def rotate_key(net: Network, address: bytes, keep_old: bool = False,
+               env: Env | None = None) -> tuple[Network, list]:
+    """Give a machine a new sealing key version: revokes what it issued under the old ones.
+
+    The machine is handed its new ``Self`` by a ``("self", Self)`` signal, as at spawn;
+    a machine that kept its old ``Self`` would otherwise go on minting capabilities under
+    the retired key, dead on arrival.
+    """
+    env = env or Env()
     versions = net.keys[address]
     v = max(versions) + 1
     raw = _derive(net.seed, "seal", address, v) + _derive(net.seed, "seal2", address, v)
     new = (versions if keep_old else Map()).set(v, raw)
     m = net.machines[address]
-    return _with(net, keys=net.keys.set(address, new),
-                   machines=net.machines.set(address, _with(m, keyver=v)))
+    net = _with(net, keys=net.keys.set(address, new),
+                machines=net.machines.set(address, _with(m, keyver=v)))
+    new_self = Self(address, v, env.sealing_key(v, raw))
+    sig = mint(net, env, address, m.signal)
+    return _enqueue_local(net, ("host", m.host), address, ((sig, ("self", new_self)),),
+                          m.host, 1.0)
 
 
 @record(name="avm.MachineImage")

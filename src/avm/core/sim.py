@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import network as nw
-from .caps import Capability, Self
+from .caps import Capability
 from .errors import AvmError
 from .machine import SIGNAL
 from .network import Config, Env, Faults, Network, events
@@ -117,17 +117,40 @@ class Sim:
 
     # -- building ---------------------------------------------------------------------
     def behavior(self, fn: Callable, name: str | None = None) -> str:
-        """Register a step function under a name (the dictionary word it stands for)."""
-        name = name or getattr(fn, "name", None) or getattr(fn, "__name__", None) or "behavior"
-        if not isinstance(name, str):
-            raise AvmError("a behavior needs a name")
-        old = self.env.behaviors.get(name)
-        if old is not None and old is not fn:
-            raise AvmError(f"another behavior is already registered as {name!r}; pass name=")
-        self.env.behaviors[name] = fn
-        return name
+        """Register a step function under a name (the dictionary word it stands for).
 
-    def add_host(self, name: str) -> None:
+        Without ``name=``, the behavior's own name is used; if another behavior already
+        has it (two objects from one factory, say), ``-2``, ``-3``... is appended, in
+        registration order, so runs stay reproducible. An explicit ``name=`` that is taken
+        is an error.
+        """
+        for word, known in self.env.behaviors.items():
+            if known is fn and (name is None or name == word):
+                return word
+        if name is not None:
+            if name in self.env.behaviors:
+                raise AvmError(f"another behavior is already registered as {name!r}")
+            self.env.behaviors[name] = fn
+            return name
+        base = getattr(fn, "name", None) or getattr(fn, "__name__", None) or "behavior"
+        if not isinstance(base, str):
+            raise AvmError("a behavior needs a name: pass name=")
+        word, n = base, 1
+        while word in self.env.behaviors:
+            n += 1
+            word = f"{base}-{n}"
+        self.env.behaviors[word] = fn
+        return word
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The names of the simulated hosts, sorted."""
+        return tuple(sorted(self.net.hosts))
+
+    def add_host(self, name: str, exist_ok: bool = False) -> None:
+        """Add a simulated host (``exist_ok`` makes adding an existing one a no-op)."""
+        if exist_ok and name in self.net.hosts:
+            return
         self.net = nw.add_host(self.net, name)
 
     def spawn(
@@ -214,6 +237,12 @@ class Sim:
     def machine(self, name: str) -> nw.MachineRecord:
         return self.net.machines[self.address(name)]
 
+    def failures(self, name: str | None = None) -> list:
+        """Failed batches (``Failure`` values) recorded in the trace, optionally for one machine."""
+        addr = None if name is None else self.address(name)
+        return [e.failure for e in self.trace
+                if type(e) is events.Applied and not e.ok and (addr is None or e.dest == addr)]
+
     def stats(self) -> dict[str, int]:
         return dict(self.net.stats)
 
@@ -227,16 +256,11 @@ class Sim:
         self.net = nw.set_status(self.net, self.address(name), "stopped")
 
     def rotate_key(self, name: str, keep_old: bool = False) -> None:
-        """Revoke every capability the machine issued (unless ``keep_old``)."""
-        addr = self.address(name)
-        self.net = nw.rotate_key(self.net, addr, keep_old)
-        # A machine that kept its Self would go on sealing under the retired key, minting
-        # capabilities that are dead on arrival: hand it the new one, as at spawn.
-        m = self.net.machines[addr]
-        new_self = Self(addr, m.keyver, self.env.sealing_key(m.keyver, self.net.keys[addr][m.keyver]))
-        sig = nw.mint(self.net, self.env, addr, m.signal)
-        self.net, evs = nw._enqueue_local(
-            self.net, ("host", m.host), addr, ((sig, ("self", new_self)),), m.host, 1.0)
+        """Revoke every capability the machine issued (unless ``keep_old``).
+
+        The machine receives its new ``Self`` as a ``("self", Self)`` signal.
+        """
+        self.net, evs = nw.rotate_key(self.net, self.address(name), keep_old, self.env)
         self._log(evs)
 
     def move(self, name: str, host: str) -> None:
