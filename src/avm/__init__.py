@@ -18,7 +18,7 @@ from .core.errors import (
     UnsealError,
     ValueRuleError,
 )
-from .core.machine import SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
+from .core.machine import ANY, SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
 from .core.network import Config, Faults, Network
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
 from .core.values import (
