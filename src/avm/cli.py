@@ -101,7 +101,7 @@ machines: they delay batches but never lose, duplicate or reorder them.
 
 examples:
   avm sim examples/bank.py --seed 1
-  avm sim examples/bank.py:build_small --seed 1 --steps 200
+  avm sim examples/counter.py:build --seed 1 --steps 200
   avm sim examples.chat --seed 42 --hosts h0,h1,h2 --faults loss=0.1,delay=1-20 --quiet
   avm sim myapp/net.py --faults all --seed 9 --debug
 
@@ -188,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("avm: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `avm sim ... | head`: the reader left; stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -649,6 +649,7 @@ def _transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int
         if x < f.duplicate:
             copies = 2
             evs.append(events.Wire("duplicated", kind, src, dst, chan, seq, at))
+            net = _with(net, stats=_bump(net.stats, "wire.duplicated"))
     wire = net.wire
     n = net.wire_n
     stats = net.stats
@@ -703,16 +704,16 @@ def _next_timed(net: Network) -> tuple | None:
     """
     best: tuple | None = None
     best_key: tuple | None = None
-    for k in net.wire:
+    for k in net.wire._m:
         key = (k[0], 0, k[1])
         if best_key is None or key < best_key:
             best, best_key = (k[0], k, "wire"), key
-    for h in net.hosts.values():
+    for h in net.hosts._m.values():
         if not h.up:
             key = (h.down_until, 1, h.name)
             if best_key is None or key < best_key:
                 best, best_key = (h.down_until, h.name, "restart"), key
-    for k, (_b, retry_at, _) in net.outbox.items():
+    for k, (_b, retry_at, _) in net.outbox._m.items():
         key = (retry_at, 2, repr(k))
         if best_key is None or key < best_key:
             best, best_key = (retry_at, k, "retry"), key
@@ -790,7 +791,11 @@ def _retry(net: Network, key: tuple) -> tuple[Network, list]:
         return _with(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
     if attempts >= cfg.retry_max:
         net = _with(net, outbox=net.outbox.delete(key), stats=_bump(net.stats, "drop.unreachable"))
-        return net, [events.Dropped(chan, seq, b.dest, "unreachable: retry budget spent", net.now)]
+        why = "unreachable: retry budget spent"
+        # Feedback (rule 10) reports this drop too, from the sender's side: the
+        # destination is the one thing that cannot be reached.
+        net, more = _notify(net, b, False, why, host=src)
+        return net, [events.Dropped(chan, seq, b.dest, why, net.now), *more]
     backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
     net = _with(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
                   stats=_bump(net.stats, "wire.retry"))
@@ -865,7 +870,7 @@ def _runnable(net: Network, b: Batch) -> bool:
 def _pick(net: Network) -> tuple | None:
     best = None
     best_score = None
-    for chan in net.live:
+    for chan in net.live._m:
         b = net.pending[(chan, net.head[chan])]
         if not _runnable(net, b):
             continue
@@ -879,7 +884,7 @@ def _waiting_higher(net: Network, dest: Any, priority: float, skip: tuple) -> tu
     """The best ready batch for the same machine with a higher priority (for rule 8)."""
     best = None
     best_key = None
-    for chan in net.live:
+    for chan in net.live._m:
         if chan == skip or chan[1] != dest:
             continue
         b = net.pending[(chan, net.head[chan])]
@@ -1025,12 +1030,12 @@ def _emit(net: Network, sender: Any, host: str, outputs: tuple) -> tuple[Network
     return net, evs
 
 
-def _notify(net: Network, b: Batch, ok: bool, why: str) -> tuple[Network, list]:
+def _notify(net: Network, b: Batch, ok: bool, why: str, host: str | None = None) -> tuple[Network, list]:
     if b.notify is None:
         return net, []
     status_cap, tag = b.notify
     content = ("delivered", tag) if ok else ("failed", tag, why)
-    host = _host_of_dest(net, b.dest)
+    host = host or _host_of_dest(net, b.dest)
     return _send_batch(net, ("~", "feedback", host), status_cap.address, ((status_cap, content),),
                        host, status_cap.priority)
 
@@ -1041,6 +1046,7 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
     evs: list = [events.Applied(chan, b.seq, b.dest, True, None, len(b.messages), net.now)]
     outputs: list = []
     rng = net.rng
+    refused = None
     for _cap, content in b.messages:
         if service == "feedback":
             ok = (type(content) is tuple and len(content) == 4 and type(content[0]) is Capability
@@ -1058,12 +1064,15 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
         now_ms = net.config.epoch_ms + net.now * net.config.tick_ms
         outs, rng, err = serve(service, content, now_ms, rng)
         if err:
+            refused = err
             evs.append(events.Commons(service, b.sender, err, net.now))
             net = _with(net, stats=_bump(net.stats, "commons.refused"))
         outputs.extend(outs)
     net = _with(net, rng=rng)
     net, more = _emit(net, ("~", service, host), host, tuple(outputs))
-    return net, evs + more
+    # Feedback to a commons target (rule 10): delivered, or refused and why.
+    net, note = _notify(net, b, refused is None, f"refused by ~{service}: {refused}", host=host)
+    return net, evs + more + note
 
 
 # ---------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ __all__ = [
     "substructural_items",
     "kind_of",
     "check_conservation",
+    "order_key",
 ]
 
 # Substructural kinds are two bits: "may not be copied" and "may not be dropped".
@@ -139,7 +140,7 @@ class Map(Mapping):
     values hold substructural items; the step checker walks only those.
     """
 
-    __slots__ = ("_m", "_subs", "_hash")
+    __slots__ = ("_m", "_subs", "_hash", "_order")
 
     def __init__(self, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> None:
         m = immutables.Map()
@@ -161,6 +162,7 @@ class Map(Mapping):
         object.__setattr__(self, "_m", m)
         object.__setattr__(self, "_subs", subs)
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_order", None)
 
     @classmethod
     def _make(cls, m: immutables.Map, subs: immutables.Map) -> Map:
@@ -168,6 +170,7 @@ class Map(Mapping):
         object.__setattr__(self, "_m", m)
         object.__setattr__(self, "_subs", subs)
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_order", None)
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -181,7 +184,25 @@ class Map(Mapping):
         return key in self._m
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._m)
+        # Hash order would differ between processes (Python salts str and bytes hashes),
+        # and a step that loops over a map must give the same outputs everywhere. So a
+        # map iterates in a fixed order of its keys, computed once per map (it is frozen).
+        order = self._order
+        if order is None:
+            order = tuple(sorted(self._m, key=order_key))
+            object.__setattr__(self, "_order", order)
+        return iter(order)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:  # type: ignore[override]
+        m = self._m
+        return ((k, m[k]) for k in self)
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        m = self._m
+        return (m[k] for k in self)
+
+    def keys(self) -> tuple:  # type: ignore[override]
+        return tuple(self)
 
     def __len__(self) -> int:
         return len(self._m)
@@ -249,18 +270,43 @@ class Map(Mapping):
         return h
 
     def __repr__(self) -> str:
-        if len(self._m) > 20:
-            head = ", ".join(f"{k!r}: {v!r}" for k, v in list(self._m.items())[:20])
-            return f"Map({{{head}, ...}} {len(self._m)} entries)"
-        return "Map({" + ", ".join(f"{k!r}: {v!r}" for k, v in self._m.items()) + "})"
+        items = list(self.items())
+        if len(items) > 20:
+            head = ", ".join(f"{k!r}: {v!r}" for k, v in items[:20])
+            return f"Map({{{head}, ...}} {len(items)} entries)"
+        return "Map({" + ", ".join(f"{k!r}: {v!r}" for k, v in items) + "})"
 
     def substructural_keys(self) -> Iterator[Any]:
-        """Keys whose values hold linear, affine or relevant items."""
-        return iter(self._subs)
+        """Keys whose values hold linear, affine or relevant items (in iteration order)."""
+        return iter(sorted(self._subs, key=order_key))
 
     @property
     def substructural_count(self) -> int:
         return sum(self._subs.values())
+
+
+_TYPE_RANK = {type(None): 0, bool: 1, int: 2, float: 2, Fraction: 2, str: 3, bytes: 4, tuple: 5}
+
+
+def order_key(k: Any) -> tuple:
+    """The sort key that fixes a Map's iteration order: type rank, then value.
+
+    None < booleans < numbers < text < bytes < tuples < records; within a rank, Python's
+    order (tuples element-wise, records by registered name then fields). It depends on
+    nothing salted per process, unlike hashes.
+    """
+    t = type(k)
+    r = _TYPE_RANK.get(t)
+    if r is None:
+        fields = _record_fields(t)
+        if fields is not None:
+            return (6, record_name(t), tuple(order_key(getattr(k, f)) for f in fields))
+        return (7, repr(k))
+    if r == 5:
+        return (5, tuple(order_key(x) for x in k))
+    if r == 0:
+        return (0, 0)
+    return (r, k)
 
 
 def _check_key(key: Any) -> None:
