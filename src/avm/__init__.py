@@ -19,7 +19,7 @@ from .core.errors import (
     ValueRuleError,
 )
 from .core.machine import ANY, SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
-from .core.network import Config, Faults, Network
+from .core.network import Config, Faults, Network, events
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
 from .core.values import (
     AFFINE,
@@ -79,6 +79,7 @@ __all__ = [
     "check_value",
     "decode",
     "encode",
+    "events",
     "format_event",
     "parse_faults",
     "patterns",

@@ -227,7 +227,9 @@ class Sim:
                 for e in evs:
                     on_event(e)
             if len(evs) == 1 and type(evs[0]) is events.Idle:
-                return RunReport(n, count, True, self.net.now)
+                # Idle means nothing can run; quiescent means nothing is left at all
+                # (a suspended machine's queue keeps the network idle, not quiescent).
+                return RunReport(n, count, nw.quiescent(self.net), self.net.now)
         return RunReport(n, count, nw.quiescent(self.net), self.net.now)
 
     # -- inspecting -------------------------------------------------------------------

@@ -1,0 +1,651 @@
+"""The test kit: the simulator, a clock you can move, and one checker for the promises.
+
+    "A single invariant checker (public, in avm.testing) reads what the senders committed
+    and what the receivers applied, and reports per pair: committed, applied, lost,
+    duplicated, order violations, phantoms, hash mismatches, replay mismatches, and
+    duplicates refused. The simulator and the real-process tests both use it."
+    (TESTING.md, "One checker, used everywhere")
+
+Users of avm test their own machines with what our own tests use (STYLE 12):
+
+* :func:`make_sim` builds a seeded network of simulated hosts in one line, with the
+  fault model of :data:`ALL_FAULTS` or any spec; :func:`heal` turns the faults off;
+  :func:`run_until_quiescent` runs it dry or fails saying why; :class:`SimClock` reads
+  and moves the simulated clock (the only clock machines ever see, through ``time``).
+* :class:`Checker` is the one checker. It takes records in a *neutral* form
+  (:meth:`Checker.committed`, :meth:`Checker.applied`, :meth:`Checker.dropped`,
+  :meth:`Checker.refused_duplicate`, :meth:`Checker.stored`), so that the simulator's
+  trace (:meth:`Checker.from_trace`) and, later, the records that real hosts keep in their
+  stores feed it the same way. :meth:`Checker.report` gives a frozen :class:`Report`.
+* :func:`watch` attaches a checker to a :class:`~avm.Sim` as an invariant checked after
+  every step; a violation raises :class:`~avm.InvariantViolation` carrying the seed and
+  the step, and the same seed fails at the same step again.
+* :func:`run_seed` does the whole simulation tier for one seed: faults, invariants after
+  every step, a healed phase that must reach quiescence, and the report.
+
+What the checker proves, in the words of TESTING.md (P5, atomic batches, is covered by
+replay: a failed batch must leave the replayed state unchanged, and so the stored one):
+
+- **P1 no loss**: once the network is quiescent, every committed batch has an outcome:
+  applied, failed definitely, or dropped with a reason (a definite failure, not a loss).
+- **P2 no duplicate**: no batch has two outcomes.
+- **P3 order**: per (sender, destination), outcomes come in sequence order.
+- **P4 no phantom**: no outcome for a batch nobody committed.
+- **P6 replay equivalence**: folding the machine's step over the batches it applied,
+  starting from its initial state, gives the state the runtime stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .core import network as nw
+from .core.caps import address_text
+from .core.machine import Message, StepFn, run_batch
+from .core.network import Config, Faults, events
+from .core.sim import InvariantViolation, RunReport, Sim, parse_faults
+
+__all__ = [
+    "ALL_FAULTS",
+    "Checker",
+    "InvariantViolation",
+    "PairReport",
+    "Report",
+    "SeedRun",
+    "SimClock",
+    "check_sim",
+    "fault_counts",
+    "heal",
+    "make_sim",
+    "run_seed",
+    "run_until_quiescent",
+    "watch",
+]
+
+#: Every fault kind of the model at once, at rates that make each fire within a few
+#: hundred steps on three or more hosts (the simulation tier's default).
+ALL_FAULTS = "loss=0.1,dup=0.1,delay=1-20,crash=0.01,partition=0.01,corrupt=0.05"
+
+#: How many problem descriptions a report keeps (the counts are always complete).
+PROBLEMS_KEPT_MAX = 20
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------------------
+# Building and driving a simulated network
+# ---------------------------------------------------------------------------------------
+
+
+def make_sim(
+    seed: int = 0, hosts: int | Iterable[str] = 1, faults: Faults | str | None = None,
+    config: Config | None = None,
+) -> Sim:
+    """A seeded :class:`~avm.Sim`; ``hosts`` is a count (``h0``, ``h1``...) or names.
+
+    ``faults`` is a :class:`~avm.Faults`, a spec such as ``"loss=0.1,dup=0.05"``, ``"all"``,
+    or :data:`ALL_FAULTS`. Faults act only between hosts, so give it two or more.
+    """
+    names = tuple(f"h{i}" for i in range(hosts)) if isinstance(hosts, int) else tuple(hosts)
+    return Sim(seed, hosts=names, faults=faults, config=config)
+
+
+def heal(sim: Sim) -> None:
+    """Turn every fault off from now on. Cuts and crashes already under way run out."""
+    cfg = sim.net.config
+    sim.net = replace(sim.net, config=replace(cfg, faults=Faults()))
+
+
+def run_until_quiescent(sim: Sim, max_steps: int = 100_000) -> RunReport:
+    """Step until nothing is pending or in flight; fail if ``max_steps`` is not enough."""
+    report = sim.run(max_steps)
+    if not report.quiescent:
+        raise AssertionError(
+            f"seed {sim.seed}: not quiescent after {report.steps} steps (t={report.now}); "
+            f"{len(sim.net.live)} channels pending, {len(sim.net.wire)} transmissions in "
+            f"flight, {len(sim.net.outbox)} batches unacknowledged")
+    return report
+
+
+class SimClock:
+    """The simulated clock: the fake clock of the test kit.
+
+    Machines have no clock of their own; they ask the ``time`` commons service, which
+    answers ``epoch_ms + ticks * tick_ms`` (see :class:`~avm.Config`). Moving this clock
+    forward is how a test says "an hour later". It never goes back.
+    """
+
+    def __init__(self, sim: Sim) -> None:
+        self._sim = sim
+
+    @property
+    def ticks(self) -> int:
+        return self._sim.net.now
+
+    @property
+    def ms(self) -> int:
+        """What the ``time`` service answers now, in milliseconds since the Unix epoch."""
+        cfg = self._sim.net.config
+        return cfg.epoch_ms + self._sim.net.now * cfg.tick_ms
+
+    def advance(self, ticks: int) -> None:
+        """Move the clock forward; timed work that falls due runs at the next steps."""
+        if ticks < 0:
+            raise ValueError("the simulated clock never goes back")
+        self._sim.net = replace(self._sim.net, now=self._sim.net.now + ticks)
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------
+
+_VIOLATIONS = ("lost", "duplicated", "order", "phantoms", "hash_mismatches")
+
+
+@dataclass(frozen=True)
+class PairReport:
+    """The figures for one (sender, destination) channel.
+
+    ``committed``: batches the sender committed. ``applied``: batches the receiver
+    committed (``ok``). ``failed``: batches the receiver processed and definitely failed.
+    ``dropped``: batches dropped with a reason (unknown address, stopped machine, retry
+    budget spent). ``in_flight``: committed, no outcome yet (only a loss once quiescent).
+    Violations: ``lost``, ``duplicated`` (a second outcome for one batch), ``order`` (an
+    outcome for a lower sequence number after a higher one), ``phantoms`` (an outcome for
+    a batch never committed), ``hash_mismatches`` (the receiver processed other contents
+    than the sender committed). ``refused``: duplicate transmissions the receiver refused.
+    """
+
+    chan: tuple
+    label: str
+    committed: int = 0
+    applied: int = 0
+    failed: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    order: int = 0
+    phantoms: int = 0
+    hash_mismatches: int = 0
+    refused: int = 0
+
+    @property
+    def violations(self) -> int:
+        return sum(getattr(self, k) for k in _VIOLATIONS)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the checker found: per pair, per machine (replay), and in total.
+
+    ``quiescent`` says whether losses were counted: before quiescence a batch without an
+    outcome is in flight, not lost. ``replay_mismatches`` names the machines whose stored
+    state is not what replaying their batches gives. ``problems`` describes the first
+    :data:`PROBLEMS_KEPT_MAX` violations in the order they were found.
+    """
+
+    pairs: tuple[PairReport, ...]
+    quiescent: bool
+    replay_mismatches: tuple[str, ...] = ()
+    replayed: int = 0  # machines whose state was compared with a replay
+    problems: tuple[str, ...] = ()
+    faults: Mapping[str, int] = field(default_factory=dict)
+    events: int = 0
+
+    def total(self, figure: str) -> int:
+        """The sum of one :class:`PairReport` figure over all pairs (``"committed"``...)."""
+        return sum(getattr(p, figure) for p in self.pairs)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        names = ("committed", "applied", "failed", "dropped", "in_flight", *_VIOLATIONS, "refused")
+        out = {n: self.total(n) for n in names}
+        out["replay_mismatches"] = len(self.replay_mismatches)
+        return out
+
+    @property
+    def violations(self) -> int:
+        return sum(p.violations for p in self.pairs) + len(self.replay_mismatches)
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+    def assert_ok(self, *, refused_min: int = 0) -> Report:
+        """Raise AssertionError with this report unless it is clean.
+
+        ``refused_min=1`` also demands that the de-duplication path ran (TESTING.md: "which
+        must be above zero in fault runs").
+        """
+        if not self.ok:
+            raise AssertionError(f"promises violated\n{self}")
+        if self.total("refused") < refused_min:
+            raise AssertionError(
+                f"expected at least {refused_min} refused duplicates, got "
+                f"{self.total('refused')}: the de-duplication path did not run\n{self}")
+        return self
+
+    def __str__(self) -> str:
+        t = self.totals
+        head = "OK" if self.ok else f"{self.violations} VIOLATIONS"
+        lines = [
+            f"promises: {head} ({len(self.pairs)} pairs, "
+            f"{'quiescent' if self.quiescent else 'not quiescent: losses not counted'})",
+            f"  committed {t['committed']}, applied {t['applied']}, failed {t['failed']}, "
+            f"dropped {t['dropped']}, in flight {t['in_flight']}",
+            f"  lost {t['lost']}, duplicated {t['duplicated']}, order {t['order']}, "
+            f"phantoms {t['phantoms']}, hash mismatches {t['hash_mismatches']}, "
+            f"replay mismatches {t['replay_mismatches']} (of {self.replayed} machines)",
+            f"  duplicates refused {t['refused']}",
+        ]
+        if self.faults:
+            lines.append("  faults: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())))
+        cols = ("committed", "applied", "failed", "dropped", "in_flight", *_VIOLATIONS, "refused")
+        short = ("commit", "apply", "fail", "drop", "flight", "lost", "dup", "order", "phantom",
+                 "hash", "refused")
+        rows = sorted(self.pairs, key=lambda p: (-p.violations, p.label))[:40]
+        if rows:
+            lines.append(f"  {'pair':<34}" + "".join(f"{s:>8}" for s in short))
+            for p in rows:
+                lines.append(f"  {p.label[:34]:<34}" + "".join(f"{getattr(p, c):>8}" for c in cols))
+            if len(self.pairs) > len(rows):
+                lines.append(f"  ... and {len(self.pairs) - len(rows)} more pairs")
+        for m in self.replay_mismatches:
+            lines.append(f"  replay mismatch: {m}")
+        for pr in self.problems:
+            lines.append(f"  - {pr}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The checker
+# ---------------------------------------------------------------------------------------
+
+
+class _Pair:
+    __slots__ = ("committed", "applied", "failed", "dropped", "duplicated", "order",
+                 "hash_mismatches", "refused", "top")
+
+    def __init__(self) -> None:
+        self.committed = self.applied = self.failed = self.dropped = 0
+        self.duplicated = self.order = self.hash_mismatches = self.refused = 0
+        self.top = 0  # highest sequence number with an Applied outcome
+
+
+class Checker:
+    """One checker for the delivery promises, fed with neutral records.
+
+    A *channel* is ``(sender, destination)``; a batch is ``(channel, seq)``. A *digest* is
+    anything comparable that stands for a batch's contents (a hash, or at least its size);
+    ``None`` means unknown and is never compared.
+
+    Feed it what senders committed and what receivers did, in any order between the two
+    sides (a real test collects both from the hosts' stores); within the receiver side,
+    feed outcomes in the order they were committed. Then ask for :meth:`report`.
+
+    Replay (P6) needs the step functions: ``step_for(destination)`` returns the step
+    function of a machine, or ``None`` for destinations that are not replayed (commons
+    services, unknown addresses). The checker folds :func:`~avm.run_batch` over the
+    messages of each outcome as it arrives (incremental, so checking after every step
+    stays cheap), starting from ``initial.get(destination)`` (``None`` by default: a
+    machine's state before its ``init`` batch). :meth:`stored` hands it the state the
+    runtime holds, to compare.
+    """
+
+    def __init__(
+        self, step_for: Callable[[Any], StepFn | None] | None = None,
+        initial: Mapping[Any, Any] | None = None, label: Callable[[Any], str] | None = None,
+    ) -> None:
+        self._step_for = step_for
+        self._initial = dict(initial or {})
+        self._label = label or _plain_label
+        self._pairs: dict[tuple, _Pair] = {}
+        self._committed: dict[tuple, Any] = {}  # (chan, seq) -> digest
+        self._outcome: dict[tuple, str] = {}  # (chan, seq) -> "applied" | "failed" | "dropped"
+        self._unmatched: dict[tuple, Any] = {}  # outcomes not (yet) committed -> digest
+        self._replayed: dict[Any, Any] = {}  # destination -> state by replay
+        self._replay_broken: dict[Any, str] = {}  # destination -> why replay diverged
+        self._stored: dict[Any, Any] = {}  # destination -> state the runtime holds
+        self._bad: set = set()  # destinations counted as replay mismatches
+        self._faults: dict[str, int] = {}
+        self._problems: list[str] = []
+        self._violations = 0
+        self.events = 0
+
+    # -- the neutral input form --------------------------------------------------------
+    def committed(self, chan: tuple, seq: int, digest: Any = None) -> None:
+        """The sender committed batch ``seq`` on ``chan`` (its outbox now holds it)."""
+        key = (chan, seq)
+        p = self._pair(chan)
+        if key in self._committed:
+            self._violation(f"{self._name(chan)} #{seq}: committed twice by the sender")
+            p.duplicated += 1
+            return
+        self._committed[key] = digest
+        p.committed += 1
+        early = self._unmatched.pop(key, _MISSING)
+        if early is not _MISSING:  # the outcome was fed first: no longer a phantom
+            self._violations -= 1
+            self._compare(chan, seq, digest, early)
+
+    def applied(self, chan: tuple, seq: int, digest: Any = None, ok: bool = True,
+                messages: tuple[Message, ...] | None = None) -> None:
+        """The receiver processed batch ``seq`` of ``chan``: committed it (``ok``) or failed it.
+
+        ``messages`` are the messages the step received (contexts unsealed); with them and
+        a ``step_for``, the checker replays the batch.
+        """
+        p = self._pair(chan)
+        if self._outcome_of(chan, seq, "applied" if ok else "failed", digest):
+            if seq < p.top:
+                p.order += 1
+                self._violation(f"{self._name(chan)} #{seq}: applied after #{p.top} (order)")
+            p.top = max(p.top, seq)
+        if ok:
+            p.applied += 1
+        else:
+            p.failed += 1
+        if messages:
+            self._replay(chan[1], ok, messages, chan, seq)
+
+    def dropped(self, chan: tuple, seq: int, reason: str = "") -> None:
+        """Batch ``seq`` of ``chan`` was dropped with a reason: a definite failure, not a loss."""
+        self._pair(chan).dropped += 1
+        self._outcome_of(chan, seq, "dropped", None)
+
+    def refused_duplicate(self, chan: tuple, seq: int | None = None, n: int = 1) -> None:
+        """The receiver refused ``n`` duplicate transmissions of a batch it already had."""
+        self._pair(chan).refused += n
+
+    def fault(self, kind: str, n: int = 1) -> None:
+        """Count an injected fault (for the report only; faults are not violations)."""
+        self._faults[kind] = self._faults.get(kind, 0) + n
+
+    def stored(self, dest: Any, state: Any) -> bool:
+        """The runtime holds ``state`` for machine ``dest``. Returns whether replay agrees.
+
+        Only destinations with a ``step_for`` are compared; the last state given counts.
+        """
+        if self._step_for is None or self._step_for(dest) is None:
+            return True
+        self._stored[dest] = state
+        return not self._recheck(dest)
+
+    # -- the adapter for the simulator's trace ------------------------------------------
+    def feed(self, evs: Iterable[Any]) -> None:
+        """Feed events of the pure network (``sim.trace``, or what ``step`` returned)."""
+        for ev in evs:
+            self.events += 1
+            t = type(ev)
+            if t is events.Applied:
+                digest = len(ev.messages) if ev.messages else None
+                self.applied(ev.chan, ev.seq, digest, ev.ok, ev.messages or None)
+            elif t is events.Created:
+                self.committed(ev.chan, ev.seq, ev.size)
+            elif t is events.Wire:
+                if ev.what == "refused-duplicate":
+                    self.refused_duplicate(ev.chan, ev.seq)
+                elif ev.what in _WIRE_FAULTS:
+                    self.fault(_WIRE_FAULTS[ev.what])
+            elif t is events.Dropped:
+                self.dropped(ev.chan, ev.seq, ev.reason)
+            elif t is events.Host:
+                self.fault("crash" if not ev.up else "restart")
+            elif t is events.Cut:
+                self.fault("partition")
+
+    @classmethod
+    def from_trace(cls, trace: Iterable[Any], sim: Sim | None = None) -> Checker:
+        """A checker fed with a trace; with ``sim``, it replays and names machines too."""
+        c = cls.for_sim(sim) if sim is not None else cls()
+        c.feed(trace)
+        if sim is not None:
+            for addr, m in sim.net.machines.items():
+                c.stored(addr, m.state)
+        return c
+
+    @classmethod
+    def for_sim(cls, sim: Sim, initial: Mapping[Any, Any] | None = None) -> Checker:
+        """An empty checker that replays with ``sim``'s behaviors and names its machines."""
+
+        def step_for(dest: Any) -> StepFn | None:
+            m = sim.net.machines.get(dest) if type(dest) is bytes else None
+            return None if m is None else sim.env.behavior(m.behavior)
+
+        return cls(step_for, initial, lambda x: nw.who(sim.net, x))
+
+    # -- results ------------------------------------------------------------------------
+    @property
+    def violations(self) -> int:
+        """Violations found so far (outcomes not yet matched by a commit count as phantoms)."""
+        return self._violations
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(self._problems)
+
+    def report(self, quiescent: bool = True) -> Report:
+        """Freeze the figures. Say ``quiescent=False`` while batches may still be in flight."""
+        waiting: dict[tuple, int] = {}
+        for key in self._committed:
+            if key not in self._outcome:
+                waiting[key[0]] = waiting.get(key[0], 0) + 1
+        phantoms: dict[tuple, int] = {}
+        for chan, _ in self._unmatched:
+            phantoms[chan] = phantoms.get(chan, 0) + 1
+        problems = list(self._problems)
+        if quiescent:
+            for key in self._committed:
+                if key not in self._outcome and len(problems) < PROBLEMS_KEPT_MAX:
+                    problems.append(f"{self._name(key[0])} #{key[1]}: lost (committed, no outcome)")
+        pairs = []
+        for chan, p in self._pairs.items():
+            w = waiting.get(chan, 0)
+            pairs.append(PairReport(
+                chan, self._name(chan), p.committed, p.applied, p.failed, p.dropped,
+                0 if quiescent else w, w if quiescent else 0, p.duplicated, p.order,
+                phantoms.get(chan, 0), p.hash_mismatches, p.refused))
+        pairs.sort(key=lambda r: r.label)
+        bad = tuple(sorted(self._label(d) + (f": {self._replay_broken[d]}" if d in self._replay_broken else "")
+                           for d in {**self._stored, **self._replay_broken} if self._mismatch(d)))
+        return Report(tuple(pairs), quiescent, bad, len(self._stored), tuple(problems),
+                      dict(self._faults), self.events)
+
+    # -- internals ------------------------------------------------------------------------
+    def _pair(self, chan: tuple) -> _Pair:
+        p = self._pairs.get(chan)
+        if p is None:
+            p = self._pairs[chan] = _Pair()
+        return p
+
+    def _name(self, chan: tuple) -> str:
+        return f"{self._label(chan[0])} -> {self._label(chan[1])}"
+
+    def _problem(self, text: str) -> None:
+        if len(self._problems) < PROBLEMS_KEPT_MAX:
+            self._problems.append(text)
+
+    def _violation(self, text: str) -> None:
+        self._violations += 1
+        self._problem(text)
+
+    def _outcome_of(self, chan: tuple, seq: int, kind: str, digest: Any) -> bool:
+        """Record an outcome; False if it is a second one (a duplicate)."""
+        key = (chan, seq)
+        first = self._outcome.get(key)
+        if first is not None:
+            self._pair(chan).duplicated += 1
+            self._violation(f"{self._name(chan)} #{seq}: {kind} after already {first} (duplicate)")
+            return False
+        self._outcome[key] = kind
+        committed = self._committed.get(key, _MISSING)
+        if committed is _MISSING:
+            self._unmatched[key] = digest
+            self._violation(f"{self._name(chan)} #{seq}: {kind} but never committed (phantom)")
+        else:
+            self._compare(chan, seq, committed, digest)
+        return True
+
+    def _compare(self, chan: tuple, seq: int, sent: Any, got: Any) -> None:
+        if sent is not None and got is not None and sent != got:
+            self._pair(chan).hash_mismatches += 1
+            self._violation(f"{self._name(chan)} #{seq}: committed {_short(sent)}, "
+                            f"processed {_short(got)} (hash mismatch)")
+
+    def _replay(self, dest: Any, ok: bool, messages: tuple, chan: tuple, seq: int) -> None:
+        if self._step_for is None or dest in self._replay_broken:
+            return
+        fn = self._step_for(dest)
+        if fn is None:
+            return
+        before = self._replayed.get(dest, self._initial.get(dest))
+        r = run_batch(fn, before, messages)
+        if r.ok and ok:
+            self._replayed[dest] = r.state
+        elif r.ok != ok:
+            # The same step over the same messages from the same state decided otherwise:
+            # either the state differs already or the step is not pure.
+            self._replay_broken[dest] = (
+                f"batch #{seq} from {self._label(chan[0])} {'committed' if ok else 'failed'} "
+                f"but {'commits' if r.ok else 'fails'} on replay"
+                + (f" ({r.failure})" if r.failure else ""))
+            self._recheck(dest)
+
+    def _recheck(self, dest: Any) -> bool:
+        """Compare replay and stored state for ``dest``; keep the violation count in step."""
+        bad = self._mismatch(dest)
+        if bad and dest not in self._bad:
+            self._bad.add(dest)
+            why = self._replay_broken.get(dest, "differs from its stored state")
+            self._violation(f"replay of {self._label(dest)}: {why}")
+        elif not bad and dest in self._bad:
+            self._bad.discard(dest)
+            self._violations -= 1
+        return bad
+
+    def _mismatch(self, dest: Any) -> bool:
+        if dest in self._replay_broken:
+            return True
+        stored = self._stored.get(dest, _MISSING)
+        if stored is _MISSING:
+            return False
+        return self._replayed.get(dest, self._initial.get(dest)) != stored
+
+
+_WIRE_FAULTS = {
+    "lost": "loss", "duplicated": "duplicate", "corrupt-refused": "corrupt",
+    "held-early": "reorder", "lost-host-down": "lost-host-down", "cut": "lost-partition",
+}
+
+
+def _plain_label(x: Any) -> str:
+    if type(x) is bytes:
+        return address_text(x)[:10] + "..."
+    if type(x) is tuple and x and x[0] == "~":
+        return "~" + str(x[1])
+    if type(x) is tuple and len(x) == 2:
+        return f"{x[0]}:{x[1]}"
+    return repr(x)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def fault_counts(trace: Iterable[Any]) -> dict[str, int]:
+    """How many faults of each kind a trace shows (loss, duplicate, corrupt, reorder, ...)."""
+    c = Checker()
+    for ev in trace:
+        t = type(ev)
+        if t is events.Wire or t is events.Host or t is events.Cut:
+            c.feed((ev,))
+    return dict(c._faults)
+
+
+# ---------------------------------------------------------------------------------------
+# The checker on a running simulation
+# ---------------------------------------------------------------------------------------
+
+
+def watch(sim: Sim, name: str = "avm.testing promises", replay: bool = True) -> Checker:
+    """Check the promises after every step of ``sim``; return the checker.
+
+    Safety (P2-P4, hash and replay) is checked at every step: the first violation makes
+    that step raise :class:`~avm.InvariantViolation` with the seed and step. Loss (P1)
+    can only be judged at quiescence: call ``checker.report()`` (or :func:`check_sim`)
+    then. Events already in ``sim.trace`` are fed first.
+    """
+    if not sim.record:
+        raise ValueError("watch needs the trace: make the Sim with record=True")
+    checker = Checker.for_sim(sim) if replay else Checker(label=lambda x: nw.who(sim.net, x))
+    seen = 0
+
+    def promises(s: Sim) -> None:
+        nonlocal seen
+        new = s.trace[seen:]
+        seen = len(s.trace)
+        checker.feed(new)
+        if replay:
+            machines = s.net.machines
+            for ev in new:
+                if type(ev) is events.Applied and ev.dest in machines:
+                    checker.stored(ev.dest, machines[ev.dest].state)
+        if checker.violations:
+            raise AssertionError("; ".join(checker.problems[:3]) or "promise violated")
+
+    sim.invariant(promises, name)
+    return checker
+
+
+def check_sim(sim: Sim, checker: Checker | None = None) -> Report:
+    """The report for a simulation: the whole trace, every machine's state replayed.
+
+    With the ``checker`` that :func:`watch` returned, only events it has not seen yet are
+    fed. Losses count only if the network is quiescent.
+    """
+    if checker is None:
+        checker = Checker.from_trace(sim.trace, sim)
+    else:
+        checker.feed(sim.trace[checker.events:])
+        for addr, m in sim.net.machines.items():
+            checker.stored(addr, m.state)
+    return checker.report(quiescent=nw.quiescent(sim.net))
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed of the simulation tier: the sim at the end, and what the checker found."""
+
+    seed: int
+    sim: Sim
+    report: Report
+    fault_steps: int  # steps taken with faults on
+    steps: int  # all steps
+
+    @property
+    def now(self) -> int:
+        return self.sim.net.now
+
+
+def run_seed(
+    build: Callable[[Sim], Any], seed: int, *, hosts: int | Iterable[str] = 3,
+    faults: Faults | str | None = ALL_FAULTS, fault_steps: int = 2_000,
+    max_steps: int = 200_000, config: Config | None = None, replay: bool = True,
+) -> SeedRun:
+    """Build, run ``fault_steps`` steps with faults, heal, run to quiescence, check.
+
+    The promises are checked after every step (:func:`watch`), so a violation raises
+    :class:`~avm.InvariantViolation` naming the seed and the step; the returned report
+    includes losses, judged at quiescence.
+    """
+    sim = make_sim(seed, hosts, parse_faults(faults) if isinstance(faults, str) else faults, config)
+    checker = watch(sim, replay=replay)
+    build(sim)
+    faulty = sim.run(fault_steps).steps
+    heal(sim)
+    run_until_quiescent(sim, max_steps)
+    return SeedRun(seed, sim, check_sim(sim, checker), faulty, sim.steps)
