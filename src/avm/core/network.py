@@ -48,7 +48,7 @@ from .caps import (
 )
 from .commons import SERVICES, serve
 from .errors import AvmError, CapabilityError, UnsealError
-from .machine import SIGNAL, Failure, Message, run_batch
+from .machine import SIGNAL, Failure, Message, partition, run_batch
 from .schedule import hlc_now, hlc_recv, rng_float, rng_int, score
 from .values import _ATOMS, NO_COPY, Map, check_value, record, substructural_items
 
@@ -1013,19 +1013,10 @@ def _emit(net: Network, sender: Any, host: str, outputs: tuple) -> tuple[Network
     """Partition outputs by destination (rule 3) and send each group as one batch."""
     if not outputs:
         return net, []
-    groups: dict[Any, list] = {}
-    for o in outputs:
-        cap = o[0]
-        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
-        g = groups.get(key)
-        if g is None:
-            groups[key] = [o]
-        else:
-            g.append(o)
     evs: list = []
-    for dest, group in groups.items():
+    for dest, group in partition(outputs):
         prio = max(c.priority for c, _ in group)
-        net, more = _send_batch(net, sender, dest, tuple(group), host, prio)
+        net, more = _send_batch(net, sender, dest, group, host, prio)
         evs.extend(more)
     return net, evs
 
