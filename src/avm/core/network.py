@@ -598,6 +598,8 @@ def _enqueue_local(
     net, ts = _stamp(net, host)
     b = _batch(sender, dest, seq, ts, priority, msgs, notify, count)
     net = _with(net, next_seq=net.next_seq._set_plain(chan, seq))
+    if chan in net.received:  # the channel used the wire before a machine moved: keep count
+        net = _with(net, received=net.received._set_plain(chan, seq))
     net = _accept(net, chan, b)
     return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
 
@@ -613,14 +615,20 @@ def _accept(net: Network, chan: tuple, b: Batch) -> Network:
 def _send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
                 priority: float, notify: Any = None) -> tuple[Network, list]:
     dst_host = _host_of_dest(net, dest) if type(dest) is bytes else src_host
-    if dst_host == src_host or type(dest) is not bytes or dest not in net.machines:
-        return _enqueue_local(net, sender, dest, msgs, src_host, priority, notify)
     chan = (sender, dest)
+    got = net.received.get(chan)
+    # Local, unless batches of this channel are still on the wire (a machine moved here, or
+    # was exported): a local batch must not overtake them (rule 4).
+    settled = got is None or got >= net.next_seq.get(chan, 0)
+    if type(dest) is not bytes or settled and (dst_host == src_host or dest not in net.machines):
+        return _enqueue_local(net, sender, dest, msgs, src_host, priority, notify)
     seq = net.next_seq.get(chan, 0) + 1
     net, ts = _stamp(net, src_host)
     b = _batch(sender, dest, seq, ts, priority, msgs, notify)
+    # First time on the wire: the earlier batches (local, before a move) are in the inbox.
+    received = net.received if got is not None else net.received._set_plain(chan, seq - 1)
     net = _with(
-        net, next_seq=net.next_seq._set_plain(chan, seq),
+        net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
         outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
     evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
     net, more = _transmit(net, "batch", src_host, dst_host, chan, seq, b)
