@@ -506,9 +506,6 @@ def test_stop_export_and_import_under_faults():
     assert drops > 0
 
 
-@pytest.mark.xfail(reason="known: a sender that spends its retry budget reports a definite "
-                          "drop although the receiver may have applied the batch, and later "
-                          "batches of the channel stay held forever", strict=False)
 def test_retry_budget_spent_is_not_a_false_definite_drop():
     run = run_seed(workload(starts=6, ttl=10), 0, hosts=3, faults="loss=0.5,delay=1-5",
                    config=Config(retry_max=2), fault_steps=3_000)

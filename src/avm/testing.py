@@ -72,6 +72,7 @@ ALL_FAULTS = "loss=0.1,dup=0.1,delay=1-20,crash=0.01,partition=0.01,corrupt=0.05
 PROBLEMS_KEPT_MAX = 20
 
 _MISSING = object()
+_MAYBE = "dropped (indefinite)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,10 +353,14 @@ class Checker:
         if messages:
             self._replay(chan[1], ok, messages, chan, seq)
 
-    def dropped(self, chan: tuple, seq: int, reason: str = "") -> None:
-        """Batch ``seq`` of ``chan`` was dropped with a reason: a definite failure, not a loss."""
+    def dropped(self, chan: tuple, seq: int, reason: str = "", definite: bool = True) -> None:
+        """Batch ``seq`` of ``chan`` was dropped with a reason: a definite failure, not a loss.
+
+        An *indefinite* drop (the sender gave up without knowing) resolves the batch too,
+        and may come before or after the receiver applied it without being a duplicate.
+        """
         self._pair(chan).dropped += 1
-        self._outcome_of(chan, seq, "dropped", None)
+        self._outcome_of(chan, seq, "dropped" if definite else _MAYBE, None)
 
     def refused_duplicate(self, chan: tuple, seq: int | None = None, n: int = 1) -> None:
         """The receiver refused ``n`` duplicate transmissions of a batch it already had."""
@@ -392,7 +397,7 @@ class Checker:
                 elif ev.what in _WIRE_FAULTS:
                     self.fault(_WIRE_FAULTS[ev.what])
             elif t is events.Dropped:
-                self.dropped(ev.chan, ev.seq, ev.reason)
+                self.dropped(ev.chan, ev.seq, ev.reason, ev.definite)
             elif t is events.Host:
                 self.fault("crash" if not ev.up else "restart")
             elif t is events.Cut:
@@ -477,6 +482,11 @@ class Checker:
         """Record an outcome; False if it is a second one (a duplicate)."""
         key = (chan, seq)
         first = self._outcome.get(key)
+        if first is not None and _MAYBE in (first, kind) and first != kind:
+            # An indefinite drop and the receiver's real outcome: both are true.
+            if kind != _MAYBE:
+                self._outcome[key] = kind
+            return True
         if first is not None:
             self._pair(chan).duplicated += 1
             self._violation(f"{self._name(chan)} #{seq}: {kind} after already {first} (duplicate)")

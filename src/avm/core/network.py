@@ -130,6 +130,7 @@ class Batch:
     messages: tuple  # ((capability, content), ...)
     restarts: int = 0
     notify: Any = None  # feedback: (status capability, tag)
+    abandoned: bool = False  # a tombstone: the sender gave up; the receiver skips the number
 
 
 @record(name="avm.Machine")
@@ -211,11 +212,16 @@ class events:  # noqa: N801 - a namespace
 
     @dataclass(frozen=True)
     class Dropped:
+        """A batch will not be applied by this act. ``definite=False`` says the outcome is
+        unknown: the sender gave up on acknowledgements, but the receiver may have applied
+        it (Jepsen's *indefinite* failure)."""
+
         chan: tuple
         seq: int
         dest: Any
         reason: str
         at: int
+        definite: bool = True
 
     @dataclass(frozen=True)
     class Interrupted:
@@ -797,13 +803,25 @@ def _retry(net: Network, key: tuple) -> tuple[Network, list]:
         # A crashed sender retries after it restarts.
         h = net.hosts[src]
         return _with(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
-    if attempts >= cfg.retry_max:
-        net = _with(net, outbox=net.outbox.delete(key), stats=_bump(net.stats, "drop.unreachable"))
-        why = "unreachable: retry budget spent"
+    if attempts >= cfg.retry_max and not b.abandoned:
+        # Give up, but honestly: the receiver may have applied the batch and only the
+        # acknowledgements were lost, so the outcome is indefinite. The outbox keeps a
+        # tombstone under the same number, retried at the slowest pace until
+        # acknowledged: a receiver that never got the batch skips the number instead of
+        # waiting for it forever, one that did refuses the tombstone as a duplicate.
+        tomb = _batch(b.sender, b.dest, b.seq, b.ts, b.priority, (), None, 0)
+        tomb = _with(tomb, abandoned=True)
+        tomb.__dict__["_avm_n"] = 0
+        net = _with(net, outbox=net.outbox.set(key, (tomb, net.now + cfg.retry_ticks_max, attempts)),
+                    stats=_bump(net.stats, "drop.unreachable"))
+        why = "unreachable: retry budget spent; it may have been applied"
         # Feedback (rule 10) reports this drop too, from the sender's side: the
         # destination is the one thing that cannot be reached.
         net, more = _notify(net, b, False, why, host=src)
-        return net, [events.Dropped(chan, seq, b.dest, why, net.now), *more]
+        return net, [events.Dropped(chan, seq, b.dest, why, net.now, definite=False), *more]
+    if b.abandoned:
+        net = _with(net, outbox=net.outbox.set(key, (b, net.now + cfg.retry_ticks_max, attempts)))
+        return _transmit(net, "batch", src, _host_of_dest(net, b.dest), chan, seq, b)
     backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
     net = _with(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
                   stats=_bump(net.stats, "wire.retry"))
@@ -930,6 +948,8 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
             evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
             chan, b = rival
     net = _pop(net, chan, b.seq)
+    if b.abandoned:  # the sender gave up on this number: skip it, keeping the order
+        return _with(net, stats=_bump(net.stats, "batch.skipped-abandoned")), evs
     net = _with(net, now=net.now + 1)
     dest = b.dest
     if type(dest) is tuple:
