@@ -15,7 +15,8 @@ Every contender runs the *same* step function, a counter ``(msg, n) -> ((), n + 
 * asyncio queue  one consumer task draining a plain ``asyncio.Queue``.
 
 Then steps per second for a state Map of 1k, 10k and 100k entries updated one key per
-message, which should be roughly flat (a persistent map: O(log n) per update).
+message, which should be roughly flat (a persistent map: O(log n) per update), next to
+copying a dict per message, which is O(n).
 
 Figures are messages per second; ratios are against Pykka's ``tell``.
 """
@@ -66,14 +67,17 @@ def bench_run_batch(n: int) -> float:
     return n / dt
 
 
-def _counter_sim(linear: bool) -> tuple[Sim, object]:
+def _counter_sim(linear: bool, as_map: bool = False) -> tuple[Sim, object]:
     """The counter as a raw step function (the same ``step`` every contender runs), plus
-    the life-cycle signals every machine receives at creation."""
-    if linear:
+    the life-cycle signals every machine receives at creation. ``as_map`` keeps the
+    count in a Map beside 16 tokens, linear or (to isolate the checks' cost) plain."""
+    if linear or as_map:
+        wrap = Linear if linear else (lambda v: v)
+
         def counter(msg, state):
             if msg.context == SIGNAL:
                 if msg.content[0] == "init":
-                    tokens = Map({i: Linear(("token", i)) for i in range(16)})
+                    tokens = Map({i: wrap(("token", i)) for i in range(16)})
                     return (), Map({"n": 0, "tokens": tokens})
                 return (), state
             return (), state.set("n", state["n"] + msg.content)
@@ -89,15 +93,15 @@ def _counter_sim(linear: bool) -> tuple[Sim, object]:
     return sim, sim.cap("c")
 
 
-def bench_sim_one_batch(n: int, linear: bool = False) -> float:
-    sim, cap = _counter_sim(linear)
+def bench_sim_one_batch(n: int, linear: bool = False, as_map: bool = False) -> float:
+    sim, cap = _counter_sim(linear, as_map)
     msgs = [(cap, 1)] * n
     t = time.perf_counter()
     sim.submit(msgs)
     sim.run()
     dt = time.perf_counter() - t
     final = sim.state("c")
-    assert (final["n"] if linear else final) == n, final
+    assert (final["n"] if linear or as_map else final) == n, final
     return n / dt
 
 
@@ -191,6 +195,19 @@ def bench_big_state(entries: int, n: int) -> float:
     return n / dt
 
 
+def bench_naive_copy(entries: int, n: int) -> float:
+    """The obvious way to keep state immutable without a persistent map: copy a dict."""
+    state = {i: 0 for i in range(entries)}
+    t = time.perf_counter()
+    for i in range(n):
+        new = dict(state)  # O(n) per message
+        k = i % entries
+        new[k] = state[k] + 1
+        state = new
+    dt = time.perf_counter() - t
+    return n / dt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small counts, one repetition")
@@ -211,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     row("bare loop", best_of(lambda: bench_bare(n), rep), "floor: no checks")
     row("run_batch", best_of(lambda: bench_run_batch(n), rep), "executor alone")
     row("sim 1 batch", best_of(lambda: bench_sim_one_batch(n), rep), f"1 batch of {n}")
-    row("sim +linear", best_of(lambda: bench_sim_one_batch(n, True), rep), "16 linear in state")
+    row("sim map state", best_of(lambda: bench_sim_one_batch(n, as_map=True), rep), "Map + 16 plain tokens")
+    row("sim +linear", best_of(lambda: bench_sim_one_batch(n, True), rep), "Map + 16 linear tokens")
     row("sim N batches", best_of(lambda: bench_sim_many_batches(few), rep), f"{few} batches of 1")
     row("pykka tell", best_of(lambda: bench_pykka(n), rep), "threads, N tell + 1 ask")
     row("asyncio queue", best_of(lambda: bench_asyncio(n), rep), "one consumer task")
@@ -224,13 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<16} {rate:>12,.0f} {rate / pykka:>8.2f}x  {note}")
 
     print()
-    print("state size vs. cost: one key of a Map updated per message")
-    print(f"{'entries':>10} {'steps/s':>12} {'vs 1k':>7}")
+    print("state size vs. cost: one key of a state Map updated per message (in the simulator),")
+    print("against copying a plain dict per message (the naive way to keep states immutable)")
+    print(f"{'entries':>10} {'avm steps/s':>12} {'vs 1k':>7} {'dict copy/s':>12} {'avm / copy':>11}")
     base = None
     for entries in (1_000, 10_000, 100_000):
         rate = best_of(lambda e=entries: bench_big_state(e, n // 2), rep)
+        copies = max(50, 2_000_000 // entries)
+        naive = best_of(lambda e=entries, c=copies: bench_naive_copy(e, c), rep)
         base = base or rate
-        print(f"{entries:>10,} {rate:>12,.0f} {rate / base:>6.2f}x")
+        print(f"{entries:>10,} {rate:>12,.0f} {rate / base:>6.2f}x {naive:>12,.0f} {rate / naive:>10.1f}x")
     return 0
 
 

@@ -162,9 +162,15 @@ def run_batch(
                     n = 0
                 else:
                     try:
-                        n = check_value(content, f"$.outputs[{j}].content")
-                    except ValueRuleError as e:
-                        return _fail("value", e, i)
+                        n = _walk(content, None)
+                    except _Invalid:
+                        try:  # again, slowly, for the path
+                            check_value(content, f"$.outputs[{j}].content")
+                        except ValueRuleError as e:
+                            return _fail("value", e, i)
+                        raise AssertionError("unreachable") from None
+                    except RecursionError:
+                        return _fail("value", f"$.outputs[{j}].content: value nested too deeply", i)
                 if cap.kind:
                     msg_out_items.append(cap)
                 if cap._held:
@@ -238,6 +244,8 @@ def _same_substructure(old: Any, new: Any) -> bool:
     """
     if type(old) is not Map or type(new) is not Map:
         return False
+    if old._tok is new._tok:
+        return True
     osubs, nsubs = old._subs, new._subs
     if len(osubs) != len(nsubs):
         return False

@@ -50,7 +50,7 @@ from .commons import SERVICES, serve
 from .errors import AvmError, CapabilityError, UnsealError
 from .machine import SIGNAL, Failure, Message, partition, run_batch
 from .schedule import hlc_now, hlc_recv, rng_float, rng_int, score
-from .values import _ATOMS, NO_COPY, Map, check_value, record, substructural_items
+from .values import _ATOMS, NO_COPY, Map, _Invalid, _walk, check_value, record, substructural_items
 
 __all__ = [
     "Faults",
@@ -528,36 +528,51 @@ def submit(
     net: Network, messages: Iterable[tuple[Capability, Any]], client: str = "client",
     priority: float | None = None,
 ) -> tuple[Network, list]:
-    """An outside client sends a batch (grouped per destination, rule 3)."""
+    """An outside client sends a batch (grouped per destination, rule 3).
+
+    Everything is checked before anything is queued: a bad message refuses the whole
+    submission, with the index of the culprit.
+    """
     msgs = tuple(messages)
     items: list = []
-    counts: dict[int, int] = {}
+    groups: dict[Any, list] = {}
+    group_counts: dict[Any, int] = {}
+    group_prio: dict[Any, float] = {}
+    cap_type = Capability
+    atoms = _ATOMS
     for j, o in enumerate(msgs):
-        if type(o) is not tuple or len(o) != 2 or type(o[0]) is not Capability:
+        if type(o) is not tuple or len(o) != 2 or type(o[0]) is not cap_type:
             raise AvmError(f"message {j} must be a (capability, content) pair")
         cap, content = o
         n = 1 if cap.kind or cap._held else 0
-        if type(content) not in _ATOMS:
-            n += check_value(content, f"$[{j}].content")
+        if type(content) not in atoms:
+            try:
+                n += _walk(content, None)
+            except _Invalid:
+                check_value(content, f"$[{j}].content")  # raises with the path
+        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [o]
+            group_counts[key] = n
+            group_prio[key] = cap.priority
+        else:
+            g.append(o)
+            if n:
+                group_counts[key] += n
+            if cap.priority > group_prio[key]:
+                group_prio[key] = cap.priority
         if n:
             items.extend(substructural_items(o))
-            counts[j] = n
     seen: set[int] = set()
     for it in items:
         if it.kind & NO_COPY and id(it) in seen:
             raise AvmError(f"the submission copies a {it!r}")
         seen.add(id(it))
     out: list = []
-    groups: dict[Any, list] = {}
-    group_counts: dict[Any, int] = {}
-    for j, o in enumerate(msgs):
-        cap = o[0]
-        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
-        groups.setdefault(key, []).append(o)
-        group_counts[key] = group_counts.get(key, 0) + counts.get(j, 0)
     for dest, group in groups.items():
         host = _host_of_dest(net, dest)
-        prio = max(c.priority for c, _ in group) if priority is None else priority
+        prio = group_prio[dest] if priority is None else priority
         net, evs = _enqueue_local(net, ("client", client), dest, tuple(group), host, prio,
                                   count=group_counts[dest])
         out.extend(evs)
@@ -1018,9 +1033,13 @@ def _open_messages(env: Env, ring: Keyring | None, messages: tuple) -> list[Mess
             subs = True
         elif id(cap) not in opened:
             opened[id(cap)] = env.unseal(cap, ring)
+    new = tuple.__new__  # Message(...) through its generated __new__ costs twice as much
+    if len(opened) == 1 and not subs:
+        ctx = next(iter(opened.values()))
+        return [new(Message, (ctx, content)) for _, content in messages]
     if not subs:
-        return [Message(opened[id(cap)], content) for cap, content in messages]
-    return [Message(env.unseal(cap, ring) if cap.kind else opened[id(cap)], content)
+        return [new(Message, (opened[id(cap)], content)) for cap, content in messages]
+    return [new(Message, (env.unseal(cap, ring) if cap.kind else opened[id(cap)], content))
             for cap, content in messages]
 
 

@@ -140,7 +140,7 @@ class Map(Mapping):
     values hold substructural items; the step checker walks only those.
     """
 
-    __slots__ = ("_m", "_subs", "_hash", "_order")
+    __slots__ = ("_m", "_subs", "_hash", "_order", "_tok")
 
     def __init__(self, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> None:
         m = immutables.Map()
@@ -161,16 +161,17 @@ class Map(Mapping):
                 subs = ms.finish()
         object.__setattr__(self, "_m", m)
         object.__setattr__(self, "_subs", subs)
-        object.__setattr__(self, "_hash", None)
-        object.__setattr__(self, "_order", None)
+        object.__setattr__(self, "_tok", _new_tok(subs))
 
     @classmethod
-    def _make(cls, m: immutables.Map, subs: immutables.Map) -> Map:
+    def _make(cls, m: immutables.Map, subs: immutables.Map, tok: object) -> Map:
+        # ``tok`` names the exact substructural entries (key -> same value object): two
+        # maps with the same token hold the same linear items in the same places, which
+        # lets the step checker skip its census in O(1) for "update a plain key" steps.
         self = object.__new__(cls)
-        object.__setattr__(self, "_m", m)
-        object.__setattr__(self, "_subs", subs)
-        object.__setattr__(self, "_hash", None)
-        object.__setattr__(self, "_order", None)
+        _SET_M(self, m)
+        _SET_SUBS(self, subs)
+        _SET_TOK(self, tok)
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -187,8 +188,10 @@ class Map(Mapping):
         # Hash order would differ between processes (Python salts str and bytes hashes),
         # and a step that loops over a map must give the same outputs everywhere. So a
         # map iterates in a fixed order of its keys, computed once per map (it is frozen).
-        order = self._order
-        if order is None:
+        # _order and _hash are caches, left unset until first needed.
+        try:
+            order = self._order
+        except AttributeError:
             order = tuple(sorted(self._m, key=order_key))
             object.__setattr__(self, "_order", order)
         return iter(order)
@@ -213,14 +216,17 @@ class Map(Mapping):
     # -- updating -------------------------------------------------------------------
     def set(self, key: Any, value: Any) -> Map:
         """A new map with ``key`` bound to ``value``; raises ValueRuleError on bad values."""
-        _check_key(key)
-        n = _count(value, key)
+        if type(key) not in _ATOMS:
+            _check_key(key)
+        n = 0 if type(value) in _ATOMS else _count(value, key)
         subs = self._subs
         if n:
             subs = subs.set(key, n)
-        elif key in subs:
+        elif subs and key in subs:
             subs = subs.delete(key)
-        return Map._make(self._m.set(key, value), subs)
+        else:
+            return Map._make(self._m.set(key, value), subs, self._tok)
+        return Map._make(self._m.set(key, value), subs, _new_tok(subs))
 
     def _set_plain(self, key: Any, value: Any) -> Map:
         """Set without validation: only for the core's own bookkeeping maps, whose keys
@@ -228,14 +234,16 @@ class Map(Mapping):
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-        return Map._make(self._m.set(key, value), subs)
+            return Map._make(self._m.set(key, value), subs, _new_tok(subs))
+        return Map._make(self._m.set(key, value), subs, self._tok)
 
     def delete(self, key: Any) -> Map:
         """A new map without ``key`` (KeyError if absent, as ``del d[k]``)."""
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-        return Map._make(self._m.delete(key), subs)
+            return Map._make(self._m.delete(key), subs, _new_tok(subs))
+        return Map._make(self._m.delete(key), subs, self._tok)
 
     def discard(self, key: Any) -> Map:
         """A new map without ``key``; the same map if it was absent."""
@@ -245,6 +253,7 @@ class Map(Mapping):
         """A new map with every pair of ``other`` (and ``kw``) set."""
         pairs = list(other.items() if isinstance(other, Mapping) else other)
         pairs.extend(kw.items())
+        touched = False
         with self._m.mutate() as mm, self._subs.mutate() as ms:
             for k, v in pairs:
                 _check_key(k)
@@ -252,9 +261,12 @@ class Map(Mapping):
                 mm[k] = v
                 if n:
                     ms[k] = n
+                    touched = True
                 elif k in ms:
                     del ms[k]
-            return Map._make(mm.finish(), ms.finish())
+                    touched = True
+            subs = ms.finish()
+            return Map._make(mm.finish(), subs, _new_tok(subs) if touched else self._tok)
 
     # -- identity -------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -263,8 +275,9 @@ class Map(Mapping):
         return NotImplemented
 
     def __hash__(self) -> int:
-        h = self._hash
-        if h is None:
+        try:
+            h = self._hash
+        except AttributeError:
             h = hash(self._m)
             object.__setattr__(self, "_hash", h)
         return h
@@ -307,6 +320,19 @@ def order_key(k: Any) -> tuple:
     if r == 0:
         return (0, 0)
     return (r, k)
+
+
+_EMPTY_TOK = object()
+
+
+def _new_tok(subs: immutables.Map) -> object:
+    return object() if subs else _EMPTY_TOK
+
+
+# Slot setters, bypassing Map.__setattr__ (which refuses, to keep maps frozen for users).
+_SET_M = Map.__dict__["_m"].__set__
+_SET_SUBS = Map.__dict__["_subs"].__set__
+_SET_TOK = Map.__dict__["_tok"].__set__
 
 
 def _check_key(key: Any) -> None:
