@@ -19,6 +19,7 @@ from .core.errors import (
     ValueRuleError,
 )
 from .core.machine import ANY, SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
+from .core.nest import inner_state, nest
 from .core.network import Config, Faults, Network, events
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
 from .core.values import (
@@ -81,6 +82,8 @@ __all__ = [
     "encode",
     "events",
     "format_event",
+    "inner_state",
+    "nest",
     "parse_faults",
     "patterns",
     "record",
