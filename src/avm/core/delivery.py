@@ -1,0 +1,274 @@
+"""Delivery between hosts, and the faults it survives (DESIGN section 9, in the model).
+
+Between two hosts a batch travels as a *transmission* that the fault model may lose,
+delay, duplicate, reorder or corrupt; hosts may crash and restart and links may be
+partitioned. On top of that runs the protocol real hosts run: per-channel sequence
+numbers, a durable outbox retried with back-off until acknowledged, a receiver that
+accepts each sequence number once and in order and acknowledges cumulatively. So faults
+delay batches but never lose, duplicate or reorder them (promises P1-P3).
+
+Every function here is pure: network in, network and events out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .netvalue import (
+    Batch,
+    Env,
+    Network,
+    accept,
+    bump,
+    enqueue_local,
+    events,
+    host_of_dest,
+    host_of_sender,
+    mint,
+    new_batch,
+    stamp,
+    with_,
+)
+from .schedule import hlc_recv, rng_float, rng_int
+from .values import Map
+
+__all__ = [
+    "send_batch",
+    "transmit",
+    "next_timed",
+    "maybe_fault",
+    "restart_host",
+    "retry",
+    "deliver",
+    "notify",
+]
+
+
+def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
+                priority: float, notify: Any = None) -> tuple[Network, list]:
+    dst_host = host_of_dest(net, dest) if type(dest) is bytes else src_host
+    chan = (sender, dest)
+    got = net.received.get(chan)
+    # Local, unless batches of this channel are still on the wire (a machine moved here, or
+    # was exported): a local batch must not overtake them (rule 4).
+    settled = got is None or got >= net.next_seq.get(chan, 0)
+    if type(dest) is not bytes or settled and (dst_host == src_host or dest not in net.machines):
+        return enqueue_local(net, sender, dest, msgs, src_host, priority, notify)
+    seq = net.next_seq.get(chan, 0) + 1
+    net, ts = stamp(net, src_host)
+    b = new_batch(sender, dest, seq, ts, priority, msgs, notify)
+    # First time on the wire: the earlier batches (local, before a move) are in the inbox.
+    received = net.received if got is not None else net.received._set_plain(chan, seq - 1)
+    net = with_(
+        net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
+        outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
+    evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+    net, more = transmit(net, "batch", src_host, dst_host, chan, seq, b)
+    return net, evs + more
+
+
+def transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int,
+              payload: Any) -> tuple[Network, list]:
+    """Put a transmission on the wire, through the fault model."""
+    f = net.config.faults
+    rng = net.rng
+    at = net.now
+    evs: list = []
+    cut = net.cuts.get(tuple(sorted((src, dst))))
+    if cut is not None and cut > at:
+        return with_(net, stats=bump(net.stats, "wire.cut")), [
+            events.Wire("cut", kind, src, dst, chan, seq, at)]
+    if f.loss:
+        x, rng = rng_float(rng)
+        if x < f.loss:
+            return with_(net, rng=rng, stats=bump(net.stats, "wire.lost")), [
+                events.Wire("lost", kind, src, dst, chan, seq, at)]
+    copies = 1
+    if f.duplicate:
+        x, rng = rng_float(rng)
+        if x < f.duplicate:
+            copies = 2
+            evs.append(events.Wire("duplicated", kind, src, dst, chan, seq, at))
+            net = with_(net, stats=bump(net.stats, "wire.duplicated"))
+    wire = net.wire
+    n = net.wire_n
+    stats = net.stats
+    for _ in range(copies):
+        delay, rng = rng_int(rng, f.delay_min, max(f.delay_min, f.delay_max))
+        corrupt = False
+        if f.corrupt:
+            x, rng = rng_float(rng)
+            corrupt = x < f.corrupt
+        n += 1
+        wire = wire.set((at + delay, n), (kind, src, dst, chan, seq, payload, corrupt))
+        stats = bump(stats, "wire.sent")
+    return with_(net, rng=rng, wire=wire, wire_n=n, stats=stats), evs
+
+
+def next_timed(net: Network) -> tuple | None:
+    """The earliest timed event, with a total order on ties.
+
+    Map iteration order follows key hashes, which Python randomises per process for
+    text and bytes; every choice here therefore compares explicit keys, so that a seed
+    replays identically in a fresh process (the CLI's reproduction promise).
+    """
+    best: tuple | None = None
+    best_key: tuple | None = None
+    for k in net.wire._m:
+        key = (k[0], 0, k[1])
+        if best_key is None or key < best_key:
+            best, best_key = (k[0], k, "wire"), key
+    for h in net.hosts._m.values():
+        if not h.up:
+            key = (h.down_until, 1, h.name)
+            if best_key is None or key < best_key:
+                best, best_key = (h.down_until, h.name, "restart"), key
+    for k, (_b, retry_at, _) in net.outbox._m.items():
+        key = (retry_at, 2, repr(k))
+        if best_key is None or key < best_key:
+            best, best_key = (retry_at, k, "retry"), key
+    return best
+
+
+def maybe_fault(net: Network) -> tuple[Network, list]:
+    f = net.config.faults
+    rng = net.rng
+    hosts = sorted(net.hosts)
+    if f.crash and len(hosts) > 1:
+        x, rng = rng_float(rng)
+        if x < f.crash:
+            up = [h for h in hosts if net.hosts[h].up]
+            if len(up) > 1:  # keep at least one host running so the run can progress
+                i, rng = rng_int(rng, 0, len(up) - 1)
+                d, rng = rng_int(rng, f.down_min, f.down_max)
+                h = net.hosts[up[i]]
+                until = net.now + d
+                net = with_(net, rng=rng, stats=bump(net.stats, "fault.crash"),
+                              hosts=net.hosts._set_plain(h.name, with_(h, up=False, down_until=until)))
+                # A crash loses what was in flight *to* the host: the wire keeps it, and
+                # delivery finds the host down and drops it.
+                return net, [events.Host(h.name, False, net.now, until)]
+    if f.partition and len(hosts) > 1:
+        x, rng = rng_float(rng)
+        if x < f.partition:
+            i, rng = rng_int(rng, 0, len(hosts) - 1)
+            j, rng = rng_int(rng, 0, len(hosts) - 2)
+            if j >= i:
+                j += 1
+            d, rng = rng_int(rng, f.partition_min, f.partition_max)
+            pair = tuple(sorted((hosts[i], hosts[j])))
+            until = net.now + d
+            net = with_(net, rng=rng, cuts=net.cuts._set_plain(pair, until),
+                          stats=bump(net.stats, "fault.partition"))
+            return net, [events.Cut(pair, until, net.now)]
+    return with_(net, rng=rng), []
+
+
+def restart_host(net: Network, env: Env, name: str) -> tuple[Network, list]:
+    h = net.hosts[name]
+    net = with_(net, hosts=net.hosts._set_plain(name, with_(h, up=True)),
+                  stats=bump(net.stats, "host.restart"))
+    evs: list = [events.Host(name, True, net.now)]
+    if net.config.restart_signal:
+        for addr in sorted(a for a, m in net.machines.items() if m.host == name):
+            m = net.machines[addr]
+            if m.status == "stopped":
+                continue
+            sig = mint(net, env, addr, m.signal)
+            net, more = enqueue_local(
+                net, ("host", name), addr, ((sig, ("restart", Map({"host": name}))),), name, 1.0)
+            evs.extend(more)
+    return net, evs
+
+
+def retry(net: Network, key: tuple) -> tuple[Network, list]:
+    b, _, attempts = net.outbox[key]
+    chan, seq = key
+    src = host_of_sender(net, b.sender)
+    cfg = net.config
+    if not net.hosts[src].up:
+        # A crashed sender retries after it restarts.
+        h = net.hosts[src]
+        return with_(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
+    if attempts >= cfg.retry_max and not b.abandoned:
+        # Give up, but honestly: the receiver may have applied the batch and only the
+        # acknowledgements were lost, so the outcome is indefinite. The outbox keeps a
+        # tombstone under the same number, retried at the slowest pace until
+        # acknowledged: a receiver that never got the batch skips the number instead of
+        # waiting for it forever, one that did refuses the tombstone as a duplicate.
+        tomb = new_batch(b.sender, b.dest, b.seq, b.ts, b.priority, (), None, 0)
+        tomb = with_(tomb, abandoned=True)
+        tomb.__dict__["_avm_n"] = 0
+        net = with_(net, outbox=net.outbox.set(key, (tomb, net.now + cfg.retry_ticks_max, attempts)),
+                    stats=bump(net.stats, "drop.unreachable"))
+        why = "unreachable: retry budget spent; it may have been applied"
+        # Feedback (rule 10) reports this drop too, from the sender's side: the
+        # destination is the one thing that cannot be reached.
+        net, more = notify(net, b, False, why, host=src)
+        return net, [events.Dropped(chan, seq, b.dest, why, net.now, definite=False), *more]
+    if b.abandoned:
+        net = with_(net, outbox=net.outbox.set(key, (b, net.now + cfg.retry_ticks_max, attempts)))
+        return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, b)
+    backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
+    net = with_(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
+                  stats=bump(net.stats, "wire.retry"))
+    dst = host_of_dest(net, b.dest)
+    return transmit(net, "batch", src, dst, chan, seq, b)
+
+
+def deliver(net: Network, key: tuple) -> tuple[Network, list]:
+    kind, src, dst, chan, seq, payload, corrupt = net.wire[key]
+    net = with_(net, wire=net.wire.delete(key))
+    at = net.now
+    if not net.hosts[dst].up:
+        return with_(net, stats=bump(net.stats, "wire.to-down-host")), [
+            events.Wire("lost-host-down", kind, src, dst, chan, seq, at)]
+    if corrupt:
+        # Authenticated transport: a corrupted frame fails its check and is discarded.
+        return with_(net, stats=bump(net.stats, "wire.corrupt-refused")), [
+            events.Wire("corrupt-refused", kind, src, dst, chan, seq, at)]
+    if kind == "ack":
+        upto = payload
+        acked = net.acked.get(chan, 0)
+        outbox = net.outbox
+        for s in range(acked + 1, upto + 1):
+            if (chan, s) in outbox:
+                outbox = outbox.delete((chan, s))
+        net = with_(net, outbox=outbox, acked=net.acked._set_plain(chan, max(acked, upto)))
+        return net, [events.Wire("acked", kind, src, dst, chan, upto, at)]
+    b: Batch = payload
+    got = net.received.get(chan, 0)
+    evs: list = []
+    h = net.hosts[dst]
+    net = with_(net, hosts=net.hosts._set_plain(dst, with_(h, clock=hlc_recv(h.clock, b.ts, at))))
+    if seq <= got or (chan, seq) in net.held:
+        net = with_(net, stats=bump(net.stats, "wire.duplicate-refused"))
+        evs.append(events.Wire("refused-duplicate", kind, src, dst, chan, seq, at))
+    elif seq == got + 1:
+        net = accept(net, chan, b)
+        got = seq
+        held = net.held
+        while (chan, got + 1) in held:
+            nb = held[(chan, got + 1)]
+            held = held.delete((chan, got + 1))
+            net = accept(net, chan, nb)
+            got += 1
+        net = with_(net, held=held, received=net.received._set_plain(chan, got))
+        evs.append(events.Wire("delivered", kind, src, dst, chan, seq, at))
+    else:
+        net = with_(net, held=net.held.set((chan, seq), b),
+                      stats=bump(net.stats, "wire.early"))
+        evs.append(events.Wire("held-early", kind, src, dst, chan, seq, at))
+    # Acknowledge cumulatively what is now durable in the inbox.
+    net, more = transmit(net, "ack", dst, src, chan, got, got)
+    return net, evs + more
+
+
+def notify(net: Network, b: Batch, ok: bool, why: str, host: str | None = None) -> tuple[Network, list]:
+    if b.notify is None:
+        return net, []
+    status_cap, tag = b.notify
+    content = ("delivered", tag) if ok else ("failed", tag, why)
+    host = host or host_of_dest(net, b.dest)
+    return send_batch(net, ("~", "feedback", host), status_cap.address, ((status_cap, content),),
+                       host, status_cap.priority)

@@ -1,0 +1,427 @@
+"""The network as a value: its records, its events, and the bookkeeping every step shares.
+
+    "The network is a value too: machines, pending batches per (sender, receiver)
+    channel, the clock, and the scheduler's seed." (DESIGN section 7)
+
+:class:`Network` is an immutable, encodable value (a registered record of persistent
+maps), so it can be kept, compared, forked, and even be the state of a machine (nesting,
+see ``avm.core.nest``). This module holds what :mod:`avm.core.delivery` (between hosts)
+and :mod:`avm.core.network` (the step) both need: the records, the events a step
+reports, the :class:`Env` that resolves behavior names, and the small pure functions
+that stamp, number and enqueue batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .caps import (
+    Capability,
+    Keyring,
+    SealingKey,
+    address_text,
+    commons_cap,
+    seal_context,
+    unseal_context,
+)
+from .commons import SERVICES
+from .errors import AvmError, CapabilityError, UnsealError
+from .machine import Failure
+from .schedule import hlc_now
+from .values import Map, check_value, record
+
+__all__ = [
+    "Faults",
+    "Config",
+    "Batch",
+    "MachineRecord",
+    "HostRecord",
+    "Network",
+    "Env",
+    "events",
+    "mint",
+    "commons_env",
+    "quiescent",
+    "who",
+    "describe_chan",
+    "batch_hash",
+]
+
+
+@record(name="avm.Faults")
+class Faults:
+    """Seeded faults between hosts. Probabilities are per transmission or per step."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    delay_min: int = 1
+    delay_max: int = 1
+    crash: float = 0.0  # per step: chance that one running host crashes
+    down_min: int = 5
+    down_max: int = 50
+    partition: float = 0.0  # per step: chance that one link is cut
+    partition_min: int = 5
+    partition_max: int = 100
+
+    @property
+    def any(self) -> bool:
+        return bool(self.loss or self.duplicate or self.corrupt or self.crash or self.partition
+                    or self.delay_max > self.delay_min)
+
+
+@record(name="avm.Config")
+class Config:
+    """Scheduler and delivery parameters. One step unit is charged per message stepped."""
+
+    slice_steps: int = 10_000  # a batch longer than this may be interrupted (rule 8)
+    restarts_max: int = 3  # interrupted more often than this: fails as timeout
+    hard_steps_max: int = 10_000_000  # a batch longer than this fails as timeout
+    retry_ticks: int = 16  # first retransmission delay; doubles up to retry_ticks_max
+    retry_ticks_max: int = 256
+    retry_max: int = 10_000  # attempts before a batch is dropped as unreachable
+    restart_signal: bool = True  # send ("restart", info) to machines after a host restarts
+    epoch_ms: int = 1_700_000_000_000  # what "time" answers at tick 0
+    tick_ms: int = 1
+    boundary: bool = False  # nested networks: batches to unknown addresses leave via exits
+    faults: Faults = field(default_factory=Faults)
+
+
+@record(name="avm.Batch")
+class Batch:
+    """Messages from one sender to one destination, applied all-or-nothing."""
+
+    sender: Any  # machine address, ("client", name), ("host", name) or ("~", service, host)
+    dest: Any  # machine address or ("~", service)
+    seq: int
+    ts: tuple
+    priority: float
+    messages: tuple  # ((capability, content), ...)
+    restarts: int = 0
+    notify: Any = None  # feedback: (status capability, tag)
+    abandoned: bool = False  # a tombstone: the sender gave up; the receiver skips the number
+
+
+@record(name="avm.Machine")
+class MachineRecord:
+    name: str
+    state: Any
+    behavior: str  # a name the Env resolves: code and state change independently
+    signal: Any
+    host: str
+    keyver: int
+    status: str = "running"  # running | suspended | stopped
+
+
+@record(name="avm.Host")
+class HostRecord:
+    name: str
+    address: bytes
+    up: bool = True
+    clock: tuple = (0, 0)
+    down_until: int = 0
+
+
+@record(name="avm.Network")
+class Network:
+    config: Config
+    seed: int
+    now: int = 0
+    rng: int = 0
+    hosts: Map = field(default_factory=Map)  # name -> HostRecord
+    machines: Map = field(default_factory=Map)  # address -> MachineRecord
+    names: Map = field(default_factory=Map)  # machine name -> address
+    keys: Map = field(default_factory=Map)  # address -> Map(version -> key bytes)
+    next_seq: Map = field(default_factory=Map)  # channel -> last seq assigned (sender side)
+    pending: Map = field(default_factory=Map)  # (channel, seq) -> Batch (receiver inbox)
+    head: Map = field(default_factory=Map)  # channel -> next seq to apply
+    live: Map = field(default_factory=Map)  # channel -> True while its head is pending
+    received: Map = field(default_factory=Map)  # channel -> highest contiguous seq received
+    held: Map = field(default_factory=Map)  # (channel, seq) -> Batch that arrived early
+    outbox: Map = field(default_factory=Map)  # (channel, seq) -> (Batch, retry_at, attempts)
+    acked: Map = field(default_factory=Map)  # channel -> highest seq acknowledged
+    wire: Map = field(default_factory=Map)  # (due, n) -> transmission
+    wire_n: int = 0
+    cuts: Map = field(default_factory=Map)  # (host, host) sorted -> until
+    stats: Map = field(default_factory=Map)  # counter name -> int
+    exits: tuple = ()  # boundary networks: messages that left, in order
+
+
+class events:  # noqa: N801 - a namespace
+    @dataclass(frozen=True)
+    class Created:
+        """A sender committed a batch (or a client submitted one)."""
+
+        chan: tuple
+        seq: int
+        dest: Any
+        size: int
+        ts: tuple
+        priority: float
+        at: int
+
+    @dataclass(frozen=True)
+    class Applied:
+        """A receiver processed a batch: committed (ok) or definitely failed."""
+
+        chan: tuple
+        seq: int
+        dest: Any
+        ok: bool
+        failure: Failure | None
+        steps: int
+        at: int
+        messages: tuple = ()
+        read_only: bool = False  # committed and left the state as it was
+
+    @dataclass(frozen=True)
+    class Dropped:
+        """A batch will not be applied by this act. ``definite=False`` says the outcome is
+        unknown: the sender gave up on acknowledgements, but the receiver may have applied
+        it (Jepsen's *indefinite* failure)."""
+
+        chan: tuple
+        seq: int
+        dest: Any
+        reason: str
+        at: int
+        definite: bool = True
+
+    @dataclass(frozen=True)
+    class Interrupted:
+        chan: tuple
+        seq: int
+        dest: Any
+        restarts: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Wire:
+        """A transmission between hosts and what happened to it."""
+
+        what: str  # sent | lost | duplicated | corrupted | delivered | refused-duplicate | ...
+        kind: str  # batch | ack
+        src: str
+        dst: str
+        chan: tuple
+        seq: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Host:
+        host: str
+        up: bool
+        at: int
+        until: int = 0
+
+    @dataclass(frozen=True)
+    class Cut:
+        hosts: tuple
+        until: int
+        at: int
+
+    @dataclass(frozen=True)
+    class Spawned:
+        name: str
+        address: bytes
+        host: str
+        at: int
+
+    @dataclass(frozen=True)
+    class Idle:
+        at: int
+
+    @dataclass(frozen=True)
+    class Commons:
+        service: str
+        sender: Any
+        error: str | None
+        at: int
+
+
+class Env:
+    """Resolves behavior names and caches key objects and unsealed contexts.
+
+    Not a value: it holds Python functions. Two runs with equal networks and equal
+    behavior tables produce equal results whatever is in the caches.
+    """
+
+    def __init__(self, behaviors: Mapping[str, Callable] | None = None) -> None:
+        self.behaviors: dict[str, Callable] = dict(behaviors or {})
+        self._keys: dict[bytes, SealingKey] = {}
+        self._unsealed: dict[tuple, Any] = {}
+        self._rings: dict[bytes, tuple[Map, Keyring | None]] = {}
+
+    def behavior(self, name: str) -> Callable:
+        fn = self.behaviors.get(name)
+        if fn is None:
+            raise AvmError(f"no behavior named {name!r}; known: {sorted(self.behaviors)}")
+        return fn
+
+    def sealing_key(self, version: int, raw: bytes) -> SealingKey:
+        k = self._keys.get(raw)
+        if k is None or k.version != version:
+            k = SealingKey(version, raw)
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[raw] = k
+        return k
+
+    def keyring(self, net: Network, address: bytes) -> Keyring | None:
+        versions = net.keys.get(address)
+        if versions is None:
+            return None
+        cached = self._rings.get(address)
+        if cached is not None and cached[0] is versions:
+            return cached[1]
+        ring = self._build_ring(address, versions)
+        self._rings[address] = (versions, ring)
+        return ring
+
+    def _build_ring(self, address: bytes, versions: Map) -> Keyring | None:
+        ring = None
+        for v in sorted(versions, reverse=True):
+            k = self.sealing_key(v, versions[v])
+            if ring is None:
+                ring = Keyring(address, k)
+            else:
+                ring._keys[v] = k
+        return ring
+
+    def unseal(self, cap: Capability, ring: Keyring) -> Any:
+        if cap.kind:  # substructural contexts are decoded fresh: identity matters
+            return unseal_context(cap, ring)
+        key = (cap.address, cap.keyver, cap.priority, cap.sealed)
+        ctx = self._unsealed.get(key, _MISSING)
+        if ctx is _MISSING:
+            ctx = unseal_context(cap, ring)
+            if len(self._unsealed) > 100_000:
+                self._unsealed.clear()
+            self._unsealed[key] = ctx
+        elif ring.get(cap.keyver) is None:  # rotated away since it was cached
+            raise UnsealError(f"capability was sealed under key version {cap.keyver}, which is retired")
+        return ctx
+
+
+_MISSING = object()
+
+
+def with_(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for our frozen records, without its per-call overhead.
+
+    The network does a handful of these per step, so the stock version (which re-runs
+    ``__init__`` and its checks) dominated the simulator's profile.
+    """
+    new = object.__new__(type(obj))
+    d = new.__dict__
+    d.update(obj.__dict__)
+    d.pop("_avm_n", None)
+    d.update(changes)
+    return new
+
+
+def new_batch(sender: Any, dest: Any, seq: int, ts: tuple, priority: float, msgs: tuple,
+           notify: Any = None, count: int | None = None) -> Batch:
+    """A new Batch with its substructural count cached (it is walked once, not per map op)."""
+    b = Batch(sender, dest, seq, ts, priority, msgs, 0, notify)
+    b.__dict__["_avm_n"] = check_value(msgs) if count is None else count
+    return b
+
+
+def derive(seed: int, *parts: Any) -> bytes:
+    return hashlib.sha256(repr((seed, *parts)).encode()).digest()
+
+
+def bump(stats: Map, name: str, n: int = 1) -> Map:
+    return stats._set_plain(name, stats.get(name, 0) + n)
+
+
+def commons_env(net: Network, host: str) -> Map:
+    origin = net.hosts[host].address
+    return Map({s: commons_cap(origin, s) for s in SERVICES})
+
+
+def mint(net: Network, env: Env, address: bytes, context: Any, priority: float = 0.0) -> Capability:
+    """Make a capability to a machine, as its host may (web page, CLI, tests)."""
+    versions = net.keys.get(address)
+    if versions is None:
+        raise CapabilityError(f"no machine {address_text(address)[:10]}... in this network")
+    v = max(versions)
+    return seal_context(address, env.sealing_key(v, versions[v]), context, priority)
+
+
+def host_of_dest(net: Network, dest: Any) -> str:
+    if type(dest) is bytes:
+        m = net.machines.get(dest)
+        if m is not None:
+            return m.host
+    return next(iter(sorted(net.hosts)))
+
+
+def host_of_sender(net: Network, sender: Any) -> str:
+    if type(sender) is bytes:
+        m = net.machines.get(sender)
+        return m.host if m is not None else next(iter(sorted(net.hosts)))
+    if sender[0] == "host":
+        return sender[1]
+    if sender[0] == "~":
+        return sender[2]
+    return next(iter(sorted(net.hosts)))
+
+
+def stamp(net: Network, host: str) -> tuple[Network, tuple]:
+    h = net.hosts[host]
+    ts = hlc_now(h.clock, net.now)
+    return with_(net, hosts=net.hosts._set_plain(host, with_(h, clock=ts))), ts
+
+
+def enqueue_local(
+    net: Network, sender: Any, dest: Any, msgs: tuple, host: str, priority: float,
+    notify: Any = None, count: int | None = None,
+) -> tuple[Network, list]:
+    """A batch whose sender and receiver are on the same host goes straight to the inbox."""
+    chan = (sender, dest)
+    seq = net.next_seq.get(chan, 0) + 1
+    net, ts = stamp(net, host)
+    b = new_batch(sender, dest, seq, ts, priority, msgs, notify, count)
+    net = with_(net, next_seq=net.next_seq._set_plain(chan, seq))
+    if chan in net.received:  # the channel used the wire before a machine moved: keep count
+        net = with_(net, received=net.received._set_plain(chan, seq))
+    net = accept(net, chan, b)
+    return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+
+
+def accept(net: Network, chan: tuple, b: Batch) -> Network:
+    """Put a batch in the receiver's durable inbox (in order, exactly once)."""
+    head = net.head.get(chan)
+    heads = net.head if head is not None else net.head._set_plain(chan, b.seq)
+    live = net.live if chan in net.live else net.live._set_plain(chan, True)
+    return with_(net, pending=net.pending.set((chan, b.seq), b), head=heads, live=live)
+
+
+def quiescent(net: Network) -> bool:
+    """No batch pending or in flight anywhere."""
+    return not net.live and not net.wire and not net.outbox and not net.held
+
+
+def describe_chan(net: Network, chan: tuple) -> str:
+    return f"{who(net, chan[0])} -> {who(net, chan[1])}"
+
+
+def who(net: Network, x: Any) -> str:
+    if type(x) is bytes:
+        m = net.machines.get(x)
+        return m.name if m is not None else address_text(x)[:10] + "..."
+    if type(x) is tuple and x and x[0] == "~":
+        return "~" + x[1]
+    if type(x) is tuple and len(x) == 2:
+        return f"{x[0]}:{x[1]}"
+    return repr(x)
+
+
+def batch_hash(b: Batch) -> bytes:
+    return codec.value_hash(b.messages)
