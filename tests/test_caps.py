@@ -17,12 +17,15 @@ from avm.core.caps import (
     Keyring,
     SealingKey,
     Self,
+    SivSealer,
+    SivUnsealer,
     address_of,
     address_text,
     commons_cap,
     identity_resource,
     parse_address,
     seal_context,
+    siv_sealer_pair,
     unseal_context,
     verify_identity,
     verify_signature,
@@ -43,6 +46,8 @@ from avm.core.values import (
     Linear,
     Map,
     Relevant,
+    Sealer,
+    Unsealer,
     check_conservation,
     check_value,
     substructural_items,
@@ -679,3 +684,67 @@ def test_commons_args_are_counted_for_conservation():
     back = codec.decode(codec.encode(cap))
     assert back == cap
     assert [type(x) for x in substructural_items(back)] == [Linear]
+
+
+# -- cryptographic sealers: the same interface as the discretionary ones ------------------
+
+SIV_KEY = bytes(range(64))
+
+
+@pytest.mark.parametrize("pair", [
+    lambda: (Sealer("money"), Unsealer("money")),
+    lambda: siv_sealer_pair(SIV_KEY),
+])
+def test_discretionary_and_crypto_sealers_share_one_interface(pair):
+    sealer, unsealer = pair()
+    v = Map({"amount": 5, "memo": ("a", b"b")})
+    s = sealer.seal(v)
+    assert unsealer.unseal(s) == v
+    assert repr(s).startswith("<sealed by")
+    with pytest.raises(UnsealError):
+        unsealer.unseal(Sealer("other").seal(v))
+
+
+def test_crypto_sealed_payload_is_secret_and_deterministic():
+    sealer, _ = siv_sealer_pair(SIV_KEY)
+    s1, s2 = sealer.seal("the plan"), sealer.seal("the plan")
+    assert s1 == s2 and s1.crypto
+    assert b"the plan" not in s1.payload
+    assert b"the plan" not in codec.encode(s1)
+
+
+def test_crypto_sealed_value_survives_the_codec_and_only_its_key_opens_it():
+    sealer, unsealer = siv_sealer_pair(SIV_KEY)
+    s = codec.decode(codec.encode(sealer.seal((1, "x"))))
+    assert unsealer.unseal(s) == (1, "x")
+    other = SivUnsealer(bytes(64))
+    with pytest.raises(UnsealError):
+        other.unseal(s)
+
+
+def test_every_flipped_byte_of_a_crypto_sealed_value_is_refused():
+    sealer, unsealer = siv_sealer_pair(SIV_KEY)
+    s = sealer.seal(("secret", 42))
+    for i in range(len(s.payload)):
+        bad = bytearray(s.payload)
+        bad[i] ^= 0x01
+        forged = type(s)(s.sealer, bytes(bad), crypto=True, kind=s.kind)
+        with pytest.raises(UnsealError):
+            unsealer.unseal(forged)
+
+
+def test_crypto_sealing_a_linear_value_keeps_it_counted():
+    sealer, unsealer = siv_sealer_pair(SIV_KEY)
+    tok = Linear("coin")
+    s = sealer.seal(tok)
+    assert s.kind == 3
+    # Sealing moved the token into the sealed value: conserved, not dropped.
+    check_conservation([("$.in", tok)], [("$.out", s)])
+    with pytest.raises(SubstructuralError):
+        check_conservation([("$.in", tok)], [("$.out", (s, s))])
+    assert unsealer.unseal(s) == tok
+
+
+def test_siv_sealer_needs_a_full_key():
+    with pytest.raises(CapabilityError):
+        SivSealer(b"short")

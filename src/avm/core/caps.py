@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import codec
 from .errors import CapabilityError, CodecError, UnsealError
-from .values import KIND_NAMES, UNRESTRICTED, Map, check_value, kind_of, register_value_type
+from .values import KIND_NAMES, UNRESTRICTED, Map, Sealed, check_value, kind_of, register_value_type
 
 __all__ = [
     "ALGORITHMS",
@@ -46,6 +46,9 @@ __all__ = [
     "unseal_context",
     "address_text",
     "parse_address",
+    "SivSealer",
+    "SivUnsealer",
+    "siv_sealer_pair",
 ]
 
 ALGORITHMS = ("ed25519", "ed448")
@@ -382,6 +385,70 @@ def commons_cap(origin: bytes, name: str, args: Any = ()) -> Capability:
     """A capability for a stateless commons service (``random``, ``time``, ``null``...)."""
     check_value(args, "$.args")
     return Capability(origin, commons=(name, args))
+
+
+# ---------------------------------------------------------------------------------------
+# Cryptographic sealers: the same interface as the discretionary ones in values.py
+# ---------------------------------------------------------------------------------------
+
+
+class SivSealer:
+    """Seals values with AES-SIV: deterministic, authenticated, secret.
+
+    The same ``seal``/``unseal`` interface as :class:`~avm.core.values.Sealer`, but the
+    payload is ciphertext, so only the holder of the key can open it, wherever the
+    sealed value travels. Sealer objects hold key bytes and are therefore *not* values:
+    keep them in the runtime (as the host keeps sealing keys), not in a machine's state.
+    """
+
+    __slots__ = ("name", "_siv")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != SEALING_KEY_BYTES:
+            raise CapabilityError(f"a sealing key has {SEALING_KEY_BYTES} bytes")
+        self.name = "siv:" + hashlib.sha256(b"avm-sealer-id" + key).hexdigest()[:16]
+        self._siv = AESSIV(key)
+
+    def seal(self, value: Any) -> Sealed:
+        n = check_value(value)
+        plain = codec._encode_trusted(value)
+        data = self._siv.encrypt(plain, [self.name.encode()])
+        return Sealed(self.name, data, crypto=True, kind=kind_of(value) if n else UNRESTRICTED,
+                      held=(value,) if n else ())
+
+    def __repr__(self) -> str:
+        return f"SivSealer({self.name!r})"
+
+
+class SivUnsealer:
+    """Opens what the :class:`SivSealer` with the same key sealed; refuses anything else."""
+
+    __slots__ = ("name", "_siv")
+
+    def __init__(self, key: bytes) -> None:
+        sealer = SivSealer(key)
+        self.name = sealer.name
+        self._siv = sealer._siv
+
+    def unseal(self, sealed: Any) -> Any:
+        if type(sealed) is not Sealed or not sealed.crypto or sealed.sealer != self.name:
+            raise UnsealError(f"not a value sealed by {self.name!r}")
+        try:
+            plain = self._siv.decrypt(sealed.payload, [self.name.encode()])
+        except InvalidTag:
+            raise UnsealError("sealed value failed authentication: forged or tampered") from None
+        value = codec.decode(plain)
+        if kind_of(value) != sealed.kind:
+            raise UnsealError("sealed value kind does not match its contents")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SivUnsealer({self.name!r})"
+
+
+def siv_sealer_pair(key: bytes) -> tuple[SivSealer, SivUnsealer]:
+    """A cryptographic sealer and its unsealer from 64 key bytes (AES-256-SIV)."""
+    return SivSealer(key), SivUnsealer(key)
 
 
 # ---------------------------------------------------------------------------------------
