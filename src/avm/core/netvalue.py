@@ -383,24 +383,38 @@ def enqueue_local(
     net: Network, sender: Any, dest: Any, msgs: tuple, host: str, priority: float,
     notify: Any = None, count: int | None = None,
 ) -> tuple[Network, list]:
-    """A batch whose sender and receiver are on the same host goes straight to the inbox."""
+    """A batch whose sender and receiver are on the same host goes straight to the inbox.
+
+    One copy of the network record for the whole act: this runs once per batch.
+    """
     chan = (sender, dest)
     seq = net.next_seq.get(chan, 0) + 1
-    net, ts = stamp(net, host)
+    h = net.hosts[host]
+    ts = hlc_now(h.clock, net.now)
     b = new_batch(sender, dest, seq, ts, priority, msgs, notify, count)
-    net = with_(net, next_seq=net.next_seq._set_plain(chan, seq))
-    if chan in net.received:  # the channel used the wire before a machine moved: keep count
-        net = with_(net, received=net.received._set_plain(chan, seq))
-    net = accept(net, chan, b)
+    received = net.received
+    if chan in received:  # the channel used the wire before a machine moved: keep count
+        received = received._set_plain(chan, seq)
+    net = with_(net, hosts=net.hosts._set_plain(host, with_(h, clock=ts)),
+                next_seq=net.next_seq._set_plain(chan, seq), received=received,
+                **_accepted(net, chan, b))
     return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+
+
+def _accepted(net: Network, chan: tuple, b: Batch) -> dict[str, Map]:
+    head = net.head
+    if chan not in head:
+        head = head._set_plain(chan, b.seq)
+    live = net.live if chan in net.live else net.live._set_plain(chan, True)
+    n = b.__dict__.get("_avm_n")
+    if n is None:
+        n = check_value(b)
+    return {"pending": net.pending._set_counted((chan, b.seq), b, n), "head": head, "live": live}
 
 
 def accept(net: Network, chan: tuple, b: Batch) -> Network:
     """Put a batch in the receiver's durable inbox (in order, exactly once)."""
-    head = net.head.get(chan)
-    heads = net.head if head is not None else net.head._set_plain(chan, b.seq)
-    live = net.live if chan in net.live else net.live._set_plain(chan, True)
-    return with_(net, pending=net.pending.set((chan, b.seq), b), head=heads, live=live)
+    return with_(net, **_accepted(net, chan, b))
 
 
 def quiescent(net: Network) -> bool:

@@ -124,6 +124,10 @@ def spawn(
     if name in net.names:
         raise AvmError(f"a machine named {name!r} already exists")
     check_value(args, "$.args")
+    if check_value(signal, "$.signal"):
+        # The runtime mints the signal capability again for every life-cycle message:
+        # a linear signal context would be copied each time.
+        raise AvmError("a signal context may not hold linear, affine or relevant values")
     ident = IdentityKey.from_seed(derive(net.seed, "machine", name))
     address = address_of(ident.resource((("name", name),)))
     raw_bytes = hashlib.shake_256(b"avm-siv" + derive(net.seed, "seal", name)).digest(64)
@@ -352,12 +356,16 @@ def _waiting_higher(net: Network, dest: Any, priority: float, skip: tuple) -> tu
     return best
 
 
-def _pop(net: Network, chan: tuple, seq: int) -> Network:
+def _popped(net: Network, chan: tuple, seq: int) -> dict[str, Map]:
+    """The inbox maps after taking batch ``seq`` off the head of ``chan``."""
     pending = net.pending.delete((chan, seq))
     nxt = seq + 1
-    if (chan, nxt) in pending:
-        return with_(net, pending=pending, head=net.head._set_plain(chan, nxt))
-    return with_(net, pending=pending, head=net.head._set_plain(chan, nxt), live=net.live.delete(chan))
+    live = net.live if (chan, nxt) in pending else net.live.delete(chan)
+    return {"pending": pending, "head": net.head._set_plain(chan, nxt), "live": live}
+
+
+def _pop(net: Network, chan: tuple, seq: int) -> Network:
+    return with_(net, **_popped(net, chan, seq))
 
 
 def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
@@ -378,10 +386,10 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
                           stats=bump(net.stats, "batch.interrupted"))
             evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
             chan, b = rival
-    net = _pop(net, chan, b.seq)
     if b.abandoned:  # the sender gave up on this number: skip it, keeping the order
-        return with_(net, stats=bump(net.stats, "batch.skipped-abandoned")), evs
-    net = with_(net, now=net.now + 1)
+        return with_(net, stats=bump(net.stats, "batch.skipped-abandoned"),
+                     **_popped(net, chan, b.seq)), evs
+    net = with_(net, now=net.now + 1, **_popped(net, chan, b.seq))
     dest = b.dest
     if type(dest) is tuple:
         net, more = _run_commons(net, env, chan, b)
@@ -419,8 +427,11 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
         net, more = notify(net, b, False, str(r.failure))
         return net, evs + more
     # Commit: the new state and the outgoing batches in one act (rule 3).
+    rec = with_(m, state=r.state)
+    n = len(r.state_items) if r.state_items is not None else check_value(r.state)
+    rec.__dict__["_avm_n"] = n  # the record's other fields hold no substructural items
     net = with_(
-        net, machines=net.machines.set(dest, with_(m, state=r.state)),
+        net, machines=net.machines._set_counted(dest, rec, n),
         stats=bump(bump(net.stats, "batch.ok"), "steps", r.steps))
     # Read-only: the step handed back the state it was given (or an equal atom). Hosts
     # use this to run such batches optimistically in parallel; the simulator reports it.

@@ -228,6 +228,21 @@ class Map(Mapping):
             return Map._make(self._m.set(key, value), subs, self._tok)
         return Map._make(self._m.set(key, value), subs, _new_tok(subs))
 
+    def _set_counted(self, key: Any, value: Any, n: int) -> Map:
+        """Set a value the core has already validated, whose substructural count is ``n``.
+
+        For the core's own records (batches, machine records) on the hot path: they were
+        checked when built, so walking them again on every map update would be waste.
+        """
+        subs = self._subs
+        if n:
+            subs = subs.set(key, n)
+            return Map._make(self._m.set(key, value), subs, _new_tok(subs))
+        if subs and key in subs:
+            subs = subs.delete(key)
+            return Map._make(self._m.set(key, value), subs, _new_tok(subs))
+        return Map._make(self._m.set(key, value), subs, self._tok)
+
     def _set_plain(self, key: Any, value: Any) -> Map:
         """Set without validation: only for the core's own bookkeeping maps, whose keys
         and values it builds itself and which hold no substructural items."""
