@@ -200,13 +200,6 @@ WORKLOAD = (
 )
 
 
-def ensure_hosts(sim, *names):
-    """Add the hosts this example needs unless the caller already made them."""
-    for h in names:
-        if h not in sim.net.hosts:
-            sim.add_host(h)
-
-
 def account_cap(sim, account):
     """The capability of ``account``, minted as the branch's host may."""
     for bname, (_, balances) in BRANCHES.items():
@@ -225,7 +218,8 @@ def balances(sim):
 
 def build_with(sim, workload=WORKLOAD):
     """Spawn branches and tellers on two hosts, submit ``workload``, add invariants."""
-    ensure_hosts(sim, *HOSTS)
+    for h in HOSTS:  # unless the caller (the CLI, a test) already made them
+        sim.add_host(h, exist_ok=True)
     for bname, (host, opening) in BRANCHES.items():
         sim.spawn(bname, branch, Map(opening), host=host)
     for tname, (host, bname) in TELLERS.items():

@@ -106,15 +106,10 @@ READS = {  # reader -> pages, read one batch per page
 }
 
 
-def ensure_hosts(sim, *names):
-    for h in names:
-        if h not in sim.net.hosts:
-            sim.add_host(h)
-
-
 def build(sim):
     """Spawn posts (h0), hits (h1) and a public membrane; publish, read, and misbehave."""
-    ensure_hosts(sim, *HOSTS)
+    for h in HOSTS:  # unless the caller (the CLI, a test) already made them
+        sim.add_host(h, exist_ok=True)
     sim.spawn("hits", hits, None, host="h1")
     sim.spawn("posts", posts, Map(posts=Map(INITIAL), hits=sim.cap("hits", "count")), host="h0")
     # Readers get a membrane in front of the posts machine that lets only reads through.
