@@ -82,3 +82,14 @@ def test_hosts_and_idempotent_add_host():
         sim.add_host("a")
     sim.add_host("c")
     assert sim.hosts == ("a", "b", "c")
+
+
+def test_fast_batch_construction_matches_the_dataclass():
+    from dataclasses import fields
+
+    from avm.core.netvalue import Batch, new_batch
+
+    fast = new_batch("s", b"d", 3, (1, 2), 0.5, (), None, 0)
+    slow = Batch("s", b"d", 3, (1, 2), 0.5, ())
+    assert fast == slow
+    assert {f.name for f in fields(Batch)} <= set(fast.__dict__)
