@@ -295,7 +295,7 @@ class Env:
     def unseal(self, cap: Capability, ring: Keyring) -> Any:
         if cap.kind:  # substructural contexts are decoded fresh: identity matters
             return unseal_context(cap, ring)
-        key = (cap.address, cap.keyver, cap.priority, cap.sealed)
+        key = (cap.address, cap.keyver, cap.kind, cap.priority, cap.sealed)  # every AD field
         ctx = self._unsealed.get(key, _MISSING)
         if ctx is _MISSING:
             ctx = unseal_context(cap, ring)
