@@ -232,6 +232,13 @@ class Capability:
     """
 
     __slots__ = ("address", "keyver", "kind", "priority", "sealed", "commons", "_held")
+    address: bytes
+    keyver: int
+    kind: int
+    priority: float
+    sealed: bytes
+    commons: tuple[str, Any] | None
+    _held: tuple
 
     def __init__(
         self, address: bytes, keyver: int = 0, kind: int = UNRESTRICTED, priority: float = 0.0,
@@ -464,6 +471,9 @@ class Self:
     """
 
     __slots__ = ("address", "keyver", "_key")
+    address: bytes
+    keyver: int
+    _key: SealingKey | None
 
     def __init__(self, address: bytes, keyver: int, key: SealingKey | None = None) -> None:
         object.__setattr__(self, "address", address)

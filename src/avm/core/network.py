@@ -336,7 +336,8 @@ def _pick(net: Network) -> tuple | None:
         if not _runnable(net, b):
             continue
         s = score(b.ts, b.priority)
-        if best is None or s < best_score or (s == best_score and repr(chan) < repr(best[0])):
+        if best is None or best_score is None or s < best_score or (
+                s == best_score and repr(chan) < repr(best[0])):
             best, best_score = (chan, b), s
     return best
 

@@ -197,7 +197,7 @@ class Sim:
 
     def invariant(self, fn: Callable[[Sim], Any], name: str | None = None) -> Callable:
         """Check ``fn(sim)`` after every step; it fails by raising or returning False."""
-        self._invariants.append((name or getattr(fn, "__name__", "invariant"), fn))
+        self._invariants.append((name or str(getattr(fn, "__name__", "invariant")), fn))
         return fn
 
     def step(self) -> list:

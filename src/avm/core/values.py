@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 import immutables
+from typing_extensions import dataclass_transform
 
 from .errors import SubstructuralError, UnsealError, ValueRuleError
 
@@ -84,6 +85,7 @@ class Substructural:
     """A value whose copies and drops are counted at every step boundary."""
 
     __slots__ = ("value",)
+    value: Any
     KIND: ClassVar[int] = UNRESTRICTED
 
     def __init__(self, value: Any) -> None:
@@ -141,10 +143,15 @@ class Map(Mapping):
     """
 
     __slots__ = ("_m", "_subs", "_hash", "_order", "_tok")
+    _m: immutables.Map
+    _subs: immutables.Map
+    _hash: int
+    _order: tuple
+    _tok: object
 
     def __init__(self, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> None:
-        m = immutables.Map()
-        subs = immutables.Map()
+        m: immutables.Map = immutables.Map()
+        subs: immutables.Map = immutables.Map()
         if items is not None or kw:
             pairs = list(items.items() if isinstance(items, Mapping) else (items or ()))
             pairs.extend(kw.items())
@@ -282,6 +289,7 @@ class Map(Mapping):
                     touched = True
             subs = ms.finish()
             return Map._make(mm.finish(), subs, _new_tok(subs) if touched else self._tok)
+        raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
     # -- identity -------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -377,6 +385,7 @@ _RECORDS_BY_NAME: dict[str, type] = {}
 _RECORDS_BY_CLASS: dict[type, tuple[str, tuple[str, ...]]] = {}
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
 def record(cls: type | None = None, *, name: str | None = None) -> Any:
     """Make a class a frozen dataclass and register it as an AVM value type.
 
@@ -431,6 +440,11 @@ class Sealed:
     """
 
     __slots__ = ("sealer", "payload", "crypto", "kind", "_held")
+    sealer: str
+    payload: Any
+    crypto: bool
+    kind: int
+    _held: tuple
 
     def __init__(
         self, sealer: str, payload: Any, crypto: bool = False, kind: int = UNRESTRICTED,
@@ -464,6 +478,7 @@ class Sealer:
     """Seals values under a name. Discretionary: it keeps types apart, it is not secret."""
 
     __slots__ = ("name",)
+    name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
@@ -489,6 +504,7 @@ class Unsealer:
     """Opens values sealed by the :class:`Sealer` of the same name."""
 
     __slots__ = ("name",)
+    name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
