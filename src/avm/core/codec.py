@@ -80,7 +80,6 @@ TAG_UNSEALER = 44806
 TAG_RECORD = 44807  # [registered name, field values...]
 TAG_CAPABILITY = 44808  # registered by caps
 TAG_SELF = 44809  # registered by caps
-TAG_CAP_COMMONS = 44810  # registered by caps
 TAG_RESERVED_MAX = 44831
 _STANDARD_TAGS = frozenset({2, 3, 30})
 

@@ -268,6 +268,11 @@ def _short(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def destination(cap: Capability) -> Any:
+    """The machine (address) or commons service (``("~", name)``) a capability reaches."""
+    return ("~", cap.commons[0]) if cap.commons is not None else cap.address
+
+
 def partition(outputs: Sequence[tuple[Capability, Any]]) -> list[tuple[Any, tuple]]:
     """Group outputs by destination, keeping relative order (rule 3).
 
@@ -277,8 +282,7 @@ def partition(outputs: Sequence[tuple[Capability, Any]]) -> list[tuple[Any, tupl
     """
     groups: dict[Any, list] = {}
     for o in outputs:
-        cap = o[0]
-        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
+        key = destination(o[0])
         g = groups.get(key)
         if g is None:
             groups[key] = [o]

@@ -47,7 +47,6 @@ __all__ = [
     "commons_env",
     "quiescent",
     "who",
-    "describe_chan",
     "batch_hash",
 ]
 
@@ -425,10 +424,6 @@ def accept(net: Network, chan: tuple, b: Batch) -> Network:
 def quiescent(net: Network) -> bool:
     """No batch pending or in flight anywhere."""
     return not net.live and not net.wire and not net.outbox and not net.held
-
-
-def describe_chan(net: Network, chan: tuple) -> str:
-    return f"{who(net, chan[0])} -> {who(net, chan[1])}"
 
 
 def who(net: Network, x: Any) -> str:

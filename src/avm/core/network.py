@@ -40,7 +40,7 @@ from .delivery import (
     send_batch,
 )
 from .errors import AvmError, UnsealError
-from .machine import SIGNAL, Failure, Message, partition, run_batch
+from .machine import SIGNAL, Failure, Message, destination, partition, run_batch
 from .netvalue import (
     Batch,
     Config,
@@ -53,7 +53,6 @@ from .netvalue import (
     bump,
     commons_env,
     derive,
-    describe_chan,
     enqueue_local,
     events,
     host_of_dest,
@@ -89,7 +88,6 @@ __all__ = [
     "events",
     "quiescent",
     "who",
-    "describe_chan",
     "batch_hash",
 ]
 
@@ -252,7 +250,7 @@ def submit(
                 n += _walk(content, None)
             except _Invalid:
                 check_value(content, f"$[{j}].content")  # raises with the path
-        key = ("~", cap.commons[0]) if cap.commons is not None else cap.address
+        key = destination(cap)
         g = groups.get(key)
         if g is None:
             groups[key] = [o]
@@ -512,7 +510,7 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
                 net = with_(net, stats=bump(net.stats, "commons.refused"))
                 continue
             target, inner, status_cap, tag = content
-            dest = ("~", target.commons[0]) if target.commons is not None else target.address
+            dest = destination(target)
             net, more = send_batch(net, b.sender, dest, ((target, inner),), host,
                                     target.priority, notify=(status_cap, tag))
             evs.extend(more)
