@@ -49,3 +49,21 @@ class StepContractError(AvmError):
 
 class SignalError(AvmError):
     """A machine received a strong life-cycle signal that it does not understand."""
+
+
+class UsageError(AvmError):
+    """Our caller misused the API (a wrong argument, an impossible request).
+
+    The counterpart of the errors above, which blame a value, a step or a peer: this one
+    says the calling code must change. h11 calls it ``LocalError``.
+    """
+
+
+class UnknownName(UsageError, KeyError):
+    """A name (machine, host, behavior, service) that this network does not know.
+
+    Also a ``KeyError``, so code that looked names up in a mapping keeps working.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message as a repr
+        return str(self.args[0]) if self.args else "unknown name"
