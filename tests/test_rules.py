@@ -8,7 +8,6 @@ comment "breaks if" says how it was checked).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from avm.core.caps import SealingKey, seal_context
 from avm.core.commons import SERVICES
 from avm.core.network import events
 from avm.core.schedule import PRIORITY_TICKS
+from avm.testing import heal
 
 # ---------------------------------------------------------------------------------------
 # Machines used across the tests
@@ -764,11 +764,13 @@ def test_rule10_unreachable_past_the_retry_budget_is_dropped():
     assert sim.stats()["drop.unreachable"] == 1
     # The link heals: the sender's tombstone reaches the receiver, which skips the
     # number, so later batches of the channel are not held behind it forever.
-    sim.net = dataclasses.replace(sim.net, config=dataclasses.replace(sim.net.config, faults=Faults()))
+    heal(sim)
     sim.send(sim.cap("src", "in"), ("send", ((sim.cap("t", "in"), ("log", 2)),)))
     assert sim.run(max_steps=10_000).quiescent
     assert log_of(sim, "t") == (2,)
     assert sim.stats()["batch.skipped-abandoned"] == 1
+    # Once the receiver skipped the number, the drop is definite.
+    assert drops(sim)[1:] == ["unreachable: retry budget spent; not applied"]
 
 
 def feedback_run(target_setup: str) -> tuple[Sim, tuple]:
@@ -815,7 +817,12 @@ def test_rule10_feedback_reports_failure_and_why(setup, why):
 
 
 def test_rule10_feedback_reports_unreachable():
-    """Feedback covers every drop, including a destination unreachable past the retries."""
+    """Feedback covers every drop, including a destination unreachable past the retries.
+
+    Once the retry budget is spent the outcome is unknown (the receiver may have applied
+    the batch), so feedback waits for it: exactly one status, when the receiver skips the
+    sender's tombstone ("failed") or reports the batch itself.
+    """
     sim = fresh(hosts=("h0", "h1"), faults=Faults(loss=1.0),
                 config=Config(retry_max=2, retry_ticks=2, retry_ticks_max=4))
     p = sim.probe("p", host="h0")
@@ -827,8 +834,12 @@ def test_rule10_feedback_reports_unreachable():
              ("send", ((fb, (sim.cap("t", "in"), ("log", 1), p, "t")),)))
     sim.run(max_steps=10_000)
     assert sim.stats()["drop.unreachable"] == 1
+    assert sim.received("p") == ()  # indefinite: no status yet
+    heal(sim)
+    assert sim.run(max_steps=10_000).quiescent
     [(status, tag, reason)] = sim.received("p")
     assert (status, tag) == ("failed", "t") and "unreachable" in reason
+    assert log_of(sim, "t") == ()
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Set ``AVM_SIM_SEEDS`` to run more seeds than CI's 30.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avm import Behavior, Config, Faults, InvariantViolation, Map, Sim
+from avm import Behavior, Config, Faults, InvariantViolation, Map, Sim, replace_fields
 from avm.core.network import events
 from avm.testing import (
     ALL_FAULTS,
@@ -372,7 +371,7 @@ def test_long_total_partition_then_heal():
     checker = watch(sim)
     until = 5_000
     cuts = Map({pair: until for pair in (("h0", "h1"), ("h0", "h2"), ("h1", "h2"))})
-    sim.restore(dataclasses.replace(sim.net, cuts=cuts))
+    sim.restore(replace_fields(sim.net, cuts=cuts))
     workload(starts=6, ttl=10)(sim)
     report = run_until_quiescent(sim)
     assert report.now >= until

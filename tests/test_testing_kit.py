@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import avm
 from avm import Behavior, InvariantViolation, Message
 from avm.core.network import events
+from avm.core.values import replace_fields
 from avm.testing import (
     ALL_FAULTS,
     Checker,
@@ -325,7 +326,12 @@ def test_trace_with_a_forged_applied_event_is_a_phantom(ran):
 def test_trace_with_other_contents_is_a_hash_and_replay_mismatch(ran):
     i = applied_to(ran, "b")[0]
     ev = ran.trace[i]
-    doctored = dataclasses.replace(ev, messages=(*ev.messages, Message(None, ("add", 100))))
+    # What the receiver processed differs from what the sender committed: the messages
+    # it stepped and the batch they came in (whose batch_hash the checker compares).
+    b = ev.batch
+    more = replace_fields(b, messages=(*b.messages, (b.messages[0][0], ("add", 100))))
+    doctored = dataclasses.replace(ev, messages=(*ev.messages, Message(None, ("add", 100))),
+                                   batch=more)
     r = Checker.from_trace([*ran.trace[:i], doctored, *ran.trace[i + 1:]], ran).report()
     assert r.total("hash_mismatches") == 1
     assert len(r.replay_mismatches) == 1 and r.replay_mismatches[0].startswith("b")
@@ -334,8 +340,8 @@ def test_trace_with_other_contents_is_a_hash_and_replay_mismatch(ran):
 def test_stored_state_changed_behind_the_network_is_a_replay_mismatch():
     sim = small_sim(2)
     m = sim.machine("b")
-    sim.restore(dataclasses.replace(
-        sim.net, machines=sim.net.machines.set(sim.address("b"), dataclasses.replace(m, state=-5))))
+    sim.restore(replace_fields(
+        sim.net, machines=sim.net.machines.set(sim.address("b"), replace_fields(m, state=-5))))
     r = check_sim(sim)
     assert r.replay_mismatches == ("b",) and not r.ok
 
@@ -360,8 +366,8 @@ def test_watch_raises_at_the_step_that_breaks_a_promise():
         sim.run()
         # Tamper with b's state behind the network's back, then let it work again.
         m = sim.machine("b")
-        sim.restore(dataclasses.replace(sim.net, machines=sim.net.machines.set(
-            sim.address("b"), dataclasses.replace(m, state=m.state + 1000))))
+        sim.restore(replace_fields(sim.net, machines=sim.net.machines.set(
+            sim.address("b"), replace_fields(m, state=m.state + 1000))))
         sim.send(sim.cap("a"), ("fwd", sim.cap("b"), 2))
         with pytest.raises(InvariantViolation) as info:
             sim.run()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import tracemalloc
-from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +17,7 @@ from avm.core.values import (
     RELEVANT,
     UNRESTRICTED,
     Affine,
+    Fraction,
     Linear,
     Map,
     Relevant,

@@ -3,10 +3,22 @@
 A machine is a pure step function ``step(message, state) -> (outputs, new_state)`` plus
 its state; machines talk only by sending message batches to capabilities. Start with
 :class:`Behavior` to write one and :class:`Sim` to run a network of them.
+
+``__all__`` is the public API, pinned by ``tests/test_trust_api.py``: every name the docs
+use is importable from here. Library patterns (revocation, attenuation, one-shot rights)
+are in :mod:`avm.patterns`; the test kit is :mod:`avm.testing`.
 """
 
 from .core import patterns
-from .core.caps import Capability, IdentityKey, Self, address_text
+from .core.caps import (
+    Capability,
+    IdentityKey,
+    Self,
+    address_of,
+    address_text,
+    verify_identity,
+    verify_signature,
+)
 from .core.codec import Limits, decode, encode, value_hash
 from .core.errors import (
     AvmError,
@@ -15,19 +27,22 @@ from .core.errors import (
     SignalError,
     StepContractError,
     SubstructuralError,
+    UnknownName,
     UnsealError,
+    UsageError,
     ValueRuleError,
 )
 from .core.machine import ANY, SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
 from .core.nest import inner_state, nest
 from .core.network import Config, Faults, Network, events
-from .core.sim import InvariantViolation, Sim, format_event, parse_faults
+from .core.sim import InvariantViolation, RunReport, Sim, format_event, parse_faults
 from .core.values import (
     AFFINE,
     LINEAR,
     RELEVANT,
     UNRESTRICTED,
     Affine,
+    Fraction,
     Linear,
     Map,
     Relevant,
@@ -36,6 +51,7 @@ from .core.values import (
     Unsealer,
     check_value,
     record,
+    replace_fields,
     sealer_pair,
 )
 
@@ -57,6 +73,7 @@ __all__ = [
     "Config",
     "Failure",
     "Faults",
+    "Fraction",
     "IdentityKey",
     "InvariantViolation",
     "Limits",
@@ -65,6 +82,7 @@ __all__ = [
     "Message",
     "Network",
     "Relevant",
+    "RunReport",
     "SIGNAL",
     "Sealed",
     "Sealer",
@@ -73,9 +91,12 @@ __all__ = [
     "Sim",
     "StepContractError",
     "SubstructuralError",
+    "UnknownName",
     "UnsealError",
     "Unsealer",
+    "UsageError",
     "ValueRuleError",
+    "address_of",
     "address_text",
     "check_value",
     "decode",
@@ -87,7 +108,10 @@ __all__ = [
     "parse_faults",
     "patterns",
     "record",
+    "replace_fields",
     "run_batch",
     "sealer_pair",
     "value_hash",
+    "verify_identity",
+    "verify_signature",
 ]

@@ -30,7 +30,7 @@ from .core.codec import encode
 from .core.errors import AvmError
 from .core.network import Faults, events, quiescent
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
-from .core.values import Map, Substructural
+from .core.values import SUBSTRUCTURAL_TYPES, Map, _record_fields
 
 __all__ = ["main"]
 
@@ -437,8 +437,11 @@ def show(v: Any) -> str:
     if t is Map:
         keys = sorted(v, key=_canonical_key)
         return "Map({" + ", ".join(f"{show(k)}: {show(v[k])}" for k in keys) + "})"
-    if isinstance(v, Substructural):
+    if t in SUBSTRUCTURAL_TYPES:
         return f"{t.__name__}({show(v.value)})"
+    names = _record_fields(t)
+    if names is not None:
+        return f"{t.__qualname__}({', '.join(f'{f}={show(getattr(v, f))}' for f in names)})"
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         fields = ", ".join(f"{f.name}={show(getattr(v, f.name))}"
                            for f in dataclasses.fields(v) if f.repr)

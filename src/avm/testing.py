@@ -37,24 +37,34 @@ replay: a failed batch must leave the replayed state unchanged, and so the store
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .core import network as nw
 from .core.caps import address_text
+from .core.conserve import OPAQUE, Tally, opener_for
+from .core.errors import AvmError, UsageError
 from .core.machine import Message, StepFn, run_batch
 from .core.network import Config, Faults, events
 from .core.sim import InvariantViolation, RunReport, Sim
+from .core.values import replace_fields
 
 __all__ = [
     "ALL_FAULTS",
+    "BatchDigest",
+    "Census",
+    "CensusReport",
+    "CensusWatch",
     "Checker",
     "InvariantViolation",
     "PairReport",
     "Report",
     "SeedRun",
     "SimClock",
+    "census",
+    "check_census",
     "check_sim",
     "fault_counts",
     "heal",
@@ -62,6 +72,7 @@ __all__ = [
     "run_seed",
     "run_until_quiescent",
     "watch",
+    "watch_census",
 ]
 
 #: Every fault kind of the model at once, at rates that make each fire within a few
@@ -96,7 +107,7 @@ def make_sim(
 def heal(sim: Sim) -> None:
     """Turn every fault off from now on. Cuts and crashes already under way run out."""
     cfg = sim.net.config
-    sim.net = replace(sim.net, config=replace(cfg, faults=Faults()))
+    sim.net = replace_fields(sim.net, config=replace_fields(cfg, faults=Faults()))
 
 
 def run_until_quiescent(sim: Sim, max_steps: int = 100_000) -> RunReport:
@@ -135,7 +146,7 @@ class SimClock:
         """Move the clock forward; timed work that falls due runs at the next steps."""
         if ticks < 0:
             raise ValueError("the simulated clock never goes back")
-        self._sim.net = replace(self._sim.net, now=self._sim.net.now + ticks)
+        self._sim.net = replace_fields(self._sim.net, now=self._sim.net.now + ticks)
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,6 +206,7 @@ class Report:
     problems: tuple[str, ...] = ()
     faults: Mapping[str, int] = field(default_factory=dict)
     events: int = 0
+    census: CensusReport | None = None  # with watch_census: conservation (P8)
 
     def total(self, figure: str) -> int:
         """The sum of one :class:`PairReport` figure over all pairs (``"committed"``...)."""
@@ -209,7 +221,8 @@ class Report:
 
     @property
     def violations(self) -> int:
-        return sum(p.violations for p in self.pairs) + len(self.replay_mismatches)
+        return (sum(p.violations for p in self.pairs) + len(self.replay_mismatches)
+                + (self.census.violations if self.census is not None else 0))
 
     @property
     def ok(self) -> bool:
@@ -256,6 +269,8 @@ class Report:
                 lines.append(f"  ... and {len(self.pairs) - len(rows)} more pairs")
         for m in self.replay_mismatches:
             lines.append(f"  replay mismatch: {m}")
+        if self.census is not None:
+            lines.extend("  " + line for line in str(self.census).splitlines())
         for pr in self.problems:
             lines.append(f"  - {pr}")
         return "\n".join(lines)
@@ -387,10 +402,9 @@ class Checker:
             self.events += 1
             t = type(ev)
             if t is events.Applied:
-                digest = len(ev.messages) if ev.messages else None
-                self.applied(ev.chan, ev.seq, digest, ev.ok, ev.messages or None)
+                self.applied(ev.chan, ev.seq, _digest(ev), ev.ok, ev.messages or None)
             elif t is events.Created:
-                self.committed(ev.chan, ev.seq, ev.size)
+                self.committed(ev.chan, ev.seq, _digest(ev))
             elif t is events.Wire:
                 if ev.what == "refused-duplicate":
                     self.refused_duplicate(ev.chan, ev.seq)
@@ -552,6 +566,46 @@ _WIRE_FAULTS = {
 }
 
 
+class BatchDigest:
+    """The digest the simulator feeds the checker: the batch's ``batch_hash``.
+
+    Computed only when two digests are compared and the batches are not the very same
+    messages object (equal objects have equal hashes), so checking stays cheap.
+    """
+
+    __slots__ = ("batch", "_hash")
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+        self._hash: bytes | None = None
+
+    @property
+    def hash(self) -> bytes:
+        """:func:`~avm.core.network.batch_hash` of the batch."""
+        if self._hash is None:
+            try:
+                self._hash = nw.batch_hash(self.batch)
+            except AvmError as e:  # not encodable: a host could not have sent it at all
+                self._hash = f"unencodable: {type(e).__name__}".encode()
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not BatchDigest:
+            return NotImplemented
+        return self.batch.messages is other.batch.messages or self.hash == other.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"batch {self.hash[:6].hex()}"
+
+
+def _digest(ev: Any) -> BatchDigest | None:
+    b = getattr(ev, "batch", None)
+    return None if b is None else BatchDigest(b)
+
+
 def _plain_label(x: Any) -> str:
     if type(x) is bytes:
         return address_text(x)[:10] + "..."
@@ -624,7 +678,10 @@ def check_sim(sim: Sim, checker: Checker | None = None) -> Report:
         checker.feed(sim.trace[checker.events:])
         for addr, m in sim.net.machines.items():
             checker.stored(addr, m.state)
-    return checker.report(quiescent=nw.quiescent(sim.net))
+    report = checker.report(quiescent=nw.quiescent(sim.net))
+    if sim in _CENSUS:
+        report = replace(report, census=check_census(sim))
+    return report
 
 
 @dataclass(frozen=True)
@@ -646,17 +703,392 @@ def run_seed(
     build: Callable[[Sim], Any], seed: int, *, hosts: int | Iterable[str] = 3,
     faults: Faults | str | None = ALL_FAULTS, fault_steps: int = 2_000,
     max_steps: int = 200_000, config: Config | None = None, replay: bool = True,
+    census: bool = False,
 ) -> SeedRun:
     """Build, run ``fault_steps`` steps with faults, heal, run to quiescence, check.
 
     The promises are checked after every step (:func:`watch`), so a violation raises
     :class:`~avm.InvariantViolation` naming the seed and the step; the returned report
-    includes losses, judged at quiescence.
+    includes losses, judged at quiescence. ``census=True`` also checks conservation of
+    linear and relevant values after every step (:func:`watch_census`, P8).
     """
     sim = make_sim(seed, hosts, faults, config)
     checker = watch(sim, replay=replay)
+    if census:
+        watch_census(sim)
     build(sim)
     faulty = sim.run(fault_steps).steps
     heal(sim)
     run_until_quiescent(sim, max_steps)
     return SeedRun(seed, sim, check_sim(sim, checker), faulty, sim.steps)
+
+
+# ---------------------------------------------------------------------------------------
+# Conservation: the network-wide census of linear and relevant values (P8)
+# ---------------------------------------------------------------------------------------
+
+#: Where the census finds values, in the order reports list them.
+PLACES = ("states", "inbox", "in transit", "returned", "dead letters", "exits")
+
+
+@dataclass(frozen=True)
+class Census:
+    """The linear and relevant values of a whole network at one moment (P8).
+
+    ``linear`` counts linear items, ``relevant`` distinct relevant values; ``places``
+    gives the linear items per place of :data:`PLACES`: machine ``states``, batches in
+    an ``inbox`` (pending), batches ``in transit`` between hosts (the sender's outbox,
+    early batches held by the receiver and the wire, each channel and number counted
+    once, never per transmission), ``returned`` batches (``~returned`` signals, wherever
+    they are), ``dead letters`` and ``exits`` (nested networks). ``items`` and
+    ``relevant_items`` are the multisets themselves.
+
+    The unit (:class:`avm.core.conserve.Tally`): a ``Linear`` or ``Relevant`` wrapper is
+    one item; a capability whose context is linear or relevant counts as the items of
+    its context (the simulator holds every machine's keys), or as one item when nothing
+    here can open it; a cryptographically sealed value counts as one item.
+    """
+
+    linear: int
+    relevant: int
+    places: Mapping[str, int]
+    items: Mapping[Any, int] = field(repr=False, default_factory=dict)
+    relevant_items: frozenset = field(repr=False, default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class CensusReport:
+    """What :class:`CensusWatch` found over a run.
+
+    ``injected``: linear items that entered from outside (client submissions, ``init``
+    arguments); ``created``: net linear items made by committed steps (a step may mint
+    new ``Linear`` values; sealing several into one sealed value counts as fewer);
+    ``nulled``: consumed by ``null``, the one way to destroy one. So the census now is
+    the census at the start plus ``injected + created - nulled``, at every step, or it
+    is a violation. ``returned`` and ``dead_letters`` count messages given back to
+    senders and recorded as dead letters (from the network's stats).
+    """
+
+    steps: int
+    census: Census
+    start: int = 0
+    injected: int = 0
+    created: int = 0
+    nulled: int = 0
+    returned: int = 0
+    dead_letters: int = 0
+    violations: int = 0
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+    def assert_ok(self) -> CensusReport:
+        if not self.ok:
+            raise AssertionError(f"conservation violated\n{self}")
+        return self
+
+    def __str__(self) -> str:
+        c = self.census
+        head = "OK" if self.ok else f"{self.violations} VIOLATIONS"
+        lines = [
+            f"census: {head} over {self.steps} steps: {c.linear} linear items now "
+            f"({self.start} at the start, +{self.injected} injected, {self.created:+} by "
+            f"steps, -{self.nulled} nulled), {c.relevant} distinct relevant values",
+            "  where: " + ", ".join(f"{p} {c.places.get(p, 0)}" for p in PLACES),
+            f"  messages returned to senders {self.returned}, dead letters {self.dead_letters}",
+        ]
+        lines.extend(f"  - {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+class _Counting:
+    """Tallies of the places of a network, cached by object identity across steps."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self._tallies: dict[int, tuple[Any, Tally]] = {}
+        self._contexts: dict[tuple, tuple[Any, Any]] = {}
+
+    def opener(self, cap: Any) -> Any:
+        net = self.sim.net
+        versions = net.keys.get(cap.address)
+        if versions is None:
+            return OPAQUE
+        key = (cap.address, cap.keyver, cap.kind, repr(cap.priority), cap.sealed)
+        hit = self._contexts.get(key)
+        if hit is not None and hit[0] is versions:
+            return hit[1]
+        ctx = opener_for(net, self.sim.env)(cap)
+        if len(self._contexts) > 100_000:
+            self._contexts.clear()
+        self._contexts[key] = (versions, ctx)
+        return ctx
+
+    def tally(self, *values: Any) -> Tally:
+        t = Tally(self.opener)
+        for v in values:
+            t.add(v)
+        return t
+
+    def messages(self, msgs: Iterable[Any]) -> Tally:
+        """Items of messages as a step received them (``Message``: context, content)."""
+        t = Tally(self.opener)
+        for m in msgs:
+            t.add(m[0])
+            t.add(m[1])
+        return t
+
+    def batch(self, b: Any) -> Tally:
+        return self.tally(b.messages, b.notify)
+
+    def _cached(self, obj: Any, fresh: dict, make: Callable[[Any], Tally]) -> Tally:
+        hit = self._tallies.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = (obj, make(obj))
+        fresh[id(obj)] = hit
+        return hit[1]
+
+    def snapshot(self) -> dict[tuple, tuple[str, Tally]]:
+        """``location -> (place, tally)`` for every location holding linear or relevant items."""
+        net = self.sim.net
+        fresh: dict[int, tuple[Any, Tally]] = {}
+        out: dict[tuple, tuple[str, Tally]] = {}
+
+        def put(loc: tuple, place: str, t: Tally) -> None:
+            if t:
+                out[loc] = (place, t)
+
+        def batch_place(b: Any, default: str) -> str:
+            s = b.sender
+            return "returned" if type(s) is tuple and s[:2] == ("~", "returned") else default
+
+        # Unordered iteration (the maps' own entries): a census does not depend on order.
+        for addr, m in net.machines._m.items():
+            put(("state", addr), "states", self._cached(m.state, fresh, self.tally))
+        for key, b in net.pending._m.items():
+            put(("batch", *key), batch_place(b, "inbox"), self._cached(b, fresh, self.batch))
+        received = net.received
+        transit: dict[tuple, Any] = {}
+        for key, entry in net.outbox._m.items():
+            if key[1] > received.get(key[0], 0):
+                transit[key] = entry[0]
+        for key, b in net.held._m.items():
+            if key[1] > received.get(key[0], 0):
+                transit.setdefault(key, b)
+        for w in net.wire._m.values():
+            if w[0] == "batch" and w[4] > received.get(w[3], 0):
+                transit.setdefault((w[3], w[4]), w[5])
+        for key, b in transit.items():
+            put(("batch", *key), batch_place(b, "in transit"), self._cached(b, fresh, self.batch))
+        for host, letters in net.dead_letters._m.items():
+            put(("dead", host), "dead letters",
+                self._cached(letters, fresh, lambda ls: self.tally(*(e["values"] for e in ls))))
+        if net.exits:
+            put(("exits",), "exits", self._cached(net.exits, fresh, self.tally))
+        self._tallies = fresh
+        return out
+
+
+def _total(snap: Mapping[tuple, tuple[str, Tally]]) -> Tally:
+    t = Tally()
+    for _place, x in snap.values():
+        t.merge(x)
+    return t
+
+
+def _moved(before: Mapping[tuple, tuple[str, Tally]],
+           after: Mapping[tuple, tuple[str, Tally]]) -> Tally:
+    """How the items changed from ``before`` to ``after`` (a signed multiset). Places
+    whose tally is the same object in both (unchanged) cost a lookup."""
+    t = Tally()
+    for loc, (_p, was) in before.items():
+        now = after.get(loc)
+        if now is None or now[1] is not was:
+            t.merge(was, -1)
+    for loc, (_p, got) in after.items():
+        old = before.get(loc)
+        if old is None or old[1] is not got:
+            t.merge(got)
+    return t
+
+
+_NONE = Tally()
+
+
+def _census_of(snap: Mapping[tuple, tuple[str, Tally]]) -> Census:
+    places = dict.fromkeys(PLACES, 0)
+    for place, t in snap.values():
+        places[place] += t.n_linear
+    total = _total(snap)
+    return Census(total.n_linear, len(total.relevant), places, dict(total.linear),
+                  frozenset(total.relevant))
+
+
+def census(sim: Sim) -> Census:
+    """Count the linear and relevant values of ``sim``'s whole network now."""
+    return _census_of(_Counting(sim).snapshot())
+
+
+class CensusWatch:
+    """Checks after every step of a simulation that linear and relevant values are conserved.
+
+    Attach it with :func:`watch_census` before the run. After every step it takes the
+    census (:class:`Census`) and compares it with the previous one: the linear items
+    (as a multiset, so a value that vanished and another that was copied do not cancel)
+    must be exactly the previous ones, plus what entered from outside (client batches,
+    ``init`` arguments), plus what the one committed step of this network step made
+    (its new state and outputs, less its old state and the messages it received),
+    minus what ``null`` consumed. No relevant value may disappear, except into the one
+    committed step's inputs or ``null``. A violation raises, naming the items and where
+    they were.
+
+    Exporting, importing or restoring machines, and revoking capabilities with
+    ``rotate_key``, change the network outside any step: call :meth:`rebase` after them.
+    """
+
+    def __init__(self, sim: Sim) -> None:
+        if not sim.record:
+            raise UsageError("the census watch needs the trace: make the Sim with record=True")
+        self.sim = sim
+        self._counting = _Counting(sim)
+        self.steps = 0
+        self.injected = self.created = self.nulled = 0
+        self.violations = 0
+        self._problems: list[str] = []
+        self.rebase()
+        self.start = self._now_total.n_linear
+
+    def rebase(self) -> None:
+        """Take the current network as the new reference (after export, import, restore)."""
+        self._seen = len(self.sim.trace)
+        self._snap = self._counting.snapshot()
+        self._now_total = _total(self._snap)
+
+    @property
+    def census(self) -> Census:
+        return _census_of(self._snap)
+
+    def check(self, sim: Sim | None = None) -> None:
+        """Compare the network now with the last census; raise AssertionError on a violation."""
+        sim = sim or self.sim
+        new = sim.trace[self._seen:]
+        self._seen = len(sim.trace)
+        counting = self._counting
+        prev, total = self._snap, self._now_total
+        snap = counting.snapshot()
+        moved = _moved(prev, snap)  # what changed where, as a signed multiset
+        expect = Tally()  # what may change: in from outside, made by a step, into null
+        exempt: set = set()
+        outputs: dict[Any, list] = {}
+        for ev in new:
+            if type(ev) is events.Created and type(ev.chan[0]) is bytes and ev.batch is not None:
+                outputs.setdefault(ev.chan[0], []).append(ev.batch)
+        for ev in new:
+            t = type(ev)
+            if t is events.Created:
+                origin = ev.chan[0]
+                if type(origin) is tuple and origin[0] in ("client", "host") and ev.batch is not None:
+                    came = counting.batch(ev.batch)
+                    expect.merge(came)
+                    self.injected += came.n_linear
+            elif t is events.Applied and ev.ok:
+                dest = ev.dest
+                if type(dest) is bytes and (dest in sim.net.machines or ("state", dest) in prev):
+                    before = prev.get(("state", dest), ("", _NONE))[1]
+                    after = snap.get(("state", dest), ("", _NONE))[1]
+                    made = Tally().merge(after).merge(before, -1)
+                    for b in outputs.get(dest, ()):
+                        made.merge(counting.batch(b))
+                    received = counting.messages(ev.messages)
+                    made.merge(received, -1)
+                    expect.merge(made)
+                    self.created += made.n_linear
+                    exempt.update(before.relevant)
+                    exempt.update(received.relevant)
+                elif dest == ("~", "null") and ev.batch is not None:
+                    gone = counting.tally(ev.batch.messages)
+                    expect.merge(gone, -1)
+                    self.nulled += gone.n_linear
+                    exempt.update(gone.relevant)
+        self.steps += 1
+        total.merge(moved)
+        self._snap = snap
+        problems = []
+        diff = _as_tally(moved.linear).merge(_as_tally(expect.linear), -1)
+        for item, n in sorted(diff.linear.items(), key=lambda kv: repr(kv[0])):
+            was = _where(prev, item)
+            now = _where(snap, item)
+            what = "copied" if n > 0 else "vanished"
+            problems.append(f"{_short(item)} {what} ({n:+}): was in {was or 'nowhere'}, "
+                            f"now in {now or 'nowhere'}")
+        for item, n in moved.relevant.items():
+            if n < 0 and item not in total.relevant and item not in exempt:
+                problems.append(f"relevant {_short(item)} vanished: was in "
+                                f"{_where(prev, item, relevant=True)}")
+        if problems:
+            self.violations += len(problems)
+            for p in problems:
+                if len(self._problems) < PROBLEMS_KEPT_MAX:
+                    self._problems.append(f"step {sim.steps}: {p}")
+            raise AssertionError("linear or relevant values not conserved: " + "; ".join(problems[:3]))
+
+    def report(self) -> CensusReport:
+        stats = self.sim.net.stats
+        return CensusReport(self.steps, self.census, self.start, self.injected, self.created,
+                            self.nulled, stats.get("returned.messages", 0),
+                            stats.get("dead-letters.messages", 0), self.violations,
+                            tuple(self._problems))
+
+
+def _as_tally(d: Mapping[Any, int]) -> Tally:
+    t = Tally()
+    t.linear.update(d)
+    return t
+
+
+def _where(snap: Mapping[tuple, tuple[str, Tally]], item: Any, relevant: bool = False) -> str:
+    found = []
+    for loc, (place, t) in snap.items():
+        n = (t.relevant if relevant else t.linear).get(item)
+        if n:
+            found.append(f"{place} {_loc_name(loc)}" + (f" x{n}" if n > 1 else ""))
+    return ", ".join(found[:4])
+
+
+def _loc_name(loc: tuple) -> str:
+    if loc[0] == "state":
+        return _plain_label(loc[1])
+    if loc[0] == "batch":
+        (src, dst), seq = loc[1], loc[2]
+        return f"{_plain_label(src)}->{_plain_label(dst)} #{seq}"
+    return str(loc[-1])
+
+
+_CENSUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def watch_census(sim: Sim, name: str = "avm.testing census") -> CensusWatch:
+    """Check conservation (P8) after every step of ``sim``; return the watch.
+
+    A violation raises :class:`~avm.InvariantViolation` with the seed and the step. Attach
+    it before the run (after building is fine: the census then starts from there).
+    """
+    w = _CENSUS.get(sim)
+    if w is not None:
+        return w
+    w = CensusWatch(sim)
+    _CENSUS[sim] = w
+    sim.invariant(w.check, name)
+    return w
+
+
+def check_census(sim: Sim) -> CensusReport:
+    """The conservation report of a run watched by :func:`watch_census`."""
+    w = _CENSUS.get(sim)
+    if w is None:
+        raise UsageError("check_census needs watch_census(sim) attached before the run")
+    if len(sim.trace) > w._seen:
+        w.check(sim)
+    return w.report()

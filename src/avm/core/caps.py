@@ -12,14 +12,27 @@ holder cannot raise a priority, launder a linear capability into an unrestricted
 point a capability at another machine.
 
 Keys are arguments, never drawn here: identity keys come from seed bytes the caller
-supplies (the simulator derives them from its seed, a host from the OS).
+supplies (the simulator derives them from its network secret, a host from the OS), and
+:func:`kdf` turns one secret into many independent keys.
+
+Every check here is on exact bytes and exact types (DESIGN section 8): ``0.0 == -0.0 ==
+0 == False`` in Python, so a capability's fields are refused unless they have exactly
+the one type and range they may have, and what is authenticated (and cached, see
+``netvalue.Env.unseal``) is a fixed byte layout of them, :func:`associated_data`.
+
+Domain separation: every hash, signature and associated-data string made here starts
+with its own label (``avm-address-v1``, ``avm-identity-sig-v1``, ``avm-cap`` version 1,
+``avm-sealed`` version 1, ``avm-kdf-v1``), so bytes made for one purpose are never
+accepted for another.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from collections.abc import Iterable
+from math import copysign
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -29,7 +42,24 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import codec
 from .errors import CapabilityError, CodecError, UnsealError
-from .values import KIND_NAMES, UNRESTRICTED, Map, Sealed, check_value, kind_of, register_value_type
+from .values import (
+    HOLDER,
+    KIND_NAMES,
+    OPAQUE,
+    READ_ONLY_CLASS,
+    TAG_CAPABILITY,
+    TAG_SELF,
+    UNRESTRICTED,
+    Map,
+    Sealed,
+    ValueType,
+    _field,
+    _no_order,
+    check_value,
+    kind_of,
+    order_key,
+    register_value_type,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -49,6 +79,15 @@ __all__ = [
     "SivSealer",
     "SivUnsealer",
     "siv_sealer_pair",
+    "associated_data",
+    "sealing_key_for",
+    "authenticated_input",
+    "open_sealed",
+    "kdf",
+    "verify_signature",
+    "check_public_key",
+    "URI_LIMITS",
+    "IDENTITY_LIMITS",
 ]
 
 ALGORITHMS = ("ed25519", "ed448")
@@ -56,7 +95,38 @@ _PUBLIC_KEY_BYTES = {"ed25519": 32, "ed448": 57}
 ADDRESS_BYTES = 32
 SEALING_KEY_BYTES = 64  # AES-256-SIV
 PRIORITY_MIN, PRIORITY_MAX = -1.0, 1.0
+KEYVER_MAX = (1 << 32) - 1
+SIV_TAG_BYTES = 16
 URI_SCHEME = "avm://"
+
+#: Labels that domain-separate every hash, signature and associated data made here.
+ADDRESS_LABEL = b"avm-address-v1\0"
+IDENTITY_SIG_LABEL = b"avm-identity-sig-v1\0"
+CAP_AD_LABEL = b"avm-cap\0"
+CAP_AD_VERSION = 1
+SEALED_AD_LABEL = b"avm-sealed\0"
+SEALED_AD_VERSION = 1
+KDF_LABEL = b"avm-kdf-v1\0"
+
+#: Decoding limits for the small things that arrive from outside the network: a
+#: capability URI (pasted, scanned from a QR code) and an identity resource (fetched
+#: from anywhere). Both are a few dozen bytes when honest.
+URI_LIMITS = codec.Limits(bytes_max=8 * 1024, depth_max=8, items_max=256)
+IDENTITY_LIMITS = codec.Limits(bytes_max=4 * 1024, depth_max=6, items_max=128)
+
+
+def kdf(material: bytes, purpose: str, *parts: Any, n: int = 32) -> bytes:
+    """Derive ``n`` key bytes for ``purpose`` from secret ``material`` (SHAKE-256).
+
+    The input is ``KDF_LABEL``, the material's length and bytes, then the canonical
+    encoding of ``(purpose, *parts)``: unambiguous, so distinct purposes or parts give
+    independent keys, and no output reveals the material or another output.
+    """
+    if type(material) is not bytes or len(material) < 16:
+        raise CapabilityError("key material must be at least 16 bytes")
+    info = codec._encode_trusted((purpose, *parts))
+    return hashlib.shake_256(
+        KDF_LABEL + len(material).to_bytes(4, "big") + material + info).digest(n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,19 +164,106 @@ class IdentityKey:
         return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def sign(self, data: bytes) -> bytes:
-        return self._private.sign(data)
+        """Sign ``data`` as this identity (prefixed with ``IDENTITY_SIG_LABEL``).
+
+        The label keeps identity signatures apart from any other use of the key: a
+        signature made here verifies only with :func:`verify_signature`.
+        """
+        return self._private.sign(IDENTITY_SIG_LABEL + data)
 
     def resource(self, metadata: Iterable[tuple[str, Any]] = ()) -> Map:
-        return identity_resource(self.public_bytes, self.alg, metadata)
+        # The public key of a private key we hold is a valid, full-order point: no check.
+        return _resource(self.public_bytes, self.alg, metadata)
 
     def __repr__(self) -> str:
         return f"<IdentityKey {self.alg} {self.public_bytes[:6].hex()}...>"
+
+
+# Edwards curve arithmetic, only to refuse weak public keys: a small-order key lets
+# one signature verify for many messages (and "keys" that are not canonical encodings
+# give one identity two addresses). Signing and verifying stay with `cryptography`.
+_P25519 = 2**255 - 19
+_D25519 = -121665 * pow(121666, _P25519 - 2, _P25519) % _P25519
+_SQRT_M1 = pow(2, (_P25519 - 1) // 4, _P25519)
+_P448 = 2**448 - 2**224 - 1
+_D448 = -39081 % _P448
+
+
+def _ed25519_double(x: int, y: int, z: int) -> tuple[int, int, int]:
+    # Projective doubling on -x^2 + y^2 = 1 + d x^2 y^2 ("dbl-2008-bbjlp", a = -1).
+    p = _P25519
+    b = (x + y) * (x + y) % p
+    c, d = x * x % p, y * y % p
+    e = -c % p
+    f = (e + d) % p
+    j = (f - 2 * z * z) % p
+    return (b - c - d) * j % p, f * (e - d) % p, f * j % p
+
+
+def check_public_key(alg: str, key: Any) -> str | None:
+    """Why ``key`` is not an acceptable public key for ``alg``, or None if it is.
+
+    Refuses wrong lengths, non-canonical encodings (a coordinate not reduced, or the
+    sign bit set on x = 0), points not on the curve and points of small order.
+    """
+    if alg not in ALGORITHMS:
+        return f"unknown key algorithm {alg!r}; use one of {ALGORITHMS}"
+    if type(key) is not bytes or len(key) != _PUBLIC_KEY_BYTES[alg]:
+        return f"an {alg} public key has {_PUBLIC_KEY_BYTES[alg]} bytes"
+    if alg == "ed25519":
+        p = _P25519
+        sign = key[31] >> 7
+        y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+        if y >= p:
+            return "public key is not canonically encoded"
+        # RFC 8032 section 5.1.3: x = (u/v)^((p+3)/8) with one exponentiation.
+        u, v = (y * y - 1) % p, (_D25519 * y * y + 1) % p
+        v3 = v * v * v % p
+        x = u * v3 * pow(u * v3 * v3 * v % p, (p - 5) // 8, p) % p
+        vxx = v * x * x % p
+        if vxx != u:
+            if vxx != -u % p:
+                return "public key is not a point on the curve"
+            x = x * _SQRT_M1 % p
+        if x == 0 and sign:
+            return "public key is not canonically encoded"
+        px, py, pz = x, y, 1  # the sign of x does not change the order
+        for _ in range(3):  # the cofactor is 8: small order iff [8]P is the identity
+            px, py, pz = _ed25519_double(px, py, pz)
+        if px == 0 and py == pz:
+            return "public key has small order"
+        return None
+    p = _P448
+    if key[56] & 0x7F:
+        return "public key is not canonically encoded"
+    sign = key[56] >> 7
+    y = int.from_bytes(key[:56], "little")
+    if y >= p:
+        return "public key is not canonically encoded"
+    # RFC 8032 section 5.2.3: x = (u/v)^((p+1)/4) = u^3 v (u^5 v^3)^((p-3)/4).
+    u, v = (y * y - 1) % p, (_D448 * y * y - 1) % p
+    x = u * u * u * v * pow(u**5 * v**3 % p, (p - 3) // 4, p) % p
+    if v * x * x % p != u:
+        return "public key is not a point on the curve"
+    if x == 0 and sign:
+        return "public key is not canonically encoded"
+    # The cofactor is 4; the points of order dividing 4 are (0, +-1) and (+-1, 0).
+    if y in (0, 1, p - 1):
+        return "public key has small order"
+    return None
 
 
 def identity_resource(public_key: bytes, alg: str, metadata: Iterable[tuple[str, Any]] = ()) -> Map:
     """``{key, alg, meta}``: the value whose hash is a machine's address."""
     if alg not in ALGORITHMS:
         raise CapabilityError(f"unknown key algorithm {alg!r}; use one of {ALGORITHMS}")
+    why = check_public_key(alg, bytes(public_key))
+    if why is not None:
+        raise CapabilityError(why)
+    return _resource(bytes(public_key), alg, metadata)
+
+
+def _resource(public_key: bytes, alg: str, metadata: Iterable[tuple[str, Any]]) -> Map:
     meta = tuple((k, v) for k, v in metadata)
     for k, _ in meta:
         if type(k) is not str:
@@ -114,34 +271,65 @@ def identity_resource(public_key: bytes, alg: str, metadata: Iterable[tuple[str,
     return Map({"key": bytes(public_key), "alg": alg, "meta": meta})
 
 
+def _address_hash(resource_bytes: bytes) -> bytes:
+    return hashlib.sha256(ADDRESS_LABEL + resource_bytes).digest()
+
+
 def address_of(resource: Map) -> bytes:
-    """The secure hash of the resource's canonical encoding: a self-certifying address."""
-    return codec.value_hash(resource)
+    """The labelled SHA-256 of the resource's canonical encoding: a self-certifying address.
+
+    ``SHA-256(ADDRESS_LABEL + encode(resource))``: the label keeps addresses apart from
+    value hashes and every other hash of the same bytes.
+    """
+    return _address_hash(codec.encode(resource))
 
 
 def verify_identity(resource_bytes: bytes, address: bytes) -> Map:
-    """Decode an identity resource fetched from anywhere and check it names ``address``."""
-    if hashlib.sha256(resource_bytes).digest() != address:
+    """Decode an identity resource fetched from anywhere and check it names ``address``.
+
+    The bytes come from anyone, so they are hashed first, then decoded with the small
+    ``IDENTITY_LIMITS``, and the key must pass :func:`check_public_key`.
+    """
+    if type(resource_bytes) is not bytes or type(address) is not bytes:
+        raise CapabilityError("an identity resource and an address are bytes")
+    if len(resource_bytes) > IDENTITY_LIMITS.bytes_max:
+        raise CapabilityError(f"identity resource exceeds {IDENTITY_LIMITS.bytes_max} bytes")
+    if _address_hash(resource_bytes) != address:
         raise CapabilityError("identity resource does not hash to the address")
     try:
-        res = codec.decode(resource_bytes)
+        res = codec.decode(resource_bytes, IDENTITY_LIMITS)
     except CodecError as e:  # the peer's fault, reported as what it is: a bad identity
         raise CapabilityError(f"identity resource does not decode: {e}") from None
     if (type(res) is not Map or set(res) != {"key", "alg", "meta"}
-            or res["alg"] not in ALGORITHMS or type(res["key"]) is not bytes
-            or len(res["key"]) != _PUBLIC_KEY_BYTES[res["alg"]]):
+            or type(res["alg"]) is not str or res["alg"] not in ALGORITHMS
+            or type(res["meta"]) is not tuple
+            or any(type(m) is not tuple or len(m) != 2 or type(m[0]) is not str
+                   for m in res["meta"])):
         raise CapabilityError("not an identity resource")
+    why = check_public_key(res["alg"], res["key"])
+    if why is not None:
+        raise CapabilityError(f"not an identity resource: {why}")
     return res
 
 
 def verify_signature(resource: Map, data: bytes, signature: bytes) -> bool:
-    """Check a signature by the key an identity resource names."""
-    key = resource["key"]
+    """Check an identity signature (:meth:`IdentityKey.sign`) by the resource's key.
+
+    False for a bad signature and for a weak or malformed key (small order, not
+    canonical): such a key could make one signature verify for many messages.
+    """
     try:
-        if resource["alg"] == "ed25519":
-            ed25519.Ed25519PublicKey.from_public_bytes(key).verify(signature, data)
+        alg, key = resource["alg"], resource["key"]
+        if type(alg) is not str or check_public_key(alg, key) is not None:
+            return False
+        if type(data) is not bytes or type(signature) is not bytes:
+            return False
+        if alg == "ed25519":
+            ed25519.Ed25519PublicKey.from_public_bytes(key).verify(
+                signature, IDENTITY_SIG_LABEL + data)
         else:
-            ed448.Ed448PublicKey.from_public_bytes(key).verify(signature, data)
+            ed448.Ed448PublicKey.from_public_bytes(key).verify(
+                signature, IDENTITY_SIG_LABEL + data)
     except Exception:
         return False
     return True
@@ -223,50 +411,96 @@ class Keyring:
 # ---------------------------------------------------------------------------------------
 
 
-class Capability:
+def _check_cap_fields(address: Any, keyver: Any, kind: Any, priority: Any, sealed: Any,
+                      commons: Any) -> None:
+    """Refuse any capability field that is not exactly of its one type and range.
+
+    Exact types (``bool`` is not ``int``, ``int`` is not ``float``), priority a float in
+    [-1, 1] that is not NaN and not ``-0.0`` (one capability, one encoding), and a
+    commons capability has the default clear fields. The Capability constructor calls
+    this, so no capability with a field Python's ``==`` would confuse exists at all.
+    """
+    if type(address) is not bytes or len(address) != ADDRESS_BYTES:
+        raise CapabilityError(f"a capability's address is {ADDRESS_BYTES} bytes")
+    if type(keyver) is not int or not 0 <= keyver <= KEYVER_MAX:
+        raise CapabilityError(f"a key version is an int in [0, {KEYVER_MAX}]")
+    if type(kind) is not int or kind not in KIND_NAMES:
+        raise CapabilityError(f"a substructural kind is an int in {sorted(KIND_NAMES)}")
+    if (type(priority) is not float or not PRIORITY_MIN <= priority <= PRIORITY_MAX
+            or (priority == 0.0 and copysign(1.0, priority) < 0.0)):
+        raise CapabilityError("priority must be a float in [-1, 1] (not NaN, not -0.0)")
+    if type(sealed) is not bytes:
+        raise CapabilityError("a sealed context is bytes")
+    if commons is None:
+        if len(sealed) < SIV_TAG_BYTES:
+            raise CapabilityError("a sealed context is at least 16 bytes")
+        return
+    if type(commons) is not tuple or len(commons) != 2 or type(commons[0]) is not str:
+        raise CapabilityError("a commons part is (service name, arguments)")
+    if keyver != 0 or kind != UNRESTRICTED or priority != 0.0 or sealed != b"":
+        raise CapabilityError("a commons capability has no key version, kind, priority "
+                              "or sealed context")
+
+
+class Capability(tuple):
     """An opaque, unforgeable address of a machine plus a sealed context (or commons name).
 
-    Equality and hashing use the public fields and ciphertext only. ``_held`` keeps, in
-    memory only, the context a capability was just made from, so the step checker can see
-    linear values that went *into* it; it is never encoded.
+    Immutable for real, like every value (see ``avm.core.values``): a tuple
+    ``(address, keyver, kind, priority, sealed, commons, _held)`` read through C getters,
+    no ``__dict__``, a read-only ``__class__``. The constructor refuses any field of the
+    wrong exact type or range (:func:`_check_cap_fields`). Equality and hashing use the
+    public fields and ciphertext only. ``_held`` keeps, in memory only, the context a
+    capability was just made from, so the step checker can see linear values that went
+    *into* it; it is never encoded. Within one step a substructural capability is counted
+    by its ciphertext (``values.item_identity``), so rebuilding it is copying it.
     """
 
-    __slots__ = ("address", "keyver", "kind", "priority", "sealed", "commons", "_held")
-    address: bytes
-    keyver: int
-    kind: int
-    priority: float
-    sealed: bytes
-    commons: tuple[str, Any] | None
-    _held: tuple
+    __slots__ = ()
+    address: bytes = _field(0, "Address of the machine it reaches (32 bytes).")
+    keyver: int = _field(1, "Version of the sealing key.")
+    kind: int = _field(2, "Substructural kind of the sealed context.")
+    priority: float = _field(3, "Scheduling priority in [-1, 1] (authenticated).")
+    sealed: bytes = _field(4, "AES-SIV ciphertext of the context.")
+    commons: tuple[str, Any] | None = _field(5, "(service, args) for a commons capability.")
+    _held: tuple = _field(6, "In memory only: the context it was just made from.")
+    __class__ = READ_ONLY_CLASS  # type: ignore[assignment]
 
-    def __init__(
-        self, address: bytes, keyver: int = 0, kind: int = UNRESTRICTED, priority: float = 0.0,
+    def __new__(
+        cls, address: bytes, keyver: int = 0, kind: int = UNRESTRICTED, priority: float = 0.0,
         sealed: bytes = b"", commons: tuple[str, Any] | None = None, held: tuple = (),
-    ) -> None:
-        object.__setattr__(self, "address", address)
-        object.__setattr__(self, "keyver", keyver)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "priority", priority)
-        object.__setattr__(self, "sealed", sealed)
-        object.__setattr__(self, "commons", commons)
-        object.__setattr__(self, "_held", held)
+    ) -> Capability:
+        _check_cap_fields(address, keyver, kind, priority, sealed, commons)
+        if type(held) is not tuple:
+            raise CapabilityError("held is a tuple")
+        return tuple.__new__(cls, (address, keyver, kind, priority, sealed, commons, held))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Capability is immutable")
 
+    __delattr__ = __setattr__  # type: ignore[assignment]
+    __lt__ = __le__ = __gt__ = __ge__ = _no_order  # type: ignore[assignment]
+
     def _key(self) -> tuple:
-        return (self.address, self.keyver, self.kind, self.priority, self.sealed, self.commons)
+        return tuple.__getitem__(self, slice(0, 6))  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Capability and other._key() == self._key()
+        return type(other) is Capability and other[:6] == self[:6]  # type: ignore[index]
+
+    def __ne__(self, other: object) -> bool:
+        return not (type(other) is Capability and other[:6] == self[:6])  # type: ignore[index]
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(self[:6])
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __reduce__(self) -> tuple:
+        return (Capability, tuple(self))
 
     @property
     def is_commons(self) -> bool:
-        return self.commons is not None
+        return self[5] is not None
 
     def __repr__(self) -> str:
         who = address_text(self.address)[:10]
@@ -291,9 +525,11 @@ class Capability:
         if not sep or not local:
             raise CapabilityError("a capability URI is avm://ADDRESS/LOCAL")
         address = parse_address(addr)
+        if len(local) > URI_LIMITS.bytes_max * 4 // 3 + 4:
+            raise CapabilityError(f"capability URI exceeds {URI_LIMITS.bytes_max} bytes")
         try:
             raw = base64.urlsafe_b64decode(local + "=" * (-len(local) % 4))
-            items = codec.decode(raw)
+            items = codec.decode(raw, URI_LIMITS)
         except (CodecError, ValueError) as e:
             raise CapabilityError(f"malformed capability URI: {e}") from None
         cap = _cap_from_local(address, items)
@@ -315,7 +551,7 @@ def _local_items(cap: Capability) -> tuple:
 def _cap_from_local(address: bytes, items: Any) -> Capability:
     if type(items) is not tuple:
         raise CapabilityError("malformed capability local part")
-    if len(items) == 3 and items[0] == "~":
+    if len(items) == 3 and type(items[0]) is str and items[0] == "~":
         _, name, args = items
         if type(name) is not str:
             raise CapabilityError("commons name must be text")
@@ -323,14 +559,7 @@ def _cap_from_local(address: bytes, items: Any) -> Capability:
     if len(items) != 4:
         raise CapabilityError("malformed capability local part")
     keyver, kind, priority, sealed = items
-    if type(keyver) is not int or keyver < 0:
-        raise CapabilityError("malformed key version")
-    if type(kind) is not int or kind not in KIND_NAMES:
-        raise CapabilityError("malformed substructural kind")
-    if type(priority) is not float or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise CapabilityError("priority must be a float in [-1, 1]")
-    if type(sealed) is not bytes or len(sealed) < 16:
-        raise CapabilityError("malformed sealed context")
+    # The constructor checks every field's exact type and range.
     return Capability(address, keyver, kind, priority, sealed)
 
 
@@ -347,13 +576,42 @@ def _cap_from_items(items: tuple) -> Capability:
         raise CodecError(str(e)) from None
 
 
+_AD_PREFIX = CAP_AD_LABEL + bytes([CAP_AD_VERSION])
+# One struct for the whole layout. "32s" would pad or cut an address of another length:
+# every caller checks the length (or equality with a 32-byte address) first.
+_AD_PACK = struct.Struct(f">{len(_AD_PREFIX)}s{ADDRESS_BYTES}sQBd").pack
+
+
 def _associated(address: bytes, keyver: int, kind: int, priority: float) -> bytes:
-    return codec._encode_trusted((address, keyver, kind, priority))
+    # Exact types again: struct would pack 0, 0.0 and False alike.
+    if (type(address) is not bytes or len(address) != ADDRESS_BYTES or type(keyver) is not int
+            or type(kind) is not int or type(priority) is not float):
+        raise UnsealError("capability fields have the wrong types")
+    try:
+        return _AD_PACK(_AD_PREFIX, address, keyver, kind, priority)
+    except struct.error:
+        raise UnsealError("capability fields are out of range") from None
+
+
+def associated_data(cap: Capability) -> bytes:
+    """The exact bytes AES-SIV authenticates beside a capability's ciphertext.
+
+    ``b"avm-cap\\0"``, the layout version (1), the 32-byte address, the key version
+    (u64), the kind (u8) and the priority (IEEE double), all big-endian: a purpose label,
+    a version and every clear field, in a fixed layout in which ``-0.0`` and ``0.0``
+    differ. Caches and comparisons of capabilities use these bytes and the ciphertext.
+    """
+    return _associated(cap.address, cap.keyver, cap.kind, cap.priority)
 
 
 def seal_context(address: bytes, key: SealingKey, context: Any, priority: float = 0.0) -> Capability:
-    """Seal ``context`` into a capability for the machine at ``address``."""
-    priority = float(priority)
+    """Seal ``context`` into a capability for the machine at ``address``.
+
+    ``priority`` is an int or float in [-1, 1]; it is stored as a float, ``-0.0`` as 0.0.
+    """
+    if type(priority) is not float and type(priority) is not int:
+        raise CapabilityError(f"priority must be a number in [-1, 1], not {type(priority).__name__}")
+    priority = float(priority) + 0.0  # + 0.0 turns -0.0 into 0.0
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise CapabilityError(f"priority {priority} is outside [-1, 1]")
     n = check_value(context, "$.context")
@@ -363,29 +621,63 @@ def seal_context(address: bytes, key: SealingKey, context: Any, priority: float 
     return Capability(address, key.version, kind, priority, sealed, held=(context,) if n else ())
 
 
-def unseal_context(cap: Capability, keyring: Keyring) -> Any:
-    """Open a capability's context, or raise UnsealError (forged, tampered, foreign, retired)."""
+def sealing_key_for(cap: Capability, keyring: Keyring) -> SealingKey:
+    """The key that may open ``cap``, after every check that needs no decryption.
+
+    Raises UnsealError for a non-capability, a commons capability, another machine's
+    capability, a retired key version and fields of the wrong exact type.
+    """
+    return authenticated_input(cap, keyring)[0]
+
+
+def authenticated_input(cap: Capability, keyring: Keyring) -> tuple[SealingKey, bytes]:
+    """``(key, associated data)`` for opening ``cap`` with ``keyring``, or UnsealError.
+
+    Every check that needs no decryption, in one pass (this runs once per distinct
+    capability of every batch): a capability of exactly this type, not a commons one,
+    for this keyring's machine, under a version it still holds, with fields of their
+    exact types (an object built around the constructor may hold anything).
+    """
     if type(cap) is not Capability:
         raise UnsealError(f"not a capability: {type(cap).__name__}")
+    address, keyver, kind, priority = cap.address, cap.keyver, cap.kind, cap.priority
     if cap.commons is not None:
         raise UnsealError("a commons capability has no sealed context")
-    if cap.address != keyring.address:
+    if type(address) is not bytes or address != keyring.address:  # so 32 bytes too
         raise UnsealError("capability names another machine")
-    key = keyring.get(cap.keyver)
+    key = keyring._keys.get(keyver) if type(keyver) is int else None
     if key is None:
-        raise UnsealError(f"capability was sealed under key version {cap.keyver}, which is retired")
+        raise UnsealError(f"capability was sealed under key version {keyver!r}, which is retired")
+    if type(cap.sealed) is not bytes or type(kind) is not int or type(priority) is not float:
+        raise UnsealError("capability fields have the wrong types")
     try:
-        plain = key._siv.decrypt(
-            cap.sealed, [_associated(cap.address, cap.keyver, cap.kind, cap.priority)])
+        return key, _AD_PACK(_AD_PREFIX, address, keyver, kind, priority)
+    except struct.error:
+        raise UnsealError("capability fields are out of range") from None
+
+
+def open_sealed(cap: Capability, key: SealingKey, ad: bytes) -> Any:
+    """Decrypt and decode ``cap``'s context under ``key`` with associated data ``ad``."""
+    try:
+        plain = key._siv.decrypt(cap.sealed, [ad])
     except InvalidTag:
         raise UnsealError("capability failed authentication: forged or tampered") from None
     try:
         context = codec.decode(plain)
     except CodecError as e:  # only a key holder can produce this: still refuse cleanly
         raise UnsealError(f"sealed context does not decode: {e}") from None
+    # Only a key holder can seal a context whose kind differs from the clear one, but a
+    # capability that claims "unrestricted" for a linear context would let its holder
+    # copy the linear value: refuse it.
     if kind_of(context) != cap.kind:
         raise UnsealError("capability kind does not match its context")
     return context
+
+
+def unseal_context(cap: Capability, keyring: Keyring) -> Any:
+    """Open a capability's context, or raise UnsealError (forged, tampered, foreign, retired)."""
+    key, ad = authenticated_input(cap, keyring)
+    return open_sealed(cap, key, ad)
 
 
 def commons_cap(origin: bytes, name: str, args: Any = ()) -> Capability:
@@ -416,12 +708,17 @@ class SivSealer:
         self.name = "siv:" + hashlib.sha256(b"avm-sealer-id" + key).hexdigest()[:16]
         self._siv = AESSIV(key)
 
+    def _ad(self, kind: int) -> bytes:
+        # Purpose label, layout version, sealer name and the clear kind: a payload moved
+        # to a Sealed with another kind fails authentication.
+        return SEALED_AD_LABEL + bytes([SEALED_AD_VERSION, kind]) + self.name.encode()
+
     def seal(self, value: Any) -> Sealed:
         n = check_value(value)
         plain = codec._encode_trusted(value)
-        data = self._siv.encrypt(plain, [self.name.encode()])
-        return Sealed(self.name, data, crypto=True, kind=kind_of(value) if n else UNRESTRICTED,
-                      held=(value,) if n else ())
+        kind = kind_of(value) if n else UNRESTRICTED
+        data = self._siv.encrypt(plain, [self._ad(kind)])
+        return Sealed(self.name, data, crypto=True, kind=kind, held=(value,) if n else ())
 
     def __repr__(self) -> str:
         return f"SivSealer({self.name!r})"
@@ -430,21 +727,26 @@ class SivSealer:
 class SivUnsealer:
     """Opens what the :class:`SivSealer` with the same key sealed; refuses anything else."""
 
-    __slots__ = ("name", "_siv")
+    __slots__ = ("name", "_sealer")
 
     def __init__(self, key: bytes) -> None:
-        sealer = SivSealer(key)
-        self.name = sealer.name
-        self._siv = sealer._siv
+        self._sealer = SivSealer(key)
+        self.name = self._sealer.name
 
     def unseal(self, sealed: Any) -> Any:
-        if type(sealed) is not Sealed or not sealed.crypto or sealed.sealer != self.name:
+        if (type(sealed) is not Sealed or sealed.crypto is not True
+                or type(sealed.sealer) is not str or sealed.sealer != self.name
+                or type(sealed.payload) is not bytes
+                or type(sealed.kind) is not int or sealed.kind not in KIND_NAMES):
             raise UnsealError(f"not a value sealed by {self.name!r}")
         try:
-            plain = self._siv.decrypt(sealed.payload, [self.name.encode()])
+            plain = self._sealer._siv.decrypt(sealed.payload, [self._sealer._ad(sealed.kind)])
         except InvalidTag:
             raise UnsealError("sealed value failed authentication: forged or tampered") from None
-        value = codec.decode(plain)
+        try:
+            value = codec.decode(plain)
+        except CodecError as e:  # only a key holder can produce this: still refuse cleanly
+            raise UnsealError(f"sealed value does not decode: {e}") from None
         if kind_of(value) != sealed.kind:
             raise UnsealError("sealed value kind does not match its contents")
         return value
@@ -463,25 +765,31 @@ def siv_sealer_pair(key: bytes) -> tuple[SivSealer, SivUnsealer]:
 # ---------------------------------------------------------------------------------------
 
 
-class Self:
+class Self(tuple):
     """A machine's sealing function ``context -> capability``; pure, deterministic.
 
     Its display and encoding name the machine and key version, never the key. A ``Self``
     decoded where the machine's keys are not held is *unbound*: calling it says so.
+    Immutable like every value: a tuple ``(address, keyver, _key)``.
     """
 
-    __slots__ = ("address", "keyver", "_key")
-    address: bytes
-    keyver: int
-    _key: SealingKey | None
+    __slots__ = ()
+    address: bytes = _field(0, "Address of the machine.")
+    keyver: int = _field(1, "Version of the sealing key it seals with.")
+    _key: SealingKey | None = _field(2, "The sealing key, where it is held.")
+    __class__ = READ_ONLY_CLASS  # type: ignore[assignment]
 
-    def __init__(self, address: bytes, keyver: int, key: SealingKey | None = None) -> None:
-        object.__setattr__(self, "address", address)
-        object.__setattr__(self, "keyver", keyver)
-        object.__setattr__(self, "_key", key)
+    def __new__(cls, address: bytes, keyver: int, key: SealingKey | None = None) -> Self:
+        why = _self_shape_error((address, keyver, key))
+        if why is not None:
+            raise CapabilityError(why)
+        return tuple.__new__(cls, (address, keyver, key))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Self is immutable")
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
+    __lt__ = __le__ = __gt__ = __ge__ = _no_order  # type: ignore[assignment]
 
     def __call__(self, context: Any, priority: float = 0.0) -> Capability:
         if self._key is None:
@@ -491,13 +799,41 @@ class Self:
         return seal_context(self.address, self._key, context, priority)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Self and (other.address, other.keyver) == (self.address, self.keyver)
+        return type(other) is Self and other[:2] == self[:2]  # type: ignore[index]
+
+    def __ne__(self, other: object) -> bool:
+        return not (type(other) is Self and other[:2] == self[:2])  # type: ignore[index]
 
     def __hash__(self) -> int:
-        return hash(("Self", self.address, self.keyver))
+        return hash(("Self", self[0], self[1]))
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __reduce__(self) -> tuple:
+        return (Self, tuple(self))
 
     def __repr__(self) -> str:
         return f"<Self of {address_text(self.address)[:10]}... key v{self.keyver}>"
+
+
+def _self_shape_error(v: tuple) -> str | None:
+    if (len(v) != 3 or type(v[0]) is not bytes or len(v[0]) != ADDRESS_BYTES
+            or type(v[1]) is not int or not 0 <= v[1] <= KEYVER_MAX
+            or (v[2] is not None and type(v[2]) is not SealingKey)):
+        return "a Self is (32-byte address, int key version, SealingKey or None)"
+    return None
+
+
+def _cap_shape_error(v: tuple) -> str | None:
+    """Why a Capability (possibly built with tuple.__new__) is malformed, or None (O(1))."""
+    if len(v) != 7 or type(v[6]) is not tuple:
+        return "a Capability is (address, keyver, kind, priority, sealed, commons, held)"
+    try:
+        _check_cap_fields(*v[:6])
+    except CapabilityError as e:
+        return str(e)
+    return None
 
 
 def _self_from_items(items: tuple) -> Self:
@@ -506,12 +842,22 @@ def _self_from_items(items: tuple) -> Self:
     return Self(items[0], items[1])
 
 
-codec.register_extension(Capability, codec.TAG_CAPABILITY, _cap_to_items, _cap_from_items)
-codec.register_extension(Self, codec.TAG_SELF, lambda s: (s.address, s.keyver), _self_from_items)
+# The codec reads tags and payloads from the table of value types (values.VALUE_TYPES).
 # A commons capability's arguments are plain values in the clear: any linear, affine or
 # relevant items in them are counted like items anywhere else (copying the capability
 # copies them), or they could be laundered through a commons capability.
-register_value_type(
-    Capability, lambda c: (c.kind, c._held if c.commons is None else (c.commons[1],))
-)
-register_value_type(Self, lambda s: (UNRESTRICTED, ()))
+register_value_type(ValueType(
+    Capability, "capability", shape=HOLDER, tag=TAG_CAPABILITY, check=_cap_shape_error,
+    children=lambda c: (tuple(("<context>", h) for h in c[6]) if c[5] is None
+                        else (("<commons>", c[5][1]),)),
+    item_kind=lambda c: c[2], by_bytes=lambda c: c[4] if c[5] is None else None,
+    to_items=_cap_to_items, from_items=_cap_from_items,
+    order=lambda c: (c[0], c[1], c[2], c[3], c[4], () if c[5] is None else (c[5][0], order_key(c[5][1]))),
+    describe=lambda c: {"commons": c[5] is not None},
+    example=lambda: Capability(bytes(32), 1, 3, 0.5, bytes(16)),
+))
+register_value_type(ValueType(
+    Self, "self", shape=OPAQUE, tag=TAG_SELF, check=_self_shape_error,
+    to_items=lambda s: (s[0], s[1]), from_items=_self_from_items,
+    order=lambda s: (s[0], s[1]), example=lambda: Self(bytes(32), 0),
+))

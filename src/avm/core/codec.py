@@ -15,50 +15,86 @@ The encoding is CBOR (RFC 8949) as ``cbor2`` writes it with ``canonical=True``:
   ``[numerator, denominator]`` in lowest terms, big integers are tags 2 and 3;
 * the project's own types use tags ``TAG_*`` below (see ``docs/values.md``).
 
-Decoding is three passes, each cheap compared with what it protects against:
+Encoding uses ``cbor2`` and then checks its own output against the same limits and rules
+that decoding applies, so whatever is stored can be loaded again.
 
-1. a *scan* of the CBOR item headers that checks size, depth, item count, tags and
-   simple values before anything is allocated (a header that claims a billion items in
-   a ten-byte frame is refused here);
-2. ``cbor2`` builds the Python objects, which this module turns into AVM values;
-3. the value is encoded again and must give back exactly the input bytes, so a
-   non-canonical encoding of a valid value is refused too.
+Decoding is this module's own single pass over the bytes (``cbor2`` is not used to
+decode), because only a decoder that sees every map key before any hash table is built
+can keep its cost linear in the input:
 
-Every failure is a :class:`CodecError`; nothing else escapes ``decode``.
+1. :class:`_Decoder` reads one item at a time: the head (:meth:`_Decoder.head`: shortest
+   form, no indefinite lengths, size and item count), then the body by major type
+   (:meth:`~_Decoder.array`, :meth:`~_Decoder.map`, :meth:`~_Decoder.tag`, ...). A
+   container that claims more items than there are bytes left is refused before
+   anything is allocated, every tag is checked against the known ones before its content
+   is read, and the map step checks key order, NaN keys and hash collisions *before* it
+   builds the map (see the key rules below);
+2. the value is checked (``check_value``) and encoded again: it must give back exactly
+   the input bytes, so a non-canonical encoding of a valid value is refused too.
+
+Every failure is a :class:`CodecError`; a decoding failure is a :class:`DecodeError`
+that says where: the path to the part that is wrong (``$[2]['key']``) and the byte
+offset.
+
+Rules that bound the cost of a value (fixed, the same in ``encode`` and ``decode``):
+
+* **no NaN in a map key**, at any depth: NaN hashes by identity, so such a key could
+  never be looked up again, and two of them gave one map two encodings;
+* **no two keys of a map equal as values** (``1`` and ``1.0``, ``0.0`` and ``-0.0``): a
+  ``Map`` cannot hold both, so their encoding is refused. A lone ``-0.0`` (or ``1.0``)
+  key keeps its own encoding, as a ``-0.0`` element of a tuple does;
+* at most :data:`KEY_HASH_COLLISIONS_MAX` keys of one map share one 32-bit hash of the
+  persistent map (many ints equal modulo ``2**61 - 1`` share a Python hash; building a
+  map of them is quadratic);
+* an integer's magnitude has at most :data:`INT_BYTES_MAX` bytes (so gcds, comparisons
+  and ``repr`` stay cheap: Python itself refuses ``str()`` of ints over 4300 digits).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
-from collections.abc import Callable
+from collections import ChainMap, Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import cbor2
 
 from .errors import CodecError, ValueRuleError
-from .values import (
-    Affine,
-    Linear,
+from .values import (  # the project's tags live with the table of value types
+    CBOR_ENCODERS,
+    TAG_AFFINE,
+    TAG_CAPABILITY,
+    TAG_FRACTION,
+    TAG_LINEAR,
+    TAG_RECORD,
+    TAG_RELEVANT,
+    TAG_RESERVED_MAX,
+    TAG_SEALED,
+    TAG_SEALER,
+    TAG_SELF,
+    TAG_UNSEALER,
+    VALUE_TYPES,
+    Fraction,
     Map,
-    Relevant,
-    Sealed,
-    Sealer,
-    Unsealer,
-    _record_fields,
     check_value,
-    record_class,
-    record_name,
+    value_type_for_tag,
 )
 
 __all__ = [
     "Limits",
     "DEFAULT_LIMITS",
+    "DecodeError",
     "encode",
     "decode",
     "value_hash",
+    "labelled_hash",
+    "VALUE_HASH_LABEL",
+    "KEY_HASH_COLLISIONS_MAX",
+    "INT_BYTES_MAX",
+    "map_key_problem",
     "register_extension",
     "TAG_LINEAR",
     "TAG_AFFINE",
@@ -67,26 +103,34 @@ __all__ = [
     "TAG_SEALER",
     "TAG_UNSEALER",
     "TAG_RECORD",
+    "TAG_FRACTION",
+    "TAG_CAPABILITY",
+    "TAG_SELF",
+    "TAG_RESERVED_MAX",
 ]
 
-# The project's tags: one block, documented in docs/values.md. Tags 2, 3 (bignums) and
-# 30 (rationals) are the standard ones cbor2 already knows.
-TAG_LINEAR = 44801
-TAG_AFFINE = 44802
-TAG_RELEVANT = 44803
-TAG_SEALED = 44804  # [sealer name, payload, crypto?, kind]
-TAG_SEALER = 44805
-TAG_UNSEALER = 44806
-TAG_RECORD = 44807  # [registered name, field values...]
-TAG_CAPABILITY = 44808  # registered by caps
-TAG_SELF = 44809  # registered by caps
-TAG_RESERVED_MAX = 44831
-_STANDARD_TAGS = frozenset({2, 3, 30})
+# Standard tags (the project's block, 44801-44831, is defined in values.py with the table
+# of value types and documented in docs/values.md).
+TAG_BIGNUM = 2
+TAG_NEGATIVE_BIGNUM = 3
+
+#: At most this many keys of one map may share one 32-bit hash of the persistent map.
+KEY_HASH_COLLISIONS_MAX = 16
+#: At most this many bytes in an integer's magnitude (8192 bits).
+INT_BYTES_MAX = 1024
+#: The label in front of an encoding when it is hashed as a value (item 8: a value hash
+#: is never the hash of the same bytes for another purpose, such as an address).
+VALUE_HASH_LABEL = b"avm-value-v1\0"
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what ``decode`` accepts from untrusted bytes."""
+    """Bounds on what ``decode`` accepts from untrusted bytes (and ``encode`` produces).
+
+    ``depth_max`` counts nesting: every array, map and tag with content is one level.
+    ``items_max`` counts CBOR data items: every integer, string, float, array, map, key,
+    value and tag is one.
+    """
 
     bytes_max: int = 16 * 1024 * 1024
     depth_max: int = 64
@@ -96,9 +140,9 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 # Extension types (capabilities, Self) registered by other core modules, so that codec
-# does not import caps: type -> (tag, to_items), tag -> from_items.
+# does not import caps: type -> (tag, to_items), tag -> (from_items, name).
 _EXT_ENC: dict[type, tuple[int, Callable[[Any], tuple]]] = {}
-_EXT_DEC: dict[int, Callable[[tuple], Any]] = {}
+_EXT_DEC: dict[int, tuple[Callable[[tuple], Any], str]] = {}
 
 
 def register_extension(
@@ -108,7 +152,85 @@ def register_extension(
     if not (TAG_LINEAR <= tag <= TAG_RESERVED_MAX):
         raise ValueError(f"tag {tag} is outside the project's block")
     _EXT_ENC[t] = (tag, to_items)
-    _EXT_DEC[tag] = from_items
+    _EXT_DEC[tag] = (from_items, t.__name__)
+    if t not in CBOR_ENCODERS:  # a tuple subclass never reaches ``default``
+        CBOR_ENCODERS[t] = lambda encoder, v: encoder.encode(cbor2.CBORTag(tag, to_items(v)))
+
+
+class DecodeError(CodecError):
+    """Bytes that do not decode: says what is wrong, where (``path``) and at which byte."""
+
+    def __init__(self, detail: str, path: str = "$", offset: int | None = None) -> None:
+        self.detail = detail
+        self.path = path
+        self.offset = offset
+        where = "" if offset is None else f" at byte {offset}"
+        super().__init__(f"{path}: {detail}{where}")
+
+
+# ---------------------------------------------------------------------------------------
+# The rules on map keys, shared by encode and decode
+# ---------------------------------------------------------------------------------------
+
+_FOLD_MASK = 0xFFFFFFFF
+# Key types that cannot hold a NaN (a Fraction is two ints).
+_PLAIN_KEYS = frozenset({str, bytes, int, bool, type(None), Fraction})
+
+
+def _hash_fold(h: int) -> int:
+    """The 32-bit hash the persistent map (``immutables``) files a key under."""
+    f = (h ^ (h >> 32)) & _FOLD_MASK
+    return 0xFFFFFFFE if f == _FOLD_MASK else f
+
+
+def _collision_problem(keys: list) -> str | None:
+    """R3: too many keys sharing one 32-bit hash (O(n) whatever the keys)."""
+    if len(keys) <= KEY_HASH_COLLISIONS_MAX:
+        return None
+    folds = [(h ^ (h >> 32)) & _FOLD_MASK for h in map(hash, keys)]
+    if len(set(folds)) == len(folds):
+        return None
+    worst = max(Counter(_hash_fold(f) for f in folds).values())
+    if worst > KEY_HASH_COLLISIONS_MAX:
+        return (
+            f"{worst} keys share one hash; a map may hold at most {KEY_HASH_COLLISIONS_MAX} "
+            "such keys (building it would take quadratic time)"
+        )
+    return None
+
+
+def _has_nan(v: Any) -> bool:
+    """True if a NaN float sits anywhere in what ``v`` encodes (a key, or part of one)."""
+    t = type(v)
+    if t is float:
+        return v != v
+    if t in _PLAIN_KEYS:
+        return False
+    if t is tuple:
+        return any(_has_nan(x) for x in v)
+    if t is Map:  # its own keys obey the rule (checked when it is encoded or decoded)
+        return any(_has_nan(x) for x in v._m.values())
+    row = VALUE_TYPES.get(t)
+    if row is not None and row.to_items is not None:
+        return _has_nan(row.to_items(v))
+    ext = _EXT_ENC.get(t)
+    if ext is not None:
+        return _has_nan(ext[1](v))
+    return False
+
+
+def map_key_problem(keys: Iterable[Any]) -> str | None:
+    """Why these keys cannot be the keys of one map, or None.
+
+    R1: no NaN anywhere inside a key. R3: at most ``KEY_HASH_COLLISIONS_MAX`` keys share
+    one 32-bit hash. (R2, no two keys equal as values, holds for any ``Map``.)
+    """
+    keys = keys if type(keys) is list else list(keys)
+    if not _PLAIN_KEYS.issuperset(map(type, keys)):
+        for k in keys:
+            if type(k) not in _PLAIN_KEYS and _has_nan(k):
+                return "a map key may not contain NaN (NaN is not equal to itself)"
+    return _collision_problem(keys)
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,280 +238,524 @@ def register_extension(
 # ---------------------------------------------------------------------------------------
 
 
+def _encode_map(encoder: Any, m: Map) -> None:
+    entries = m._m
+    why = map_key_problem(list(entries.keys()))
+    if why is not None:
+        raise CodecError(f"cannot encode a map: {why}")
+    encoder.encode(dict(entries))  # cbor2 sorts the keys canonically
+
+
+# The cbor2 ``encoders=`` mapping of values.py (one entry per tuple-based value type, kept
+# up to date as records register); the Map entry is this module's, which applies the key
+# rules. cbor2 would otherwise write a tuple subclass as a plain array.
+CBOR_ENCODERS[Map] = _encode_map
+
+
+def _encode_map_decoded(encoder: Any, m: Map) -> None:
+    encoder.encode(dict(m._m))
+
+
+# For encoding again what was just decoded: its maps' keys were checked on the way in.
+_DECODED_ENCODERS: ChainMap[type, Callable[[Any, Any], None]] = ChainMap(
+    {Map: _encode_map_decoded}, CBOR_ENCODERS)
+
+
 def _default(encoder: Any, v: Any) -> None:
-    t = type(v)
-    if t is Map:
-        encoder.encode(dict(v._m))  # cbor2 sorts the keys canonically
-    elif t is Linear:
-        encoder.encode(cbor2.CBORTag(TAG_LINEAR, v.value))
-    elif t is Affine:
-        encoder.encode(cbor2.CBORTag(TAG_AFFINE, v.value))
-    elif t is Relevant:
-        encoder.encode(cbor2.CBORTag(TAG_RELEVANT, v.value))
-    elif t is Sealed:
-        encoder.encode(cbor2.CBORTag(TAG_SEALED, (v.sealer, v.payload, v.crypto, v.kind)))
-    elif t is Sealer:
-        encoder.encode(cbor2.CBORTag(TAG_SEALER, v.name))
-    elif t is Unsealer:
-        encoder.encode(cbor2.CBORTag(TAG_UNSEALER, v.name))
-    elif t in _EXT_ENC:
-        tag, to_items = _EXT_ENC[t]
-        encoder.encode(cbor2.CBORTag(tag, to_items(v)))
-    else:
-        fields = _record_fields(t)
-        if fields is None:
-            raise CodecError(f"cannot encode a {t.__qualname__}: not an AVM value")
-        encoder.encode(
-            cbor2.CBORTag(TAG_RECORD, (record_name(t), *(getattr(v, f) for f in fields)))
-        )
+    ext = _EXT_ENC.get(type(v))
+    if ext is None:
+        raise CodecError(f"cannot encode a {type(v).__qualname__}: not an AVM value")
+    encoder.encode(cbor2.CBORTag(ext[0], ext[1](v)))
 
 
-def encode(value: Any) -> bytes:
-    """The one canonical byte string of ``value`` (ValueRuleError if it is not a value)."""
+def encode(value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The one canonical byte string of ``value``.
+
+    Raises ValueRuleError if it is not a value, CodecError if it breaks a rule or limit
+    that ``decode`` would refuse (so whatever ``encode`` returns, ``decode`` accepts).
+    """
     check_value(value)
-    return _encode_trusted(value)
+    return _encode_trusted(value, limits)
 
 
-def _encode_trusted(value: Any) -> bytes:
+def _dumps(value: Any, encoders: Any = CBOR_ENCODERS) -> bytes:
     try:
-        return cbor2.dumps(value, canonical=True, default=_default)
+        return cbor2.dumps(value, canonical=True, encoders=encoders, default=_default)
     except CodecError:
         raise
+    except RecursionError:
+        raise CodecError("cannot encode value: nested too deeply") from None
     except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError) as e:
         raise CodecError(f"cannot encode value: {e}") from None
 
 
-def value_hash(value: Any) -> bytes:
-    """SHA-256 of the canonical encoding: the identity of a value."""
-    return hashlib.sha256(encode(value)).digest()
+def _encode_trusted(value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Encode a value already checked by ``check_value``; the limits still apply."""
+    data = _dumps(value)
+    _check_encoded(value, data, limits)
+    return data
 
 
-# ---------------------------------------------------------------------------------------
-# Decoding, pass 1: the header scan
-# ---------------------------------------------------------------------------------------
+def _check_encoded(value: Any, data: bytes, limits: Limits) -> None:
+    """Refuse an encoding that ``decode`` with ``limits`` would refuse.
 
-
-def _scan(data: bytes, limits: Limits) -> None:
-    """Check structure and bounds before cbor2 allocates anything."""
+    Each check is skipped when the encoding is too short to break it (every item, every
+    level of nesting takes at least a byte): size is a length; nesting and integer sizes
+    are a walk over the value's containers; the item count, a walk over the encoding's
+    heads, is only needed for encodings longer than ``items_max`` bytes.
+    """
     n = len(data)
+    if n > limits.bytes_max:
+        raise CodecError(f"the encoding of {n} bytes exceeds the limit of {limits.bytes_max}")
+    if n > limits.depth_max or n > INT_BYTES_MAX:
+        _check_nesting(value, limits.depth_max)
+    if n > limits.items_max:
+        items = _count_items(data)
+        if items > limits.items_max:
+            raise CodecError(f"the encoding has {items} items, more than {limits.items_max}")
+
+
+_FLAT = frozenset({str, bytes, float, bool, type(None)})
+_INT_LIMIT = 1 << (8 * INT_BYTES_MAX)  # magnitudes below this fit INT_BYTES_MAX bytes
+_BIG = 1 << 64  # from here on an integer is a bignum: a tag, one more level
+
+
+def _check_int(v: int, room: int) -> None:
+    if -_BIG <= v < _BIG:
+        return
+    if not -_INT_LIMIT <= v < _INT_LIMIT:
+        raise CodecError(f"an integer of {(v.bit_length() + 7) // 8} bytes exceeds the limit "
+                         f"of {INT_BYTES_MAX} bytes")
+    if room == 0:
+        raise CodecError("the value is nested deeper than the limit (a bignum is a tag)")
+
+
+def _check_nesting(v: Any, room: int) -> None:
+    """Raise CodecError if encoding ``v`` nests more than ``room`` levels (the decoder's
+    count: every non-empty array, map and tag is a level) or holds an oversized int."""
+    t = type(v)
+    if t in _FLAT:
+        return
+    if t is int:
+        _check_int(v, room)
+        return
+    if t is tuple or t is Map:
+        if not v:
+            return
+        if room == 0:
+            raise CodecError("the value is nested deeper than the limit")
+        if t is tuple:
+            _check_children(v, room - 1)
+        else:
+            _check_children(v._m.keys(), room - 1)
+            _check_children(v._m.values(), room - 1)
+        return
+    row = VALUE_TYPES.get(t)
+    to_items = row.to_items if row is not None else None
+    if to_items is None:
+        ext = _EXT_ENC.get(t)
+        if ext is None:
+            return  # not a value: check_value or cbor2 refuses it
+        to_items = ext[1]
+    if room == 0:
+        raise CodecError("the value is nested deeper than the limit")
+    _check_nesting(to_items(v), room - 1)
+
+
+def _check_children(xs: Iterable[Any], room: int) -> None:
+    for x in xs:
+        tx = type(x)
+        if tx in _FLAT:
+            continue
+        if tx is int:
+            _check_int(x, room)
+        else:
+            _check_nesting(x, room)
+
+
+def _count_items(data: bytes) -> int:
+    """The number of data items in a well-formed encoding: one per head."""
     items = 0
-    # Stack of remaining child counts per open container; depth is its length.
-    stack: list[int] = []
     pos = 0
-    roots = 0
-    allowed_tags = _STANDARD_TAGS | _EXT_DEC.keys() | {
-        TAG_LINEAR, TAG_AFFINE, TAG_RELEVANT, TAG_SEALED, TAG_SEALER, TAG_UNSEALER, TAG_RECORD
-    }
-    pending_tag = False
-    while True:
-        if not stack and not pending_tag:
-            if roots == 1:
-                break
-            roots += 1
-        if pos >= n:
-            raise CodecError(f"truncated input: item expected at byte {pos}")
+    end = len(data)
+    while pos < end:
+        ib = data[pos]
+        pos += 1
+        items += 1
+        major, info = ib >> 5, ib & 0x1F
+        arg = info
+        if info >= 24:
+            size = 1 << (info - 24)
+            arg = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        if major == 2 or major == 3:
+            pos += arg  # a string's bytes are not heads
+    return items
+
+
+def labelled_hash(label: bytes, data: bytes) -> bytes:
+    """SHA-256 of ``label + data``: one label per purpose, so hashes never cross purposes.
+
+    A label ends in a zero byte (``b"avm-value-v1\\0"``), so no label is a prefix of
+    another label followed by data.
+    """
+    if not label.endswith(b"\0"):
+        raise ValueError("a hash label ends in a zero byte")
+    return hashlib.sha256(label + data).digest()
+
+
+def value_hash(value: Any) -> bytes:
+    """The identity of a value: SHA-256 over ``VALUE_HASH_LABEL`` + its canonical encoding."""
+    return hashlib.sha256(VALUE_HASH_LABEL + encode(value)).digest()
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------
+
+
+class _Fail(Exception):
+    """A decoding failure on its way out; containers add their part of the path."""
+
+    def __init__(self, detail: str, offset: int) -> None:
+        self.detail = detail
+        self.offset = offset
+        self.steps: list[str] = []  # innermost first
+
+    def error(self) -> DecodeError:
+        return DecodeError(self.detail, "$" + "".join(reversed(self.steps)), self.offset)
+
+
+def _short_repr(v: Any) -> str:
+    try:
+        r = repr(v)
+    except Exception:  # a huge int or a user's repr: the path is still useful without it
+        return f"<{type(v).__name__}>"
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _float_bytes(v: float) -> bytes:
+    """The canonical encoding of a float, as cbor2 writes it."""
+    if v != v:
+        return b"\xf9\x7e\x00"
+    if math.isinf(v):
+        return b"\xf9\x7c\x00" if v > 0 else b"\xf9\xfc\x00"
+    out = struct.pack(">Bd", 0xFB, v)
+    for fmt, ib in ((">Bf", 0xFA), (">Be", 0xF9)):
+        try:
+            shorter = struct.pack(fmt, ib, v)
+        except OverflowError:
+            break
+        if struct.unpack(fmt, shorter)[1] != v:
+            break
+        out = shorter
+    return out
+
+
+# Smallest argument that needs each head size (anything smaller has a shorter head).
+_ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+_ARG_MIN = {24: 24, 25: 256, 26: 65536, 27: 2**32}
+_FLOAT_FORMATS = {25: ">e", 26: ">f", 27: ">d"}
+_SIMPLE = {20: False, 21: True, 22: None}
+_EMPTY_MAP = Map()
+_NEGATIVE = tuple(-1 - i for i in range(256))  # shared objects for small negative ints
+
+
+class _Decoder:
+    """One pass over untrusted bytes, building the value as it goes.
+
+    Each step is bounded by what it has read: a head costs O(1), a string O(its bytes),
+    a container checks its claimed size against the bytes left before allocating, and a
+    map checks its keys (order, NaN, hash collisions) before hashing them into a map.
+    """
+
+    __slots__ = ("data", "end", "pos", "items", "items_max", "depth_max", "nans")
+
+    def __init__(self, data: bytes, limits: Limits) -> None:
+        self.data = data
+        self.end = len(data)
+        self.pos = 0
+        self.items = 0
+        self.items_max = limits.items_max
+        self.depth_max = limits.depth_max
+        self.nans = 0  # NaN floats read so far (a map key must not add to it)
+
+    # -- step 1: the head of an item --------------------------------------------------
+    def head(self) -> tuple[int, int, int]:
+        """Read one head: (major type, additional information, argument)."""
+        data, pos = self.data, self.pos
+        if pos >= self.end:
+            raise _Fail("truncated input: an item is missing", pos)
         ib = data[pos]
         major, info = ib >> 5, ib & 0x1F
-        pos += 1
         if info < 24:
             arg = info
-        elif info == 24:
-            if pos + 1 > n:
-                raise CodecError(f"truncated header at byte {pos - 1}")
-            arg = data[pos]
-            pos += 1
-        elif info == 25:
-            if pos + 2 > n:
-                raise CodecError(f"truncated header at byte {pos - 1}")
-            arg = struct.unpack_from(">H", data, pos)[0]
-            pos += 2
-        elif info == 26:
-            if pos + 4 > n:
-                raise CodecError(f"truncated header at byte {pos - 1}")
-            arg = struct.unpack_from(">I", data, pos)[0]
-            pos += 4
-        elif info == 27:
-            if pos + 8 > n:
-                raise CodecError(f"truncated header at byte {pos - 1}")
-            arg = struct.unpack_from(">Q", data, pos)[0]
-            pos += 8
-        elif info == 31:
-            raise CodecError(f"indefinite-length item at byte {pos - 1} (not canonical)")
+            self.pos = pos + 1
         else:
-            raise CodecError(f"reserved additional information {info} at byte {pos - 1}")
-        items += 1
-        if items > limits.items_max:
-            raise CodecError(f"more than {limits.items_max} items")
-        pending_tag = False
-        children = 0
-        if major in (0, 1):
-            pass
-        elif major in (2, 3):
-            if arg > n - pos:
-                raise CodecError(
-                    f"string of {arg} bytes at byte {pos} runs past the end of the input"
-                )
-            if major == 3:
-                try:
-                    data[pos : pos + arg].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise CodecError(f"invalid UTF-8 in text at byte {pos}") from None
-            pos += arg
-        elif major == 4:
-            # Each child takes at least one byte: a count larger than what is left is a lie.
-            if arg > n - pos:
-                raise CodecError(f"array of {arg} items at byte {pos} exceeds the input")
-            children = arg
-        elif major == 5:
-            if arg > (n - pos) // 2:
-                raise CodecError(f"map of {arg} pairs at byte {pos} exceeds the input")
-            children = 2 * arg
-        elif major == 6:
-            if arg not in allowed_tags:
-                raise CodecError(f"unknown tag {arg} at byte {pos}")
-            children = 1
-            pending_tag = True
-        else:  # major 7: simple values and floats
-            if info < 24 and arg not in (20, 21, 22):
-                raise CodecError(f"simple value {arg} at byte {pos - 1} is not allowed")
-            if info == 24:
-                raise CodecError(f"simple value {arg} at byte {pos - 1} is not allowed")
-        # Close finished containers, then open the new one.
-        if stack:
-            stack[-1] -= 1
-        if children:
-            stack.append(children)
-            if len(stack) > limits.depth_max:
-                raise CodecError(f"nested deeper than {limits.depth_max}")
-        else:
-            while stack and stack[-1] == 0:
-                stack.pop()
-        if not stack:
-            pending_tag = False
-    if pos != n:
-        raise CodecError(f"{n - pos} trailing bytes after the value")
+            size = _ARG_BYTES.get(info)
+            if size is None:
+                if info == 31:
+                    raise _Fail("a break (0xff) where an item should be" if major == 7 else
+                                "indefinite-length item (not canonical)", pos)
+                raise _Fail(f"reserved additional information {info}", pos)
+            if pos + 1 + size > self.end:
+                raise _Fail("truncated header", pos)
+            arg = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+            if major != 7 and arg < _ARG_MIN[info]:
+                raise _Fail("integer, length or tag not in its shortest form", pos)
+            self.pos = pos + 1 + size
+        self.items += 1
+        if self.items > self.items_max:
+            raise _Fail(f"more than {self.items_max} items", pos)
+        return major, info, arg
 
+    # -- step 2: the body, by major type ----------------------------------------------
+    def item(self, depth: int) -> Any:
+        start = self.pos
+        major, info, arg = self.head()
+        if major == 0:
+            return arg
+        if major == 1:
+            return _NEGATIVE[arg] if arg < 256 else -1 - arg
+        if major == 2:
+            return self.byte_string(arg, start)
+        if major == 3:
+            return self.text(arg, start)
+        if major == 4:
+            return self.array(arg, depth, start)
+        if major == 5:
+            return self.map(arg, depth, start)
+        if major == 6:
+            return self.tag(arg, depth, start)
+        return self.simple(info, arg, start)
 
-# ---------------------------------------------------------------------------------------
-# Decoding, pass 2: from cbor2 objects to values
-# ---------------------------------------------------------------------------------------
+    def byte_string(self, n: int, start: int) -> bytes:
+        pos = self.pos
+        if n > self.end - pos:
+            raise _Fail(f"string of {n} bytes runs past the end of the input", start)
+        self.pos = pos + n
+        return self.data[pos : pos + n]
 
-
-# cbor2 decodes a map inside a tag (a record, a Linear, a Sealed...) as its own immutable
-# mapping type, not a dict: both must become a Map.
-_CBOR_MAP_TYPES = frozenset(
-    {dict} | {getattr(cbor2, n) for n in ("frozendict", "FrozenDict") if hasattr(cbor2, n)}
-)
-
-
-def _to_value(obj: Any) -> Any:
-    t = type(obj)
-    if t is list or t is tuple:
-        return tuple(_to_value(x) for x in obj)
-    if t in _CBOR_MAP_TYPES:
-        out = {}
-        for k, v in obj.items():
-            out[_to_key(k)] = _to_value(v)
-        if len(out) != len(obj):
-            raise CodecError("map has keys that are equal as values")
-        return Map(out)
-    if t is cbor2.CBORTag:
-        return _from_tag(obj.tag, _to_value(obj.value))
-    if t is cbor2.undefined.__class__:
-        raise CodecError("undefined is not a value")
-    return obj
-
-
-_ATOMIC_KEYS = frozenset({type(None), bool, int, float, str, bytes, Fraction})
-
-
-def _to_key(k: Any) -> Any:
-    t = type(k)
-    if t is list or t is tuple:
-        return tuple(_to_key(x) for x in k)
-    if t in _ATOMIC_KEYS:
-        return k
-    return _to_value(k)
-
-
-def _from_tag(tag: int, v: Any) -> Any:
-    if tag == TAG_LINEAR:
-        return Linear(v)
-    if tag == TAG_AFFINE:
-        return Affine(v)
-    if tag == TAG_RELEVANT:
-        return Relevant(v)
-    if tag == TAG_SEALED:
-        if type(v) is not tuple or len(v) != 4 or type(v[0]) is not str or type(v[2]) is not bool:
-            raise CodecError("malformed sealed value")
-        if type(v[3]) is not int or not 0 <= v[3] <= 3:
-            raise CodecError("malformed sealed value kind")
-        if v[2] and type(v[1]) is not bytes:
-            raise CodecError("cryptographically sealed payload must be bytes")
-        s = Sealed(v[0], v[1], crypto=v[2], kind=v[3])
-        if s.kind != v[3]:
-            raise CodecError("sealed value kind does not match its contents")
-        return s
-    if tag == TAG_SEALER or tag == TAG_UNSEALER:
-        if type(v) is not str:
-            raise CodecError("sealer name must be text")
-        return Sealer(v) if tag == TAG_SEALER else Unsealer(v)
-    if tag == TAG_RECORD:
-        if type(v) is not tuple or not v or type(v[0]) is not str:
-            raise CodecError("malformed record")
-        cls = record_class(v[0])
-        if cls is None:
-            raise CodecError(f"unknown record type {v[0]!r}: register it with @avm.record")
-        fields = _record_fields(cls) or ()
-        if len(v) - 1 != len(fields):
-            raise CodecError(f"record {v[0]!r} needs {len(fields)} fields, got {len(v) - 1}")
+    def text(self, n: int, start: int) -> str:
+        raw = self.byte_string(n, start)
         try:
-            return cls(**dict(zip(fields, v[1:], strict=True)))
-        except Exception as e:  # a user's __post_init__ may refuse the fields
-            raise CodecError(f"record {v[0]!r} refused its fields: {e}") from None
-    fn = _EXT_DEC.get(tag)
-    if fn is not None:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Fail("invalid UTF-8 in text", start) from None
+
+    def enter(self, depth: int, start: int) -> int:
+        """The depth of a container's children, refused past the limit."""
+        depth += 1
+        if depth > self.depth_max:
+            raise _Fail(f"nested deeper than {self.depth_max}", start)
+        return depth
+
+    def array(self, n: int, depth: int, start: int) -> tuple:
+        if not n:
+            return ()
+        # Each element takes at least one byte: a count larger than what is left is a lie.
+        if n > self.end - self.pos:
+            raise _Fail(f"array of {n} items exceeds the input", start)
+        depth = self.enter(depth, start)
+        out: list = []
+        item = self.item
         try:
-            return fn(v)
-        except CodecError:
+            for _ in range(n):
+                out.append(item(depth))
+        except _Fail as f:
+            f.steps.append(f"[{len(out)}]")
             raise
+        return tuple(out)
+
+    def map(self, n: int, depth: int, start: int) -> Map:
+        if not n:
+            return _EMPTY_MAP  # maps are immutable: one empty map serves every a0
+        if n > (self.end - self.pos) // 2:
+            raise _Fail(f"map of {n} pairs exceeds the input", start)
+        depth = self.enter(depth, start)
+        data, item = self.data, self.item
+        pairs: list[tuple[Any, Any]] = []
+        prev = b""
+        key: Any = None
+        in_key = True
+        try:
+            for i in range(n):
+                in_key = True
+                key_start, nans = self.pos, self.nans
+                key = item(depth)
+                key_bytes = data[key_start : self.pos]
+                if i and (
+                    len(key_bytes) < len(prev) or (len(key_bytes) == len(prev) and key_bytes <= prev)
+                ):
+                    raise _Fail(
+                        "map key out of canonical order (length-first, then bytewise) or "
+                        "repeated", key_start,
+                    )
+                if self.nans != nans:
+                    raise _Fail("a map key may not contain NaN (NaN is not equal to itself)",
+                                key_start)
+                prev = key_bytes
+                in_key = False
+                pairs.append((key, item(depth)))
+        except _Fail as f:
+            f.steps.append(f"<key {len(pairs)}>" if in_key else f"[{_short_repr(key)}]")
+            raise
+        return self.build_map(pairs, start)
+
+    def build_map(self, pairs: list[tuple[Any, Any]], start: int) -> Map:
+        """Hash the keys into a Map, once the collision rule bounds what that costs."""
+        try:
+            why = _collision_problem([k for k, _ in pairs])
+        except Exception as e:  # a user's __hash__ on a record key
+            raise _Fail(f"a map key cannot be hashed: {_error_text(e)}", start) from None
+        if why is not None:
+            raise _Fail(why, start)
+        try:
+            m = Map(pairs)
+        except ValueRuleError as e:
+            raise _Fail(f"not a valid map: {e.detail}", start) from None
         except Exception as e:
-            raise CodecError(f"malformed tag {tag}: {e}") from None
-    if tag in (2, 3, 30):  # cbor2 handles these itself; reaching here means malformed
-        raise CodecError(f"malformed standard tag {tag}")
-    raise CodecError(f"unknown tag {tag}")
+            raise _Fail(f"not a valid map: {_error_text(e)}", start) from None
+        if len(m) != len(pairs):
+            raise _Fail(
+                "map has keys that are equal as values (such as 1 and 1.0, or 0.0 and -0.0)",
+                start,
+            )
+        return m
+
+    def tag(self, tag: int, depth: int, start: int) -> Any:
+        if tag == TAG_BIGNUM or tag == TAG_NEGATIVE_BIGNUM:
+            self.enter(depth, start)
+            return self.bignum(tag, start)
+        from_items = _tag_decoder(tag)  # known tags only, before reading the content
+        if from_items is None:
+            raise _Fail(f"unknown tag {tag}", start)
+        name = _tag_name(tag)
+        inner = self.enter(depth, start)
+        try:
+            content = self.item(inner)
+        except _Fail as f:
+            f.steps.append(f"<{name}>")
+            raise
+        try:
+            if tag == TAG_FRACTION:
+                _check_fraction(content)
+            return from_items(content)
+        except (CodecError, ValueRuleError) as e:
+            raise _Fail(_error_text(e), start) from None
+        except Exception as e:  # a user's __post_init__, a constructor's own check
+            raise _Fail(f"malformed {name}: {_error_text(e)}", start) from None
+
+    def bignum(self, tag: int, start: int) -> int:
+        major, _, n = self.head()
+        if major != 2:
+            raise _Fail("a bignum holds a byte string", start)
+        if n > INT_BYTES_MAX:
+            raise _Fail(f"an integer of {n} bytes exceeds the limit of {INT_BYTES_MAX} bytes",
+                        start)
+        raw = self.byte_string(n, start)
+        if n < 9 or raw[0] == 0:
+            raise _Fail("bignum for an integer that fits in 64 bits, or with a leading zero "
+                        "(not canonical)", start)
+        value = int.from_bytes(raw, "big")
+        return value if tag == TAG_BIGNUM else -1 - value
+
+    def simple(self, info: int, arg: int, start: int) -> Any:
+        fmt = _FLOAT_FORMATS.get(info)
+        if fmt is None:
+            if info < 24 and arg in _SIMPLE:
+                return _SIMPLE[arg]
+            raise _Fail(f"simple value {arg} is not allowed (only false, true, null)", start)
+        raw = self.data[start : self.pos]
+        v = struct.unpack(fmt, raw[1:])[0]
+        if v != v:
+            self.nans += 1
+        if (info != 25 or v != v) and _float_bytes(v) != raw:
+            raise _Fail("float not in its shortest form (or a NaN other than f97e00)", start)
+        return v
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, (ValueRuleError, DecodeError)):
+        return str(e)
+    try:
+        return str(e) or type(e).__name__
+    except Exception:
+        return type(e).__name__
+
+
+def _tag_decoder(tag: int) -> Callable[[Any], Any] | None:
+    """How to build the value of a project or standard tag from its content, or None."""
+    row = value_type_for_tag(tag)
+    if row is not None and row.from_items is not None:
+        return row.from_items  # type: ignore[no-any-return]
+    ext = _EXT_DEC.get(tag)
+    return ext[0] if ext is not None else None
+
+
+def _tag_name(tag: int) -> str:
+    row = value_type_for_tag(tag)
+    if row is not None:
+        return row.name  # type: ignore[no-any-return]
+    ext = _EXT_DEC.get(tag)
+    return ext[1] if ext is not None else f"tag {tag}"
+
+
+def _check_fraction(v: Any) -> None:
+    # The Fraction constructor would normalise; the encoding must already be normal.
+    if type(v) is not tuple or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int:
+        raise CodecError("a fraction is [numerator, denominator], two integers")
+    if v[1] <= 0:
+        raise CodecError("a fraction's denominator is positive")
+    if math.gcd(v[0], v[1]) != 1:  # bounded: both have at most INT_BYTES_MAX bytes
+        raise CodecError("a fraction is in lowest terms")
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Decode untrusted bytes into one value, or raise CodecError saying why."""
+    """Decode untrusted bytes into one value, or raise DecodeError saying what and where."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected bytes, got {type(data).__name__}")
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > limits.bytes_max:
-        raise CodecError(f"input of {len(data)} bytes exceeds the limit of {limits.bytes_max}")
+        raise DecodeError(f"input of {len(data)} bytes exceeds the limit of {limits.bytes_max}")
     if not data:
-        raise CodecError("empty input")
-    _scan(data, limits)
-    try:
-        obj = cbor2.loads(
-            data, max_depth=limits.depth_max + 2, allow_indefinite=False,
-            allow_duplicate_keys=False,
-        )
-        value = _to_value(obj)
-        check_value(value)
-    except CodecError:
-        raise
-    except ValueRuleError as e:
-        raise CodecError(f"decoded data is not a valid value: {e}") from None
-    except RecursionError:
-        raise CodecError("value nested too deeply") from None
-    except Exception as e:  # cbor2's own errors, bad floats, bad bignums, hash failures
-        raise CodecError(f"malformed CBOR: {e}") from None
-    if _encode_trusted(value) != data:
-        raise CodecError("not the canonical encoding of its value")
+        raise DecodeError("empty input", "$", 0)
+    value = _read(data, limits)
+    _check_canonical(value, data)
     return value
 
 
-# Fractions are normalised by Python, so tag 30 with a reducible pair is caught by the
-# canonical re-encode check in ``decode``; a zero denominator raises inside cbor2 and
-# becomes a CodecError there.
+def _read(data: bytes, limits: Limits) -> Any:
+    """Pass 1: the decoder over the whole input, which must hold exactly one item."""
+    reader = _Decoder(data, limits)
+    try:
+        value = reader.item(0)
+        if reader.pos != len(data):
+            raise _Fail(f"{len(data) - reader.pos} trailing bytes after the value", reader.pos)
+    except _Fail as f:
+        raise f.error() from None
+    except RecursionError:
+        raise DecodeError("value nested too deeply", "$", reader.pos) from None
+    except Exception as e:  # a bug of ours: still a DecodeError, and marked as such
+        raise DecodeError(f"internal error: {type(e).__name__}: {_error_text(e)}", "$",
+                          reader.pos) from None
+    return value
+
+
+def _check_canonical(value: Any, data: bytes) -> None:
+    """Pass 2: a valid value whose encoding is exactly the input."""
+    try:
+        check_value(value)
+        again = _dumps(value, _DECODED_ENCODERS)
+    except ValueRuleError as e:
+        raise DecodeError(f"not a valid value: {e.detail}", e.path) from None
+    except CodecError as e:
+        raise DecodeError(f"cannot be encoded again: {e}") from None
+    except RecursionError:
+        raise DecodeError("value nested too deeply") from None
+    except Exception as e:
+        raise DecodeError(f"internal error: {type(e).__name__}: {_error_text(e)}") from None
+    if again != data:
+        at = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+                  min(len(again), len(data)))
+        raise DecodeError("not the canonical encoding of its value", "$", at)

@@ -16,13 +16,14 @@ Services here are pure: the random source and the clock are arguments.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 from . import codec
-from .caps import Capability, Self
-from .schedule import rng_bytes
-from .values import KIND_NAMES, Map, Sealed, Substructural, kind_of
+from .caps import Capability
+from .errors import ValueRuleError
+from .keys import stream_bytes
+from .machine import capability_problem
+from .values import KIND_NAMES, Map, kind_of, value_type
 
 __all__ = ["SERVICES", "serve", "reflect", "RANDOM_BYTES_MAX"]
 
@@ -31,46 +32,51 @@ RANDOM_BYTES_MAX = 1 << 16
 
 
 def reflect(v: Any) -> Map:
-    """A one-level description of a value: its type, size and substructural kind."""
-    t = type(v)
-    desc: dict[str, Any] = {"kind": KIND_NAMES[kind_of(v)]}
-    if v is None:
-        desc["type"] = "none"
-    elif t is bool:
-        desc["type"] = "bool"
-    elif t is int:
-        desc["type"] = "int"
-    elif t is float:
-        desc["type"] = "float"
-    elif t is Fraction:
-        desc["type"] = "fraction"
-    elif t is str:
-        desc.update(type="text", size=len(v))
-    elif t is bytes:
-        desc.update(type="bytes", size=len(v))
-    elif t is tuple:
-        desc.update(type="tuple", size=len(v))
-    elif t is Map:
-        desc.update(type="map", size=len(v))
-    elif isinstance(v, Substructural):
-        desc["type"] = type(v).__name__.lower()
-    elif t is Sealed:
-        desc.update(type="sealed", sealer=v.sealer)
-    elif t is Capability:
-        desc.update(type="capability", commons=v.is_commons)
-    elif t is Self:
-        desc["type"] = "self"
-    else:
-        desc["type"] = "record"
-        from .values import record_name
-        desc["name"] = record_name(t)
+    """A one-level description of a value: its type, size and substructural kind.
+
+    Read from the table of value types (``values.VALUE_TYPES``): every value type has a
+    name there, so reflect answers for every value (a Sealer, an Unsealer, a record...).
+    """
+    row = value_type(type(v))
+    if row is None:
+        raise ValueRuleError("$", f"reflect takes a value, not a {type(v).__name__}")
+    desc: dict[str, Any] = {"kind": KIND_NAMES[kind_of(v)], "type": row.name}
+    if row.describe is not None:
+        desc.update(row.describe(v))
     return Map(desc)
 
 
 def serve(
-    service: str, content: Any, now_ms: int, rng: int
-) -> tuple[list[tuple[Capability, Any]], int, str | None]:
+    service: str, content: Any, now_ms: int, rng: Any
+) -> tuple[list[tuple[Capability, Any]], Any, str | None]:
     """Answer one request. Returns (outputs, new rng state, error or None).
+
+    Never raises (P9): whatever a service cannot handle (a value it does not know, a
+    malformed reply capability, an exception inside it) becomes a refusal with a reason
+    that names the service and the error type, and the random state is left untouched.
+    """
+    try:
+        outs, new_rng, err = _answer(service, content, now_ms, rng)
+    except Exception as e:
+        return [], rng, f"{_text(service)} could not answer the request ({type(e).__name__})"
+    for reply, _ in outs:
+        problem = capability_problem(reply)
+        if problem is not None:
+            return [], rng, f"{_text(service)}: the reply capability is malformed"
+    return outs, new_rng, err
+
+
+def _text(service: Any) -> str:
+    return service if type(service) is str else "commons service"
+
+
+def _answer(
+    service: str, content: Any, now_ms: int, rng: Any
+) -> tuple[list[tuple[Capability, Any]], Any, str | None]:
+    """Answer one request. Returns (outputs, new rng state, error or None).
+
+    ``rng`` is the requester's keyed random stream ``(key, counter)`` (see
+    :mod:`avm.core.keys`); only ``random`` reads it.
 
     A malformed request is refused with a reason and no output; the network counts it.
     """
@@ -86,7 +92,7 @@ def serve(
     if service == "random":
         if type(arg) is not int or not 0 <= arg <= RANDOM_BYTES_MAX:
             return [], rng, f"random takes a byte count in [0, {RANDOM_BYTES_MAX}]"
-        data, rng = rng_bytes(rng, arg)
+        data, rng = stream_bytes(rng, arg)
         return [(reply, ("random", data))], rng, None
     if service == "hash":
         # Like reflect, the value comes back with the answer: asking about a linear

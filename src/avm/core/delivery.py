@@ -7,6 +7,11 @@ numbers, a durable outbox retried with back-off until acknowledged, a receiver t
 accepts each sequence number once and in order and acknowledges cumulatively. So faults
 delay batches but never lose, duplicate or reorder them (promises P1-P3).
 
+Values cross as a host delivers them (:func:`avm.core.conserve.transit`), and linear and
+relevant values never vanish (P8): what a batch that will not be applied carries goes
+back to its sender as a ``~returned`` weak signal, or into the dead letters of the host
+that holds it (:func:`give_back`).
+
 Every function here is pure: network in, network and events out.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .conserve import no_drop, transit
 from .netvalue import (
     Batch,
     Env,
@@ -41,11 +47,27 @@ __all__ = [
     "retry",
     "deliver",
     "notify",
+    "give_back",
+    "RETURNED",
+    "UNREACHABLE",
 ]
+
+#: The weak signal that brings linear and relevant values back to their sender (D7):
+#: ``(RETURNED, Map({"reason": str, "rule": str, "values": ((capability, content), ...)}))``.
+RETURNED = "~returned"
+#: Why a batch whose retry budget was spent, and that the receiver then skipped, failed.
+UNREACHABLE = "unreachable: retry budget spent; not applied"
 
 
 def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
                 priority: float, notify: Any = None) -> tuple[Network, list]:
+    """Commit a batch from a machine (or the runtime) to ``dest``: local or on the wire.
+
+    The messages cross as a host delivers them (item 11): a capability or sealed value
+    loses the plaintext it kept in memory, and a ``Self`` arrives unbound unless ``dest``
+    is its own machine.
+    """
+    msgs = transit(net.keys, dest, msgs)
     dst_host = host_of_dest(net, dest) if type(dest) is bytes else src_host
     chan = (sender, dest)
     got = net.received.get(chan)
@@ -62,7 +84,7 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     net = with_(
         net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
         outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
-    evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+    evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now, b)]
     net, more = transmit(net, "batch", src_host, dst_host, chan, seq, b)
     return net, evs + more
 
@@ -192,23 +214,22 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
         return with_(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
     if attempts >= cfg.retry_max and not b.abandoned:
         # Give up, but honestly: the receiver may have applied the batch and only the
-        # acknowledgements were lost, so the outcome is indefinite. The outbox keeps a
-        # tombstone under the same number, retried at the slowest pace until
+        # acknowledgements were lost, so the outcome is indefinite. The outbox turns the
+        # batch into a tombstone under the same number, retried at the slowest pace until
         # acknowledged: a receiver that never got the batch skips the number instead of
         # waiting for it forever, one that did refuses the tombstone as a duplicate.
-        tomb = new_batch(b.sender, b.dest, b.seq, b.ts, b.priority, (), None, 0)
-        tomb = with_(tomb, abandoned=True)
-        tomb.__dict__["_avm_n"] = 0
+        # The tombstone on the wire is empty, but the sender keeps the batch's contents
+        # and its feedback request until the outcome is known (see _settle): if the
+        # receiver skips the number, the values go back and feedback says "failed"; if
+        # it had the batch, the batch itself reports. Nothing is copied, nothing lost.
+        tomb = with_(b, abandoned=True)
         net = with_(net, outbox=net.outbox.set(key, (tomb, net.now + cfg.retry_ticks_max, attempts)),
                     stats=bump(net.stats, "drop.unreachable"))
         why = "unreachable: retry budget spent; it may have been applied"
-        # Feedback (rule 10) reports this drop too, from the sender's side: the
-        # destination is the one thing that cannot be reached.
-        net, more = notify(net, b, False, why, host=src)
-        return net, [events.Dropped(chan, seq, b.dest, why, net.now, definite=False), *more]
+        return net, [events.Dropped(chan, seq, b.dest, why, net.now, definite=False)]
     if b.abandoned:
         net = with_(net, outbox=net.outbox.set(key, (b, net.now + cfg.retry_ticks_max, attempts)))
-        return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, b)
+        return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, _wire_tomb(b))
     backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
     net = with_(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
                   stats=bump(net.stats, "wire.retry"))
@@ -246,15 +267,18 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
         evs.append(events.Wire("refused-duplicate", kind, src, dst, chan, seq, at))
     elif seq == got + 1:
         net = accept(net, chan, b)
+        if b.abandoned:
+            net = _settle(net, chan, seq, evs)
         got = seq
-        held = net.held
-        while (chan, got + 1) in held:
-            nb = held[(chan, got + 1)]
-            held = held.delete((chan, got + 1))
+        while (chan, got + 1) in net.held:
+            nb = net.held[(chan, got + 1)]
+            net = with_(net, held=net.held.delete((chan, got + 1)))
             net = accept(net, chan, nb)
             got += 1
-        net = with_(net, held=held, received=net.received._set_plain(chan, got))
-        evs.append(events.Wire("delivered", kind, src, dst, chan, seq, at))
+            if nb.abandoned:
+                net = _settle(net, chan, got, evs)
+        net = with_(net, received=net.received._set_plain(chan, got))
+        evs.insert(0, events.Wire("delivered", kind, src, dst, chan, seq, at))
     else:
         net = with_(net, held=net.held.set((chan, seq), b),
                       stats=bump(net.stats, "wire.early"))
@@ -262,6 +286,93 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
     # Acknowledge cumulatively what is now durable in the inbox.
     net, more = transmit(net, "ack", dst, src, chan, got, got)
     return net, evs + more
+
+
+def _wire_tomb(b: Batch) -> Batch:
+    """What a tombstone carries on the wire: its number, nothing of the batch."""
+    if not b.messages and b.notify is None:
+        return b
+    return with_(b, messages=(), notify=None)
+
+
+def _settle(net: Network, chan: tuple, seq: int, evs: list) -> Network:
+    """The receiver accepted the tombstone for ``seq``: the batch is definitely not applied.
+
+    The sender kept the batch's contents in its outbox entry (:func:`retry`); now that the
+    outcome is known they go back (:func:`give_back`) and its feedback says so. In the pure
+    network this happens as the receiver decides; a host carries the decision back to the
+    sender in the acknowledgement.
+    """
+    entry = net.outbox.get((chan, seq))
+    if entry is None:
+        return net
+    kept, retry_at, attempts = entry
+    if not kept.abandoned or (not kept.messages and kept.notify is None):
+        return net
+    net = with_(net, outbox=net.outbox.set((chan, seq), (_wire_tomb(kept), retry_at, attempts)))
+    src = host_of_sender(net, kept.sender)
+    evs.append(events.Dropped(chan, seq, kept.dest, UNREACHABLE, net.now))
+    net, more = notify(net, kept, False, UNREACHABLE, host=src)
+    evs.extend(more)
+    net, more = give_back(net, kept, "undeliverable", UNREACHABLE, src)
+    evs.extend(more)
+    return net
+
+
+def give_back(net: Network, b: Batch, rule: str, reason: str, host: str,
+              env: Env | None = None, msgs: tuple | None = None) -> tuple[Network, list]:
+    """Return what batch ``b`` carried that may not be dropped: it will not be applied.
+
+    The messages (``msgs``, default all of ``b``) that hold a linear or relevant item,
+    whole and in order, go back to the sending machine as the weak signal
+    ``(RETURNED, Map({"reason", "rule", "values"}))`` on its signal context, from
+    ``host``, where the values are now (D7). ``reason`` and ``rule`` must name the rule
+    and message index only, never anything of the receiver's (D6).
+
+    Where the sender cannot take them -- a client, the runtime, a commons service, a
+    stopped or unknown machine -- and when ``b`` is itself a ``~returned`` batch (which
+    never bounces again), they go into ``net.dead_letters[host]`` instead.
+    """
+    msgs = b.messages if msgs is None else msgs
+    keep = tuple(m for m in msgs if no_drop(m))
+    if not keep:
+        return net, []
+    sender = b.sender
+    if type(sender) is tuple and sender[:2] == ("~", "returned"):
+        return _dead_letter(net, host, b, keep, rule, reason)
+    m = net.machines.get(sender) if type(sender) is bytes else None
+    if m is None or m.status == "stopped" or sender not in net.keys:
+        return _dead_letter(net, host, b, keep, rule, reason)
+    sig = mint(net, env or Env(), sender, m.signal)
+    info = Map({"reason": reason, "rule": rule, "values": keep})
+    net = with_(net, stats=bump(bump(net.stats, "returned.batches"), "returned.messages", len(keep)))
+    return send_batch(net, ("~", "returned", host), sender, ((sig, (RETURNED, info)),), host, 1.0)
+
+
+def _dead_letter(net: Network, host: str, b: Batch, keep: tuple, rule: str,
+                 reason: str) -> tuple[Network, list]:
+    sender, dest = b.sender, b.dest
+    if type(sender) is tuple and sender[:2] == ("~", "returned"):
+        # The values of a ~returned batch the sender could not take: record them as the
+        # sender's, with both reasons.
+        values: list = []
+        first = ""
+        for _cap, content in keep:
+            info = content[1] if type(content) is tuple and len(content) == 2 else None
+            if type(info) is Map and type(info.get("values")) is tuple:
+                values.extend(info["values"])
+                first = first or str(info.get("reason", ""))
+            else:
+                values.append((_cap, content))
+        keep = tuple(values)
+        reason = f"{first}; not taken back: {reason}" if first else reason
+        sender, dest = b.dest, None
+    entry = Map({"reason": reason, "rule": rule, "values": keep, "sender": sender,
+                 "dest": dest, "seq": b.seq, "at": net.now})
+    letters = net.dead_letters
+    net = with_(net, dead_letters=letters.set(host, (*letters.get(host, ()), entry)),
+                stats=bump(bump(net.stats, "dead-letters"), "dead-letters.messages", len(keep)))
+    return net, [events.DeadLetter(host, sender, dest, b.seq, reason, len(keep), net.now)]
 
 
 def notify(net: Network, b: Batch, ok: bool, why: str, host: str | None = None) -> tuple[Network, list]:

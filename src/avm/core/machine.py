@@ -22,8 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .caps import Capability
-from .errors import AvmError, SignalError, StepContractError, SubstructuralError, ValueRuleError
+from .caps import Capability, _check_cap_fields
+from .errors import (
+    CapabilityError,
+    SignalError,
+    StepContractError,
+    SubstructuralError,
+    ValueRuleError,
+)
 from .values import _ATOMS, Map, _Invalid, _walk, check_conservation, check_value
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "Message",
     "StepFn",
     "Failure",
+    "PUBLIC_REASONS",
+    "public_reason",
     "BatchResult",
     "run_batch",
     "partition",
@@ -66,12 +74,19 @@ StepFn = Callable[[Message, Any], tuple[Sequence[tuple[Capability, Any]], Any]]
 class Failure:
     """Why a batch failed. Always *definite*: nothing of the batch was applied.
 
-    ``rule`` is one of ``exception`` (the step raised), ``contract`` (wrong return shape or
-    a message to something that is not a capability), ``value`` (a mutable or unknown
-    value in the outputs or state), ``substructural`` (a linear, affine or relevant value
-    copied or dropped), ``signal`` (unknown strong signal), ``unseal`` (a capability in the
-    batch failed to open), ``timeout`` (interrupted too often or past its deadline),
-    ``undeliverable`` (unknown or unreachable machine).
+    ``rule`` is one of ``exception`` (the step raised), ``contract`` (wrong return shape, a
+    message to something that is not a well-formed capability, or a message the behavior
+    refuses), ``value`` (a mutable or unknown value in the outputs or state),
+    ``substructural`` (a linear, affine or relevant value copied or dropped), ``signal``
+    (unknown strong signal), ``unseal`` (a capability in the batch failed to open),
+    ``timeout`` (interrupted too often or past its deadline), ``undeliverable`` (unknown
+    or unreachable machine), ``internal`` (the runtime itself could not process it).
+
+    Two audiences (DESIGN section 4, rule 10): ``detail``, ``error_type`` and ``path``
+    (and ``str(failure)``) are for the receiver's operator and stay in the local trace;
+    they may quote the receiver's contexts and values. :attr:`public` is what may go back
+    to the sender (feedback, returned values): the rule, the message index and a fixed
+    reason, never anything of the receiver's.
     """
 
     rule: str
@@ -83,6 +98,32 @@ class Failure:
     def __str__(self) -> str:
         where = f" at message {self.index}" if self.index is not None else ""
         return f"{self.rule}{where}: {self.detail}"
+
+    @property
+    def public(self) -> str:
+        """The sender's view: rule, message index, a generic reason; no detail."""
+        return public_reason(self.rule, self.index)
+
+
+#: The generic reason a sender is told for each failure rule (``Failure.public``).
+PUBLIC_REASONS = {
+    "exception": "the receiving step raised an error",
+    "contract": "the receiver refused the message or its step broke the step contract",
+    "value": "a value broke the value rules",
+    "substructural": "a linear, affine or relevant value was copied or dropped",
+    "signal": "the receiver does not handle this signal",
+    "unseal": "a capability in the batch did not unseal",
+    "timeout": "the batch was interrupted too often or ran past its deadline",
+    "undeliverable": "the destination cannot run the batch",
+    "internal": "the runtime could not process the batch",
+}
+
+
+def public_reason(rule: str, index: int | None = None) -> str:
+    """``"<rule>[ at message <i>]: <generic reason>"``: safe to send to anyone."""
+    reason = PUBLIC_REASONS.get(rule, "the batch failed")
+    where = f" at message {index}" if type(index) is int else ""
+    return f"{rule}{where}: {reason}"
 
 
 class BatchResult(NamedTuple):
@@ -102,11 +143,39 @@ def _census(v: Any, out: list) -> None:
         _walk(v, out)
 
 
+def safe_text(x: Any, limit: int = 200) -> str:
+    """``str(x)``, or a description when ``__str__`` raises or returns no text.
+
+    Step code may raise anything, including an exception whose ``__str__`` or
+    ``__repr__`` raises: describing a failure must never fail itself.
+    """
+    try:
+        r = str(x)
+        if type(r) is not str:
+            raise TypeError
+    except Exception:
+        return f"<{_type_name(x)} (str() failed)>"
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _type_name(x: Any) -> str:
+    try:
+        name = type(x).__name__
+        return name if type(name) is str else "object"
+    except Exception:
+        return "object"
+
+
 def _fail(rule: str, e: BaseException | str, index: int | None, path: str = "") -> BatchResult:
     if isinstance(e, BaseException):
-        detail = str(e) or type(e).__name__
-        etype = type(e).__name__
-        path = path or getattr(e, "path", "") or ""
+        detail = safe_text(e, 1000) or _type_name(e)
+        etype = _type_name(e)
+        if not path:
+            try:
+                p = getattr(e, "path", "")
+            except Exception:
+                p = ""
+            path = p if type(p) is str else ""
     else:
         detail, etype = e, ""
     return BatchResult(False, None, (), Failure(rule, detail, index, etype, path), index or 0, None)
@@ -118,115 +187,82 @@ def run_batch(
 ) -> BatchResult:
     """Fold ``step`` over ``messages`` from ``state``; all or nothing (rules 1 and 2).
 
+    Each message goes through four named steps: call the step (inline), then
+    :func:`_check_outputs`, :func:`_check_new_state` and :func:`_check_conservation`.
+    The common cases (no outputs, the same state or an atom, nothing substructural
+    anywhere) are decided inline, so they cost a few type tests; anything else calls the
+    helper, which returns either a failure or what the next message needs.
+
     ``state_items`` may pass the substructural items of ``state`` if the caller knows them,
     saving one walk. ``plain_messages`` says the caller knows no message holds a
     substructural item (the network knows it from the batch), saving one walk per message.
+
+    Nothing a step does escapes as an exception (P9): a raise (any ``BaseException``
+    but ``KeyboardInterrupt``), a result the checks cannot even inspect, or a value too
+    deep to walk fails the batch with a reason and a path.
     """
     outputs: list = []
     cur = state
     if state_items is None:
         state_items = []
-        _census(state, state_items)
-    cur_items = state_items
+        try:
+            _census(state, state_items)
+        except (_Invalid, RecursionError):
+            return _fail("value", "the state given to run_batch is not a value", None, "$.state")
+    cur_items: Any = state_items
+    atoms = _ATOMS
+    got: Any
+    out_items: Any
+    new_items: Any
     for i, msg in enumerate(messages):
+        # 1. call the step
         try:
             result = step(msg, cur)
-        except AvmError as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: B036 - a step may raise anything (P9)
             return _fail(_RULE_OF.get(type(e), "exception"), e, i)
-        except RecursionError as e:
-            return _fail("exception", e, i)
-        except Exception as e:
-            return _fail("exception", e, i)
-        if type(result) is not tuple or len(result) != 2:
-            return _fail("contract", _shape_error(result), i)
-        outs, new_state = result
-        # -- outputs ----------------------------------------------------------------
-        msg_out_items: list = []
-        if outs:
-            if type(outs) is not list and type(outs) is not tuple:
-                return _fail("contract", (
-                    f"the outputs must be a list or tuple of (capability, content) pairs, "
-                    f"got a {type(outs).__name__}"), i)
-            for j, o in enumerate(outs):
-                if type(o) is not tuple or len(o) != 2:
-                    return _fail("contract", (
-                        f"output {j} must be a (capability, content) pair, got {_short(o)}"), i,
-                        f"$.outputs[{j}]")
-                cap, content = o
-                if type(cap) is not Capability:
-                    return _fail("contract", (
-                        f"output {j} is sent to a {type(cap).__name__} ({_short(cap)}), which "
-                        "is not a capability; send only to capabilities you were given or made "
-                        "with Self"), i, f"$.outputs[{j}][0]")
-                if type(content) in _ATOMS:
-                    n = 0
-                else:
-                    try:
-                        n = _walk(content, None)
-                    except _Invalid:
-                        try:  # again, slowly, for the path
-                            check_value(content, f"$.outputs[{j}].content")
-                        except ValueRuleError as e:
-                            return _fail("value", e, i)
-                        raise AssertionError("unreachable") from None
-                    except RecursionError:
-                        return _fail("value", f"$.outputs[{j}].content: value nested too deeply", i)
-                if cap.kind:
-                    msg_out_items.append(cap)
-                if cap._held:
-                    for h in cap._held:
-                        _census(h, msg_out_items)
-                if n:
-                    _census(content, msg_out_items)
-                outputs.append(o)
-        # -- new state --------------------------------------------------------------
-        same_items = False
-        if new_state is cur:
-            new_items = cur_items
-            same_items = True
-        elif type(new_state) in _ATOMS:
-            new_items = []
-        elif cur_items and _same_substructure(cur, new_state):
-            # A Map state whose substructural entries are the very same objects: the
-            # common "update one plain key, keep the tokens" step costs O(tokens)
-            # identity tests instead of a census.
-            new_items = cur_items
-            same_items = True
-        else:
-            try:
-                n = check_value(new_state, "$.state")
-            except ValueRuleError as e:
-                return _fail("value", e, i)
-            new_items = []
-            if n:
-                _census(new_state, new_items)
-        # -- conservation -------------------------------------------------------------
-        ctx, content = msg
-        if same_items and not msg_out_items and (plain_messages or (
-                type(ctx) in _ATOMS and type(content) in _ATOMS)):
-            # The state holds the same items, nothing came in, nothing went out.
-            pass
-        elif cur_items or new_items or msg_out_items or not plain_messages and (
-                type(ctx) not in _ATOMS or type(content) not in _ATOMS):
-            in_items = list(cur_items)
-            try:
-                _census(ctx, in_items)
-                _census(content, in_items)
-            except _Invalid:
-                return _fail("value", "the message is not a value", i)
-            if in_items or new_items or msg_out_items:
-                try:
-                    check_conservation(
-                        [("$.state_before", cur), ("$.message.context", ctx),
-                         ("$.message.content", content)],
-                        [("$.state", new_state), ("$.outputs", tuple(outs) if outs else ())],
-                        in_items, new_items + msg_out_items)
-                except SubstructuralError as e:
-                    return _fail("substructural", e, i)
+        try:
+            if type(result) is not tuple or len(result) != 2:
+                return _fail("contract", _shape_error(result), i, "$")
+            outs, new_state = result
+            # 2. the outputs (empty, None or another falsy atom: nothing is sent)
+            out_items = _NO_ITEMS
+            if outs:
+                got = _check_outputs(outs, i, outputs)
+                if type(got) is BatchResult:
+                    return got
+                out_items = got
+            # 3. the new state
+            if new_state is cur:
+                new_items, same_items = cur_items, True
+            elif type(new_state) in atoms:
+                new_items, same_items = _NO_ITEMS, False
+            else:
+                got = _check_new_state(cur, cur_items, new_state, i)
+                if type(got) is BatchResult:
+                    return got
+                new_items, same_items = got
+            # 4. conservation, unless nothing substructural came in, stayed or went out
+            ctx, content = msg
+            if out_items or not (plain_messages or (
+                    type(ctx) in atoms and type(content) in atoms)) or (
+                    not same_items and (cur_items or new_items)):
+                got = _check_conservation(msg, cur, cur_items, outs, new_state, new_items,
+                                          out_items, i)
+                if got is not None:
+                    return got
+        except RecursionError:
+            return _fail("value", "a value is nested too deeply", i, "$")
+        except Exception as e:  # an object the checks could not even inspect
+            return _fail("value", f"the step's result could not be checked: {safe_text(e)}", i, "$")
         cur = new_state
         cur_items = new_items
-    return BatchResult(True, cur, tuple(outputs), None, len(messages), cur_items)
+    return BatchResult(True, cur, tuple(outputs), None, len(messages),
+                       cur_items if type(cur_items) is list else list(cur_items))
 
+
+_NO_ITEMS: tuple = ()
 
 _RULE_OF = {
     SignalError: "signal",
@@ -234,6 +270,125 @@ _RULE_OF = {
     ValueRuleError: "value",
     StepContractError: "contract",
 }
+
+
+def _check_outputs(outs: Any, i: int, outputs: list) -> list | BatchResult:
+    """Step 2: every output is a (well-formed capability, value) pair.
+
+    Appends the good outputs to ``outputs``; returns the substructural items they carry
+    (capabilities of a substructural kind, what fresh capabilities hold, and contents),
+    or the failure.
+    """
+    if type(outs) is not tuple and type(outs) is not list:
+        return _fail("contract", (
+            "the outputs must be a list or tuple of (capability, content) pairs, "
+            f"got a {_type_name(outs)}"), i, "$.outputs")
+    items: list = []
+    for j, o in enumerate(outs):
+        if type(o) is not tuple or len(o) != 2:
+            return _fail("contract", (
+                f"output {j} must be a (capability, content) pair, got {_short(o)}"), i,
+                f"$.outputs[{j}]")
+        cap, content = o
+        if type(cap) is not Capability:
+            return _fail("contract", (
+                f"output {j} is sent to a {_type_name(cap)} ({_short(cap)}), which is not a "
+                "capability; send only to capabilities you were given or made with Self"), i,
+                f"$.outputs[{j}][0]")
+        problem = capability_problem(cap)
+        if problem is not None:
+            return _fail("contract", f"output {j} is sent to a malformed capability: {problem}",
+                         i, f"$.outputs[{j}][0]")
+        if type(content) in _ATOMS:
+            n = 0
+        else:
+            try:
+                n = _walk(content, None)
+            except _Invalid:
+                try:  # again, slowly, for the path
+                    check_value(content, f"$.outputs[{j}].content")
+                except ValueRuleError as e:
+                    return _fail("value", e, i)
+                return _fail("value", "not a value", i, f"$.outputs[{j}].content")
+            except RecursionError:
+                return _fail("value", "value nested too deeply", i, f"$.outputs[{j}].content")
+            except Exception as e:  # something inside that even the walk cannot inspect
+                return _fail("value", f"not a value ({_type_name(e)})", i,
+                             f"$.outputs[{j}].content")
+        if cap.kind:
+            items.append(cap)
+        if cap._held:
+            try:
+                for h in cap._held:
+                    _census(h, items)
+            except (_Invalid, RecursionError):
+                return _fail("value", f"output {j}'s capability holds something that is not "
+                             "a value", i, f"$.outputs[{j}][0]")
+        if n:
+            _census(content, items)
+        outputs.append(o)
+    return items
+
+
+def _check_new_state(cur: Any, cur_items: Any, new_state: Any, i: int) -> tuple | BatchResult:
+    """Step 3: the new state is a value; returns (its items, whether they are cur's)."""
+    if cur_items and _same_substructure(cur, new_state):
+        # A Map state whose substructural entries are the very same objects: the
+        # common "update one plain key, keep the tokens" step costs O(tokens)
+        # identity tests instead of a census.
+        return cur_items, True
+    try:
+        n = check_value(new_state, "$.state")
+    except ValueRuleError as e:
+        return _fail("value", e, i)
+    new_items: list = []
+    if n:
+        _census(new_state, new_items)
+    return new_items, False
+
+
+def _check_conservation(msg: Message, cur: Any, cur_items: Any, outs: Any, new_state: Any,
+                        new_items: Any, out_items: Any, i: int) -> BatchResult | None:
+    """Step 4: what came in (state before, message) is what goes out (state, outputs)."""
+    ctx, content = msg
+    in_items = list(cur_items)
+    try:
+        _census(ctx, in_items)
+    except _Invalid:
+        return _fail("value", "the message's context is not a value", i, "$.message.context")
+    try:
+        _census(content, in_items)
+    except _Invalid:
+        return _fail("value", "the message's content is not a value", i, "$.message.content")
+    if in_items or new_items or out_items:
+        try:
+            check_conservation(
+                [("$.state_before", cur), ("$.message.context", ctx),
+                 ("$.message.content", content)],
+                [("$.state", new_state), ("$.outputs", tuple(outs) if outs else ())],
+                in_items, [*new_items, *out_items])
+        except SubstructuralError as e:
+            return _fail("substructural", e, i)
+    return None
+
+
+def capability_problem(cap: Any) -> str | None:
+    """Why ``cap`` (a Capability object) is malformed, or None.
+
+    The constructor refuses wrong fields, but an object built around it (or by code that
+    holds one) reaches the runtime too; one malformed capability must fail its batch, not
+    the scheduler that would later compare its priority or hash its address.
+    """
+    try:
+        _check_cap_fields(cap.address, cap.keyver, cap.kind, cap.priority, cap.sealed,
+                          cap.commons)
+        if type(cap._held) is not tuple:
+            return "its held context is not a tuple"
+    except CapabilityError as e:
+        return safe_text(e)
+    except Exception:
+        return "its fields cannot be read"
+    return None
 
 
 def _same_substructure(old: Any, new: Any) -> bool:
@@ -264,7 +419,12 @@ def _shape_error(result: Any) -> str:
 
 
 def _short(v: Any) -> str:
-    r = repr(v)
+    try:
+        r = repr(v)
+        if type(r) is not str:
+            raise TypeError
+    except Exception:
+        return f"<{_type_name(v)} (repr() failed)>"
     return r if len(r) <= 60 else r[:57] + "..."
 
 
@@ -317,7 +477,11 @@ class Behavior:
       and ``@b.signal("restart")`` handle life-cycle signals as ``fn(state, args)``.
       Without an ``init`` handler the initial state is the init argument; without the
       others those signals are accepted and ignored. Unknown strong signals fail the
-      batch; unknown weak ones (``~name``) are ignored.
+      batch; unknown weak ones (``~name``) are ignored;
+    * ``@b.returned`` (the same as ``@b.signal("~returned")``) takes back the linear and
+      relevant values of a batch this machine sent that failed or could not be
+      delivered: ``fn(state, info)``, ``info["values"]`` being those messages as
+      ``(capability, content)`` pairs, ``info["reason"]`` and ``info["rule"]`` why.
 
     A ``Behavior`` is callable with the step signature, so it goes wherever a step does.
     """
@@ -373,6 +537,22 @@ class Behavior:
         self._signals["init"] = fn
         return fn
 
+    def returned(self, fn: Callable) -> Callable:
+        """Take back what a failed or undeliverable batch of this machine carried.
+
+        The runtime never lets a linear or relevant value vanish: when a batch holding
+        some fails, is dropped or cannot be delivered, the messages that hold them come
+        back to the sender as the weak signal ``("~returned", info)``, where ``info`` is a
+        ``Map`` with ``values`` (the messages, ``(capability, content)`` pairs in send
+        order), ``reason`` and ``rule`` (no detail of the receiver's). ``fn(state, info)``
+        returns ``(outputs, new_state)`` like any handler and must keep the values, send
+        them on, or send them to ``null``. Without a handler the weak signal is ignored,
+        which would drop them: that batch fails, and the values go to the dead letters of
+        the host (``Sim.dead_letters()``).
+        """
+        self._signals["~returned"] = fn
+        return fn
+
     def __call__(self, msg: Message, state: Any) -> tuple:
         ctx, content = msg
         if ctx == self.signal_context and type(ctx) is type(self.signal_context):
@@ -396,10 +576,12 @@ class Behavior:
             fn, wants = self._fallback
             return fn(state, content, ctx=ctx) if wants else fn(state, content)
         if entries is not None:
+            # Neither the capability's context nor the contexts the handlers want are
+            # quoted: both are the receiver's secrets (contexts are sealed for a reason).
+            key = content[0] if t is tuple else content if t is str else t.__name__
             raise StepContractError(
-                f"{self.name} does not accept {_short(content)} through a capability with "
-                f"context {_short(ctx)}; its handlers want contexts "
-                f"{[e[0] for e in entries]}")
+                f"{self.name} does not accept {key!r} through this capability: its "
+                f"{len(entries)} handler(s) for {key!r} each require another context")
         known = sorted(self._by_name) + sorted(c.__name__ for c in self._by_type)
         raise StepContractError(
             f"{self.name} has no handler for message {_short(content)}; it handles {known}")

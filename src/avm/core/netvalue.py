@@ -13,7 +13,6 @@ that stamp, number and enqueue batches.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +23,16 @@ from .caps import (
     Keyring,
     SealingKey,
     address_text,
+    authenticated_input,
     commons_cap,
+    open_sealed,
     seal_context,
-    unseal_context,
 )
 from .commons import SERVICES
-from .errors import AvmError, CapabilityError, UnsealError
+from .errors import AvmError, CapabilityError
 from .machine import Failure
 from .schedule import hlc_now
-from .values import Map, check_value, record
+from .values import Map, check_value, record, replace_fields
 
 __all__ = [
     "Faults",
@@ -130,7 +130,10 @@ class Network:
     config: Config
     seed: int
     now: int = 0
-    rng: int = 0
+    rng: int = 0  # SplitMix64 state: fault-injection decisions only, never keys or `random`
+    secret: bytes = b""  # key material every key derives from (avm.core.keys); as secret as keys
+    kdf_n: int = 0  # fresh key material drawn from the secret so far
+    random_n: Map = field(default_factory=Map)  # requester -> `random` answers it had
     hosts: Map = field(default_factory=Map)  # name -> HostRecord
     machines: Map = field(default_factory=Map)  # address -> MachineRecord
     names: Map = field(default_factory=Map)  # machine name -> address
@@ -148,6 +151,9 @@ class Network:
     cuts: Map = field(default_factory=Map)  # (host, host) sorted -> until
     stats: Map = field(default_factory=Map)  # counter name -> int
     exits: tuple = ()  # boundary networks: messages that left, in order
+    # host -> (entry, ...): linear and relevant values nobody could take back (D7); each
+    # entry is Map(reason, rule, values, sender, dest, seq, at)
+    dead_letters: Map = field(default_factory=Map)
 
 
 class events:  # noqa: N801 - a namespace
@@ -162,6 +168,7 @@ class events:  # noqa: N801 - a namespace
         ts: tuple
         priority: float
         at: int
+        batch: Any = field(default=None, compare=False, repr=False)  # the Batch itself
 
     @dataclass(frozen=True)
     class Applied:
@@ -176,6 +183,7 @@ class events:  # noqa: N801 - a namespace
         at: int
         messages: tuple = ()
         read_only: bool = False  # committed and left the state as it was
+        batch: Any = field(default=None, compare=False, repr=False)  # the Batch processed
 
     @dataclass(frozen=True)
     class Dropped:
@@ -228,6 +236,19 @@ class events:  # noqa: N801 - a namespace
         name: str
         address: bytes
         host: str
+        at: int
+
+    @dataclass(frozen=True)
+    class DeadLetter:
+        """Linear or relevant values of a batch that nobody could take back (D7) were
+        recorded in ``net.dead_letters[host]``."""
+
+        host: str
+        sender: Any
+        dest: Any
+        seq: int
+        reason: str
+        count: int  # messages recorded
         at: int
 
     @dataclass(frozen=True)
@@ -292,52 +313,46 @@ class Env:
         return ring
 
     def unseal(self, cap: Capability, ring: Keyring) -> Any:
+        """``unseal_context(cap, ring)``, remembering unrestricted contexts it opened.
+
+        The cache is keyed on exactly what AES-SIV authenticated: the key object, the
+        associated-data bytes (every clear field, in a fixed layout where ``-0.0``,
+        ``0.0``, ``0`` and ``False`` differ) and the ciphertext bytes. Never on fields
+        compared with ``==``: so a warm cache opens exactly what a cold one would, and
+        refuses exactly what it would refuse. The checks that need no decryption
+        (machine, retired key version) run on every call, hit or miss. What it hands out
+        is an immutable value, so sharing one context between uses is safe.
+        """
+        sk, ad = authenticated_input(cap, ring)  # refuses other machines, retired versions
         if cap.kind:  # substructural contexts are decoded fresh: identity matters
-            return unseal_context(cap, ring)
-        key = (cap.address, cap.keyver, cap.kind, cap.priority, cap.sealed)  # every AD field
+            return open_sealed(cap, sk, ad)
+        key = (sk, ad, cap.sealed)
         ctx = self._unsealed.get(key, _MISSING)
         if ctx is _MISSING:
-            ctx = unseal_context(cap, ring)
-            if len(self._unsealed) > 100_000:
+            ctx = open_sealed(cap, sk, ad)
+            if len(self._unsealed) > UNSEAL_CACHE_MAX:
                 self._unsealed.clear()
             self._unsealed[key] = ctx
-        elif ring.get(cap.keyver) is None:  # rotated away since it was cached
-            raise UnsealError(f"capability was sealed under key version {cap.keyver}, which is retired")
         return ctx
 
 
 _MISSING = object()
+#: Entries in one Env's unseal cache before it is emptied (a bound, not a tuning knob).
+UNSEAL_CACHE_MAX = 100_000
 
 
-def with_(obj: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` for our frozen records, without its per-call overhead.
+_tuple_new: Any = tuple.__new__
 
-    The network does a handful of these per step, so the stock version (which re-runs
-    ``__init__`` and its checks) dominated the simulator's profile.
-    """
-    new = object.__new__(type(obj))
-    d = new.__dict__
-    d.update(obj.__dict__)
-    d.pop("_avm_n", None)
-    d.update(changes)
-    return new
+#: A copy of a record with some fields changed (the network does a handful per step).
+with_ = replace_fields
 
 
 def new_batch(sender: Any, dest: Any, seq: int, ts: tuple, priority: float, msgs: tuple,
-           notify: Any = None, count: int | None = None) -> Batch:
-    """A new Batch with its substructural count cached (it is walked once, not per map op)."""
-    # Built directly rather than through the frozen dataclass __init__ (one setattr per
-    # field), which showed up in the per-batch profile. Field order and defaults as
-    # declared in Batch; a test compares the two constructions.
-    b = object.__new__(Batch)
-    b.__dict__.update(sender=sender, dest=dest, seq=seq, ts=ts, priority=priority,
-                      messages=msgs, restarts=0, notify=notify, abandoned=False,
-                      _avm_n=check_value(msgs) if count is None else count)
-    return b
-
-
-def derive(seed: int, *parts: Any) -> bytes:
-    return hashlib.sha256(repr((seed, *parts)).encode()).digest()
+              notify: Any = None) -> Batch:
+    """A new Batch, built as one tuple (field order and defaults as declared in Batch;
+    a test compares the two constructions). Its messages are not checked here: callers
+    check them, and pass their substructural count to :func:`accept`."""
+    return _tuple_new(Batch, (sender, dest, seq, ts, priority, msgs, 0, notify, False))  # type: ignore[no-any-return]
 
 
 def bump(stats: Map, name: str, n: int = 1) -> Map:
@@ -395,30 +410,33 @@ def enqueue_local(
     seq = net.next_seq.get(chan, 0) + 1
     h = net.hosts[host]
     ts = hlc_now(h.clock, net.now)
-    b = new_batch(sender, dest, seq, ts, priority, msgs, notify, count)
+    n = check_value(msgs) if count is None else count
+    b = new_batch(sender, dest, seq, ts, priority, msgs, notify)
     received = net.received
     if chan in received:  # the channel used the wire before a machine moved: keep count
         received = received._set_plain(chan, seq)
     net = with_(net, hosts=net.hosts._set_plain(host, with_(h, clock=ts)),
                 next_seq=net.next_seq._set_plain(chan, seq), received=received,
-                **_accepted(net, chan, b))
-    return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now)]
+                **_accepted(net, chan, b, n))
+    return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now, b)]
 
 
-def _accepted(net: Network, chan: tuple, b: Batch) -> dict[str, Map]:
+def _accepted(net: Network, chan: tuple, b: Batch, n: int | None = None) -> dict[str, Map]:
     head = net.head
     if chan not in head:
         head = head._set_plain(chan, b.seq)
     live = net.live if chan in net.live else net.live._set_plain(chan, True)
-    n = b.__dict__.get("_avm_n")
-    if n is None:
+    if n is None:  # the inbox map keeps the count in its substructural index
         n = check_value(b)
     return {"pending": net.pending._set_counted((chan, b.seq), b, n), "head": head, "live": live}
 
 
-def accept(net: Network, chan: tuple, b: Batch) -> Network:
-    """Put a batch in the receiver's durable inbox (in order, exactly once)."""
-    return with_(net, **_accepted(net, chan, b))
+def accept(net: Network, chan: tuple, b: Batch, n: int | None = None) -> Network:
+    """Put a batch in the receiver's durable inbox (in order, exactly once).
+
+    ``n``: the batch's substructural count if the caller knows it (else it is counted).
+    """
+    return with_(net, **_accepted(net, chan, b, n))
 
 
 def quiescent(net: Network) -> bool:

@@ -24,14 +24,25 @@ One step does one thing, in this order of preference:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from .caps import Capability, IdentityKey, Keyring, Self, address_of, seal_context
+from .caps import (
+    SEALING_KEY_BYTES,
+    Capability,
+    IdentityKey,
+    Keyring,
+    Self,
+    address_of,
+    address_text,
+    kdf,
+    seal_context,
+)
 from .commons import serve
+from .conserve import Tally, opener_for, transit
 from .delivery import (
     deliver,
+    give_back,
     maybe_fault,
     next_timed,
     notify,
@@ -39,8 +50,25 @@ from .delivery import (
     retry,
     send_batch,
 )
-from .errors import AvmError, UnsealError
-from .machine import SIGNAL, Failure, Message, destination, partition, run_batch
+from .errors import (
+    AvmError,
+    SubstructuralError,
+    UnknownName,
+    UnsealError,
+    UsageError,
+    ValueRuleError,
+)
+from .keys import check_material, fresh_material, sim_secret, stream_key
+from .machine import (
+    SIGNAL,
+    Failure,
+    Message,
+    capability_problem,
+    destination,
+    partition,
+    run_batch,
+    safe_text,
+)
 from .netvalue import (
     Batch,
     Config,
@@ -52,7 +80,6 @@ from .netvalue import (
     batch_hash,
     bump,
     commons_env,
-    derive,
     enqueue_local,
     events,
     host_of_dest,
@@ -63,7 +90,18 @@ from .netvalue import (
     with_,
 )
 from .schedule import score
-from .values import _ATOMS, NO_COPY, Map, _Invalid, _walk, check_value, record, substructural_items
+from .values import (
+    _ATOMS,
+    NO_COPY,
+    NO_DROP,
+    Map,
+    _Invalid,
+    _walk,
+    check_value,
+    item_identity,
+    record,
+    substructural_items,
+)
 
 __all__ = [
     "Faults",
@@ -92,17 +130,39 @@ __all__ = [
 ]
 
 
-def new_network(seed: int = 0, config: Config | None = None, hosts: Iterable[str] = ("h0",)) -> Network:
-    net = Network(config=config or Config(), seed=seed, rng=seed & ((1 << 64) - 1))
+def new_network(
+    seed: int = 0, config: Config | None = None, hosts: Iterable[str] = ("h0",), *,
+    secret: bytes | None = None,
+) -> Network:
+    """An empty network with ``hosts``.
+
+    ``seed`` drives the scheduler's fault injection. ``secret`` is the key material every
+    key of the network derives from (:mod:`avm.core.keys`): a host passes 32 bytes from
+    the operating system. Without it the secret is derived from the seed, so a simulated
+    run is reproducible; that is a test convenience, and whoever knows the seed knows
+    every key of that run.
+    """
+    secret = sim_secret(seed) if secret is None else check_material(secret, "a network secret")
+    net = Network(config=config or Config(), seed=seed, rng=seed & ((1 << 64) - 1),
+                  secret=secret)
     for h in hosts:
         net = add_host(net, h)
     return net
 
 
-def add_host(net: Network, name: str) -> Network:
+def _draw(net: Network, purpose: str, *parts: Any) -> tuple[Network, bytes]:
+    """Fresh key material from the network's secret; advances its draw counter."""
+    n = net.kdf_n
+    return with_(net, kdf_n=n + 1), fresh_material(net.secret, n, purpose, *parts)
+
+
+def add_host(net: Network, name: str, material: bytes | None = None) -> Network:
+    """Add a host; its identity key derives from ``material`` (default: a fresh draw)."""
     if name in net.hosts:
         raise AvmError(f"host {name!r} already exists")
-    ident = IdentityKey.from_seed(derive(net.seed, "host", name))
+    if material is None:
+        net, material = _draw(net, "host", name)
+    ident = IdentityKey.from_seed(kdf(check_material(material), "host-identity"))
     addr = address_of(ident.resource((("host", name),)))
     return with_(net, hosts=net.hosts._set_plain(name, HostRecord(name, addr)))
 
@@ -113,8 +173,10 @@ def spawn(
 ) -> tuple[Network, bytes, list]:
     """Create a machine. Its first batch is ``[init, self, env]`` on its signal context.
 
-    Keys are derived from the network's seed and the machine's name, so a rerun with the
-    same seed gives the same addresses and capabilities.
+    Its identity and first sealing key derive from fresh material drawn from the
+    network's secret (:mod:`avm.core.keys`), so a rerun of the same script with the same
+    secret (in the simulator: the same seed) gives the same addresses and capabilities,
+    and spawning a name again after it was exported gives new keys.
     """
     host = host or next(iter(sorted(net.hosts)))
     if host not in net.hosts:
@@ -126,9 +188,10 @@ def spawn(
         # The runtime mints the signal capability again for every life-cycle message:
         # a linear signal context would be copied each time.
         raise AvmError("a signal context may not hold linear, affine or relevant values")
-    ident = IdentityKey.from_seed(derive(net.seed, "machine", name))
+    net, material = _draw(net, "machine", name)
+    ident = IdentityKey.from_seed(kdf(material, "machine-identity"))
     address = address_of(ident.resource((("name", name),)))
-    raw_bytes = hashlib.shake_256(b"avm-siv" + derive(net.seed, "seal", name)).digest(64)
+    raw_bytes = kdf(material, "sealing-key", address, 0, n=SEALING_KEY_BYTES)
     rec = MachineRecord(name=name, state=None, behavior=behavior, signal=signal, host=host, keyver=0)
     net = with_(
         net,
@@ -145,8 +208,12 @@ def spawn(
 
 
 def rotate_key(net: Network, address: bytes, keep_old: bool = False,
-               env: Env | None = None) -> tuple[Network, list]:
+               env: Env | None = None, material: bytes | None = None) -> tuple[Network, list]:
     """Give a machine a new sealing key version: revokes what it issued under the old ones.
+
+    The new key derives from fresh key ``material`` (a host passes ``os.urandom(32)``);
+    without it, fresh material is drawn from the network's secret and its draw counter,
+    never re-derived from public inputs, so a leaked old key says nothing about the new.
 
     The machine is handed its new ``Self`` by a ``("self", Self)`` signal, as at spawn;
     a machine that kept its old ``Self`` would otherwise go on minting capabilities under
@@ -155,7 +222,9 @@ def rotate_key(net: Network, address: bytes, keep_old: bool = False,
     env = env or Env()
     versions = net.keys[address]
     v = max(versions) + 1
-    raw = derive(net.seed, "seal", address, v) + derive(net.seed, "seal2", address, v)
+    if material is None:
+        net, material = _draw(net, "rotate", address, v)
+    raw = kdf(check_material(material), "sealing-key", address, v, n=SEALING_KEY_BYTES)
     new = (versions if keep_old else Map()).set(v, raw)
     m = net.machines[address]
     net = with_(net, keys=net.keys.set(address, new),
@@ -164,6 +233,15 @@ def rotate_key(net: Network, address: bytes, keep_old: bool = False,
     sig = mint(net, env, address, m.signal)
     return enqueue_local(net, ("host", m.host), address, ((sig, ("self", new_self)),),
                           m.host, 1.0)
+
+
+def machine_record(net: Network, address: Any) -> MachineRecord:
+    """The record of the machine at ``address``, or :class:`UnknownName`."""
+    m = net.machines.get(address) if type(address) is bytes else None
+    if m is None:
+        raise UnknownName(f"no machine at address {address_text(address)[:10]}... in this network"
+                          if type(address) is bytes else f"not a machine address: {type(address).__name__}")
+    return m
 
 
 @record(name="avm.MachineImage")
@@ -187,7 +265,7 @@ def export_machine(net: Network, address: bytes) -> tuple[Network, MachineImage]
     ``feedback``. Its address and keys travel with it, so every capability to it still
     works wherever it is imported.
     """
-    m = net.machines[address]
+    m = machine_record(net, address)
     image = MachineImage(address, m.name, m.state, m.behavior, m.signal, m.keyver,
                          net.keys[address])
     net = with_(net, machines=net.machines.delete(address), names=net.names.delete(m.name),
@@ -198,7 +276,7 @@ def export_machine(net: Network, address: bytes) -> tuple[Network, MachineImage]
 def import_machine(net: Network, image: MachineImage, host: str) -> Network:
     """Install a machine image on ``host``; it keeps its address, keys and state."""
     if host not in net.hosts:
-        raise AvmError(f"unknown host {host!r}")
+        raise UnknownName(f"unknown host {host!r}")
     if image.address in net.machines or image.name in net.names:
         raise AvmError(f"machine {image.name!r} is already in this network")
     rec = MachineRecord(name=image.name, state=image.state, behavior=image.behavior,
@@ -211,16 +289,16 @@ def import_machine(net: Network, image: MachineImage, host: str) -> Network:
 def move(net: Network, address: bytes, host: str) -> Network:
     """Move a machine to another host of the same network; channels follow it."""
     if host not in net.hosts:
-        raise AvmError(f"unknown host {host!r}")
-    m = net.machines[address]
+        raise UnknownName(f"unknown host {host!r}")
+    m = machine_record(net, address)
     return with_(net, machines=net.machines.set(address, with_(m, host=host)))
 
 
 def set_status(net: Network, address: bytes, status: str) -> Network:
     """Suspend, resume ("running") or stop a machine. A suspended machine queues its input."""
     if status not in ("running", "suspended", "stopped"):
-        raise AvmError(f"unknown status {status!r}")
-    m = net.machines[address]
+        raise UsageError(f"unknown status {status!r}; use running, suspended or stopped")
+    m = machine_record(net, address)
     return with_(net, machines=net.machines.set(address, with_(m, status=status)))
 
 
@@ -231,25 +309,56 @@ def submit(
     """An outside client sends a batch (grouped per destination, rule 3).
 
     Everything is checked before anything is queued: a bad message refuses the whole
-    submission, with the index of the culprit.
+    submission with a typed error that names the culprit (``UsageError`` for a call that
+    is wrong in shape, ``ValueRuleError`` with the path ``$[i]...`` for a message that is
+    not a value or goes to a malformed capability, ``SubstructuralError`` for a copy).
+
+    ``priority`` (in [-1, 1]) may only lower what the capabilities prove: the scheduler
+    uses the lower of the two (DESIGN section 4, rule 7).
     """
-    msgs = tuple(messages)
+    if priority is not None:
+        if type(priority) not in (int, float) or not -1.0 <= priority <= 1.0:
+            raise UsageError(f"a priority is a number in [-1, 1], got {priority!r}")
+        priority = float(priority)
+    if type(client) is not str:
+        raise UsageError("a client is named by a str")
+    try:
+        msgs = tuple(messages)
+    except Exception as e:
+        raise UsageError("messages must be an iterable of (capability, content) pairs: "
+                         f"{safe_text(e)}") from None
     items: list = []
     groups: dict[Any, list] = {}
     group_counts: dict[Any, int] = {}
     group_prio: dict[Any, float] = {}
+    checked: set[int] = set()  # capabilities (by identity, alive for this call) found well-formed
+    strip: set = set()  # destinations whose messages may hold plaintext kept in memory
+    last_cap = None
     cap_type = Capability
     atoms = _ATOMS
     for j, o in enumerate(msgs):
         if type(o) is not tuple or len(o) != 2 or type(o[0]) is not cap_type:
-            raise AvmError(f"message {j} must be a (capability, content) pair")
+            raise UsageError(f"message {j} must be a (capability, content) pair")
         cap, content = o
+        if cap is not last_cap:  # batches mostly repeat one capability
+            if id(cap) not in checked:
+                problem = capability_problem(cap)
+                if problem is not None:
+                    raise ValueRuleError(f"$[{j}][0]", f"a malformed capability: {problem}")
+                checked.add(id(cap))
+            last_cap = cap
         n = 1 if cap.kind or cap._held else 0
         if type(content) not in atoms:
             try:
                 n += _walk(content, None)
             except _Invalid:
                 check_value(content, f"$[{j}].content")  # raises with the path
+                raise ValueRuleError(f"$[{j}].content", "not a value") from None
+            except RecursionError:
+                raise ValueRuleError(f"$[{j}].content", "value nested too deeply") from None
+            except Exception as e:  # something inside that even the walk cannot inspect
+                raise ValueRuleError(f"$[{j}].content",
+                                     f"not a value ({type(e).__name__})") from None
         key = destination(cap)
         g = groups.get(key)
         if g is None:
@@ -263,24 +372,38 @@ def submit(
             if cap.priority > group_prio[key]:
                 group_prio[key] = cap.priority
         if n:
-            items.extend(substructural_items(o))
-    seen: set[int] = set()
-    for it in items:
-        if it.kind & NO_COPY and id(it) in seen:
-            raise AvmError(f"the submission copies a {it!r}")
-        seen.add(id(it))
+            strip.add(key)
+            try:
+                items.extend((j, it) for it in substructural_items(o))
+            except Exception as e:
+                raise ValueRuleError(f"$[{j}]", f"not a value: {safe_text(e)}") from None
+    seen: set = set()
+    for j, it in items:
+        ident = item_identity(it)  # a capability or sealed value by its ciphertext (D5)
+        if it.kind & NO_COPY and ident in seen:
+            raise SubstructuralError(f"$[{j}]", f"the submission copies a {safe_text(it, 60)}")
+        seen.add(ident)
     out: list = []
     for dest, group in groups.items():
         host = host_of_dest(net, dest)
-        prio = group_prio[dest] if priority is None else priority
-        net, evs = enqueue_local(net, ("client", client), dest, tuple(group), host, prio,
-                                  count=group_counts[dest])
+        prio = group_prio[dest] if priority is None else min(priority, group_prio[dest])
+        batch: tuple = tuple(group)
+        count: int | None = group_counts[dest]
+        if dest in strip:  # held plaintext never reaches the receiver (conserve.transit)
+            batch, count = transit(net.keys, dest, batch), None
+        net, evs = enqueue_local(net, ("client", client), dest, batch, host, prio,
+                                  count=count)
         out.extend(evs)
     return net, out
 
 
 def step(net: Network, env: Env) -> tuple[Network, list]:
-    """Apply one action to the network; return the new network and what happened."""
+    """Apply one action to the network; return the new network and what happened.
+
+    No batch can halt the network (P9): whatever a batch's run raises that the checks
+    did not already turn into a failure fails that batch as ``internal``, from the
+    network as it was before the run, and the next step goes on.
+    """
     now = net.now
     # 1. Due timed work: transmissions, host restarts, retries (earliest first).
     due = next_timed(net)
@@ -294,9 +417,14 @@ def step(net: Network, env: Env) -> tuple[Network, list]:
             return net2, evs
         net = net2
     # 2. The best ready batch.
-    pick = _pick(net)
+    pick = _pick(net, env)
     if pick is not None:
-        return _run(net, env, pick)
+        try:
+            return _run(net, env, pick)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # the last line of containment: fail this batch only
+            return _contain(net, env, pick, e)
     # 3. Advance the clock to the next timed event.
     if due is not None:
         return with_(net, now=due[0]), []
@@ -326,32 +454,56 @@ def _runnable(net: Network, b: Batch) -> bool:
     return net.hosts[host].up
 
 
-def _pick(net: Network) -> tuple | None:
+def _pick(net: Network, env: Env) -> tuple | None:
+    """The batch to run next: ``(chan, batch, auth)``.
+
+    Rule 6 scores each ready head batch by its timestamp and its *authenticated*
+    priority (:func:`_authenticate`); a head batch whose capabilities do not unseal is
+    picked before anything else (the lowest channel first, for determinism), to be failed
+    as ``unseal`` at once: it claims nothing, so it neither waits its turn nor is ranked
+    by the priority it claims.
+    """
     best = None
     best_score = None
+    bad = None
+    bad_key = None
     for chan in net.live._m:
         b = net.pending[(chan, net.head[chan])]
         if not _runnable(net, b):
             continue
-        s = score(b.ts, b.priority)
+        auth = _authenticate(net, env, chan, b)
+        if auth.error is not None:
+            k = repr(chan)
+            if bad_key is None or k < bad_key:
+                bad, bad_key = (chan, b, auth), k
+            continue
+        if bad is not None:
+            continue
+        s = score(b.ts, auth.priority)
         if best is None or best_score is None or s < best_score or (
                 s == best_score and repr(chan) < repr(best[0])):
-            best, best_score = (chan, b), s
-    return best
+            best, best_score = (chan, b, auth), s
+    return bad if bad is not None else best
 
 
-def _waiting_higher(net: Network, dest: Any, priority: float, skip: tuple) -> tuple | None:
-    """The best ready batch for the same machine with a higher priority (for rule 8)."""
+def _waiting_higher(net: Network, env: Env, dest: Any, priority: float,
+                    skip: tuple) -> tuple | None:
+    """The best ready batch for the same machine with a higher priority (for rule 8).
+
+    Both priorities are authenticated ones; a batch that does not unseal never
+    interrupts anything.
+    """
     best = None
     best_key = None
     for chan in net.live._m:
         if chan == skip or chan[1] != dest:
             continue
         b = net.pending[(chan, net.head[chan])]
-        if b.priority > priority:
-            key = (score(b.ts, b.priority), repr(chan))
+        auth = _authenticate(net, env, chan, b)
+        if auth.error is None and auth.priority > priority:
+            key = (score(b.ts, auth.priority), repr(chan))
             if best_key is None or key < best_key:
-                best, best_key = (chan, b), key
+                best, best_key = (chan, b, auth), key
     return best
 
 
@@ -368,26 +520,31 @@ def _pop(net: Network, chan: tuple, seq: int) -> Network:
 
 
 def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
-    chan, b = pick
+    chan, b, auth = pick
     cfg = net.config
     n = len(b.messages)
     evs: list = []
-    # Rule 8: interrupts and time-outs, charged one unit per message.
-    if n > cfg.hard_steps_max:
-        return _fail_batch(net, chan, b, Failure("timeout", f"{n} messages exceed the hard limit of {cfg.hard_steps_max} steps"), evs)
-    if n > cfg.slice_steps:
-        rival = _waiting_higher(net, b.dest, b.priority, chan)
+    # Rule 8: interrupts and time-outs, charged one unit per message. A batch that does
+    # not unseal is not timed: it fails as unseal below, whatever its length.
+    if auth.error is None and n > cfg.hard_steps_max:
+        return _fail_batch(net, chan, b, Failure("timeout", f"{n} messages exceed the hard limit of {cfg.hard_steps_max} steps"), evs, env=env)
+    if auth.error is None and n > cfg.slice_steps:
+        rival = _waiting_higher(net, env, b.dest, auth.priority, chan)
         if rival is not None:
             if b.restarts >= cfg.restarts_max:
-                return _fail_batch(net, chan, b, Failure("timeout", f"interrupted {b.restarts} times by higher-priority batches"), evs)
+                return _fail_batch(net, chan, b, Failure("timeout", f"interrupted {b.restarts} times by higher-priority batches"), evs, env=env)
             nb = with_(b, restarts=b.restarts + 1)
             net = with_(net, pending=net.pending.set((chan, b.seq), nb),
                           stats=bump(net.stats, "batch.interrupted"))
             evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
-            chan, b = rival
+            chan, b, auth = rival
+    _forget(env, chan, b.seq)
     if b.abandoned:  # the sender gave up on this number: skip it, keeping the order
         return with_(net, stats=bump(net.stats, "batch.skipped-abandoned"),
                      **_popped(net, chan, b.seq)), evs
+    # The inbox map's substructural index knows whether the batch holds any such items.
+    pk = (chan, b.seq)
+    plain = pk not in net.pending._subs if pk in net.pending else not check_value(b.messages)
     net = with_(net, now=net.now + 1, **_popped(net, chan, b.seq))
     dest = b.dest
     if type(dest) is tuple:
@@ -396,55 +553,56 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
     m = net.machines.get(dest)
     if m is None and net.config.boundary:
         net = with_(net, exits=net.exits + b.messages, stats=bump(net.stats, "exits"))
-        evs.append(events.Applied(chan, b.seq, dest, True, None, 0, net.now))
+        evs.append(events.Applied(chan, b.seq, dest, True, None, 0, net.now, batch=b))
         return net, evs
-    if m is None:
-        net = with_(net, stats=bump(net.stats, "drop.unknown-address"))
-        evs.append(events.Dropped(chan, b.seq, dest, "unknown address", net.now))
-        net, more = notify(net, b, False, "unknown address")
-        return net, evs + more
-    if m.status == "stopped":
-        net = with_(net, stats=bump(net.stats, "drop.stopped"))
-        evs.append(events.Dropped(chan, b.seq, dest, "machine stopped", net.now))
-        net, more = notify(net, b, False, "machine stopped")
-        return net, evs + more
-    # Unseal every capability first: one bad capability fails the whole batch (rule 10).
-    ring = env.keyring(net, dest)
-    try:
-        msgs = _open_messages(env, ring, b.messages)
-    except UnsealError as e:
+    if m is None or m.status == "stopped":
+        why = "unknown address" if m is None else "machine stopped"
+        net = with_(net, stats=bump(net.stats, "drop.unknown-address" if m is None else "drop.stopped"))
+        evs.append(events.Dropped(chan, b.seq, dest, why, net.now))
+        return _undelivered(net, env, b, "undeliverable", why, evs)
+    # Every capability was unsealed when the batch was considered (_authenticate): one
+    # bad capability fails the whole batch (rule 10).
+    if auth.messages is None and auth.error is None:  # not opened yet (cannot happen today)
+        auth = _open_batch(net, env, dest, b)
+    if auth.error is not None or auth.messages is None:
         net = with_(net, stats=bump(net.stats, "drop.unseal"))
-        return _fail_batch(net, chan, b, Failure("unseal", str(e)), evs, counted=False)
+        return _fail_batch(net, chan, b, Failure("unseal", auth.error or "not opened"), evs,
+                           counted=False, env=env)
+    msgs = auth.messages
     try:
         fn = env.behavior(m.behavior)
     except AvmError as e:
         return _fail_batch(net, chan, b, Failure("undeliverable", str(e)), evs)
-    r = run_batch(fn, m.state, msgs, plain_messages=not b.__dict__.get("_avm_n", 1))
+    r = run_batch(fn, m.state, msgs, plain_messages=plain)
     if not r.ok:
         net = with_(net, stats=bump(net.stats, "batch.failed"))
-        evs.append(events.Applied(chan, b.seq, dest, False, r.failure, r.steps, net.now, tuple(msgs)))
-        net, more = notify(net, b, False, str(r.failure))
-        return net, evs + more
+        evs.append(events.Applied(chan, b.seq, dest, False, r.failure, r.steps, net.now,
+                                  tuple(msgs), batch=b))
+        failure = r.failure or Failure("internal", "failed")
+        return _undelivered(net, env, b, failure.rule, failure.public, evs)
     # Commit: the new state and the outgoing batches in one act (rule 3).
     rec = with_(m, state=r.state)
     n = len(r.state_items) if r.state_items is not None else check_value(r.state)
-    rec.__dict__["_avm_n"] = n  # the record's other fields hold no substructural items
-    net = with_(
+    net = with_(  # the record's other fields hold no substructural items: its count is n
         net, machines=net.machines._set_counted(dest, rec, n),
         stats=bump(bump(net.stats, "batch.ok"), "steps", r.steps))
     # Read-only: the step handed back the state it was given (or an equal atom). Hosts
     # use this to run such batches optimistically in parallel; the simulator reports it.
     ro = r.state is m.state or (type(r.state) in _ATOMS and r.state == m.state
                                 and type(r.state) is type(m.state))
-    evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs), ro))
+    evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs), ro, b))
     net, more = _emit(net, dest, m.host, r.outputs)
     evs.extend(more)
     net, more = notify(net, b, True, "")
     return net, evs + more
 
 
-def _open_messages(env: Env, ring: Keyring | None, messages: tuple) -> list[Message]:
+def _open_messages(env: Env, ring: Keyring | None, messages: tuple) -> tuple[list[Message], float]:
     """Unseal every capability of a batch into the messages a step receives.
+
+    Returns the messages and the highest priority among the capabilities (each one
+    authenticated by its unsealing: priority is part of the associated data). Raises
+    UnsealError if any capability does not open.
 
     Batches usually reuse a few capabilities many times, so each distinct unrestricted
     capability is opened once; substructural ones are opened every time (their decoded
@@ -453,32 +611,162 @@ def _open_messages(env: Env, ring: Keyring | None, messages: tuple) -> list[Mess
     if ring is None:
         raise UnsealError("no keys for this machine")
     opened: dict[int, Any] = {}
+    top = -1.0
     subs = False
     for cap, _ in messages:
         if cap.kind:
             subs = True
         elif id(cap) not in opened:
             opened[id(cap)] = env.unseal(cap, ring)
+            if cap.priority > top:
+                top = cap.priority
     new = tuple.__new__  # Message(...) through its generated __new__ costs twice as much
     if len(opened) == 1 and not subs:
         ctx = next(iter(opened.values()))
-        return [new(Message, (ctx, content)) for _, content in messages]
+        return [new(Message, (ctx, content)) for _, content in messages], top
     if not subs:
-        return [new(Message, (opened[id(cap)], content)) for cap, content in messages]
-    return [new(Message, (env.unseal(cap, ring) if cap.kind else opened[id(cap)], content))
-            for cap, content in messages]
+        return [new(Message, (opened[id(cap)], content)) for cap, content in messages], top
+    out = []
+    for cap, content in messages:
+        if cap.kind:
+            ctx = env.unseal(cap, ring)
+            if cap.priority > top:
+                top = cap.priority
+        else:
+            ctx = opened[id(cap)]
+        out.append(new(Message, (ctx, content)))
+    return out, top
+
+
+class _Auth(NamedTuple):
+    """What the receiver proved about a batch before scheduling it (rules 6-8, 10)."""
+
+    priority: float  # the priority the scheduler may use: authenticated, in [-1, 1]
+    messages: list | None  # the opened messages, when the batch was opened
+    error: str | None  # why the batch does not unseal (it fails as unseal at once)
+
+
+#: Batches to commons services, unknown or stopped machines: nothing to authenticate
+#: against, so no priority either.
+_UNCHECKED = _Auth(0.0, None, None)
+#: Each Env keeps, under this attribute, (chan, seq) -> (batch, key versions, _Auth). The
+#: batch and the key-version map are compared by identity, so a hit is the same batch
+#: opened with the same keys: the cache never changes a result. Entries go when their
+#: batch runs; the cache is emptied past _AUTH_CACHE_MAX entries.
+_AUTH_ATTR = "_avm_auth"
+_AUTH_CACHE_MAX = 4096
+_new = tuple.__new__
+
+
+def _clamp(p: Any) -> float:
+    """A priority in [-1, 1]; anything that is not a number (or NaN) counts as 0."""
+    if type(p) is float or type(p) is int:
+        if p >= 1.0:
+            return 1.0
+        if p <= -1.0:
+            return -1.0
+        if p == p:
+            return float(p)
+    return 0.0
+
+
+def _authenticate(net: Network, env: Env, chan: tuple, b: Batch) -> _Auth:
+    """Open a head batch's capabilities with the receiver's keys, once (cached).
+
+    DESIGN section 4, rules 7 and 8: only an authenticated priority may schedule or
+    interrupt. The priority of a batch is the highest of its capabilities' (each proven by
+    unsealing), capped by the priority the batch was queued with (a client may ask for
+    less); batches from the host itself (life-cycle signals) keep the runtime's priority.
+    """
+    dest = b.dest
+    if type(dest) is not bytes:
+        return _UNCHECKED
+    m = net.machines.get(dest)
+    if m is None or m.status == "stopped":
+        return _UNCHECKED  # dropped with its own reason when it runs
+    versions = net.keys.get(dest)
+    d = env.__dict__
+    cache = d.get(_AUTH_ATTR)
+    if cache is None:
+        cache = d[_AUTH_ATTR] = {}
+    key = (chan, b.seq)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is b and hit[1] is versions:
+        return hit[2]
+    auth = _open_batch(net, env, dest, b)
+    if len(cache) >= _AUTH_CACHE_MAX:
+        cache.clear()
+    cache[key] = (b, versions, auth)
+    return auth
+
+
+def _open_batch(net: Network, env: Env, dest: bytes, b: Batch) -> _Auth:
+    try:
+        msgs, proven = _open_messages(env, env.keyring(net, dest), b.messages)
+    except UnsealError as e:
+        return _new(_Auth, (-1.0, None, safe_text(e)))
+    except Exception as e:  # a capability whose fields cannot even be checked
+        return _new(_Auth, (-1.0, None, f"malformed capability ({type(e).__name__})"))
+    claimed = b.priority
+    if type(claimed) is not float or not -1.0 <= claimed <= 1.0:
+        claimed = _clamp(claimed)
+    sender = b.sender
+    if type(sender) is tuple and sender and sender[0] == "host":
+        return _new(_Auth, (claimed, msgs, None))
+    if not msgs:  # nothing proven
+        proven = 0.0
+    return _new(_Auth, (claimed if claimed < proven else proven, msgs, None))
+
+
+def _forget(env: Env, chan: tuple, seq: int) -> None:
+    cache = env.__dict__.get(_AUTH_ATTR)
+    if cache:
+        cache.pop((chan, seq), None)
+
+
+def _contain(net: Network, env: Env, pick: tuple, e: Exception) -> tuple[Network, list]:
+    """Fail the picked batch as ``internal`` from the network before its run (P9).
+
+    Reached only when something slipped past every check: the failure names the error
+    type (and the operator's detail its text), and the network goes on without it.
+    """
+    chan, b = pick[0], pick[1]
+    failure = Failure("internal", f"{type(e).__name__}: {safe_text(e)}", None, type(e).__name__)
+    net = with_(net, now=net.now + 1, stats=bump(net.stats, "batch.internal-error"))
+    try:
+        return _fail_batch(net, chan, b, failure, [], env=env)
+    except Exception:  # even failing it failed: drop it, counted and visible
+        if net.pending.get((chan, b.seq)) is not None:
+            net = _pop(net, chan, b.seq)
+        return net, [events.Applied(chan, b.seq, b.dest, False, failure, 0, net.now)]
 
 
 def _fail_batch(net: Network, chan: tuple, b: Batch, failure: Failure, evs: list,
-                counted: bool = True) -> tuple[Network, list]:
+                counted: bool = True, env: Env | None = None) -> tuple[Network, list]:
     if net.pending.get((chan, b.seq)) is not None:
         net = _pop(net, chan, b.seq)
     stats = bump(net.stats, "batch.failed") if counted else net.stats
     if failure.rule == "timeout":
         stats = bump(stats, "batch.timeout")
     net = with_(net, stats=stats)
-    evs = [*evs, events.Applied(chan, b.seq, b.dest, False, failure, 0, net.now)]
-    net, more = notify(net, b, False, str(failure))
+    evs = [*evs, events.Applied(chan, b.seq, b.dest, False, failure, 0, net.now, batch=b)]
+    return _undelivered(net, env, b, failure.rule, failure.public, evs)
+
+
+def _undelivered(net: Network, env: Env | None, b: Batch, rule: str, why: str,
+                 evs: list) -> tuple[Network, list]:
+    """Batch ``b`` will not be applied: tell its feedback, and give back what it carried.
+
+    ``why`` goes to the sender, so it names the rule and message index only (D6). The
+    linear and relevant values of the batch go back to the sending machine, or into the
+    dead letters of the host where the batch was (D7, :func:`give_back`).
+    """
+    dest = b.dest
+    m = net.machines.get(dest) if type(dest) is bytes else None
+    host = m.host if m is not None else host_of_sender(net, b.sender)
+    net, more = notify(net, b, False, why, host=host)
+    evs = evs + more
+    net, more = give_back(net, b, rule, why, host, env)
     return net, evs + more
 
 
@@ -497,17 +785,24 @@ def _emit(net: Network, sender: Any, host: str, outputs: tuple) -> tuple[Network
 def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network, list]:
     service = b.dest[1]
     host = host_of_sender(net, b.sender)
-    evs: list = [events.Applied(chan, b.seq, b.dest, True, None, len(b.messages), net.now)]
+    evs: list = [events.Applied(chan, b.seq, b.dest, True, None, len(b.messages), net.now,
+                                batch=b)]
     outputs: list = []
-    rng = net.rng
+    back: list = []  # refused requests: what they carry goes back to the sender (D7)
+    # `random` answers come from the requester's own keyed stream (avm.core.keys).
+    rng = (stream_key(net.secret, b.sender), net.random_n.get(b.sender, 0)) \
+        if service == "random" else None
     refused = None
-    for _cap, content in b.messages:
+    for msg in b.messages:
+        content = msg[1]
         if service == "feedback":
             ok = (type(content) is tuple and len(content) == 4 and type(content[0]) is Capability
-                  and type(content[2]) is Capability)
+                  and type(content[2]) is Capability and capability_problem(content[0]) is None
+                  and capability_problem(content[2]) is None)
             if not ok:
                 evs.append(events.Commons(service, b.sender, "feedback takes (target, content, status_cap, tag)", net.now))
                 net = with_(net, stats=bump(net.stats, "commons.refused"))
+                back.append(msg)
                 continue
             target, inner, status_cap, tag = content
             dest = destination(target)
@@ -517,13 +812,51 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
             continue
         now_ms = net.config.epoch_ms + net.now * net.config.tick_ms
         outs, rng, err = serve(service, content, now_ms, rng)
+        if not err and service != "null" and _drops(content, outs):
+            # A service keeps what it is given (reflect and hash echo it) or consumes it
+            # (null); one that would lose a linear or relevant value refuses the request.
+            err = f"{service} would drop a linear or relevant value; send those to null to destroy them"
+            outs = []
         if err:
             refused = err
             evs.append(events.Commons(service, b.sender, err, net.now))
             net = with_(net, stats=bump(net.stats, "commons.refused"))
+            back.append(msg)
+            continue
         outputs.extend(outs)
-    net = with_(net, rng=rng)
+    if service == "null":
+        net = _count_nulled(net, env, b)
+    if rng is not None and rng[1] != net.random_n.get(b.sender, 0):
+        net = with_(net, random_n=net.random_n._set_plain(b.sender, rng[1]))
     net, more = _emit(net, ("~", service, host), host, tuple(outputs))
     # Feedback to a commons target (rule 10): delivered, or refused and why.
     net, note = notify(net, b, refused is None, f"refused by ~{service}: {refused}", host=host)
-    return net, evs + more + note
+    evs = evs + more + note
+    if back:
+        net, more = give_back(net, b, "refused", f"refused by ~{service}", host, env, tuple(back))
+        evs.extend(more)
+    return net, evs
+
+
+def _drops(content: Any, outs: list) -> bool:
+    """Would answering with ``outs`` lose a linear or relevant item of ``content``?"""
+    if type(content) in _ATOMS:
+        return False
+    items = [it for it in substructural_items(content) if it.kind & NO_DROP]
+    if not items:
+        return False
+    kept = {id(it) for it in substructural_items(tuple(outs))}
+    return any(id(it) not in kept for it in items)
+
+
+def _count_nulled(net: Network, env: Env, b: Batch) -> Network:
+    """``null`` is the one way to destroy a linear value: count what it consumed."""
+    t = Tally(opener_for(net, env))
+    for msg in b.messages:
+        t.add(msg)
+    if not t:
+        return net
+    stats = bump(net.stats, "null.linear", t.n_linear) if t.linear else net.stats
+    if t.relevant:
+        stats = bump(stats, "null.relevant", t.n_relevant)
+    return with_(net, stats=stats)

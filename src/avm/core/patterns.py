@@ -43,6 +43,16 @@ What forwarding keeps, and what it does not:
 * these membranes filter by message name; they do not wrap the capabilities that travel
   inside messages (a reply capability passes through as it is). That is what attenuation
   by name needs, and it is what keeps them one small pure step.
+
+One more pattern is about *spending*, not withdrawing:
+
+:class:`OneShots` (a spent check for one-shot rights)
+    A linear capability cannot be copied by a step, but linearity is checked per step:
+    code that is not honest can keep the capability's *bytes* (``encode(cap)``, or a URI
+    a client saw) and rebuild an equal capability in a later step or another run. Only
+    the issuer can tell the second redemption from the first, so it keeps, in its state,
+    the numbers of the rights it issued and has not seen spent; :meth:`OneShots.redeem`
+    takes a number out and refuses it ever after with :class:`Spent`.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 from .caps import Capability, Self
 from .errors import AvmError, CapabilityError
 from .machine import Behavior
-from .values import Map, record, record_name
+from .values import Linear, Map, record, record_name
 
 if TYPE_CHECKING:  # the simulator is only needed by the helpers for tests and scripts
     from .sim import Sim
@@ -63,11 +73,15 @@ __all__ = [
     "USE",
     "ADMIN",
     "GRANT",
+    "ONE_SHOT",
     "Revoked",
     "Refused",
+    "Spent",
     "Forward",
     "Grants",
     "is_grant",
+    "OneShots",
+    "is_one_shot",
     "caretaker",
     "membrane",
     "caretaker_args",
@@ -83,6 +97,8 @@ USE = "use"
 ADMIN = "admin"
 #: First element of a grant context: ``(GRANT, number, inner_context)``.
 GRANT = "grant"
+#: First element of a one-shot context: ``Linear((ONE_SHOT, number, inner_context))``.
+ONE_SHOT = "one-shot"
 
 
 class Revoked(CapabilityError):
@@ -94,6 +110,13 @@ class Revoked(CapabilityError):
 
 class Refused(CapabilityError):
     """A membrane was asked to pass a message its allow-list does not name."""
+
+
+class Spent(CapabilityError):
+    """A one-shot right (:class:`OneShots`) was redeemed before, or was cancelled.
+
+    Raising it fails the whole batch: the second redemption takes no effect.
+    """
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,13 +342,101 @@ class Grants:
                 live = live.delete(n)
         return Grants(self.next, live)
 
-    def __contains__(self, number: object) -> bool:
+    def is_live(self, number: object) -> bool:
+        """Whether grant ``number`` is live (issued and not revoked)."""
         return number in self.live
 
 
 def is_grant(ctx: Any) -> bool:
     """Whether ``ctx`` has the shape of a grant context."""
     return type(ctx) is tuple and len(ctx) == 3 and ctx[0] == GRANT and type(ctx[1]) is int
+
+
+# ---------------------------------------------------------------------------------------
+# One-shot rights: linear capabilities with a spent check
+# ---------------------------------------------------------------------------------------
+
+
+@record(name="avm.patterns.OneShots")
+class OneShots:
+    """One-shot rights of one machine, kept in its state: redeemed at most once, ever.
+
+    ``issue`` mints a *linear* capability whose sealed context is
+    ``Linear((ONE_SHOT, number, inner))``, with a fresh number from a counter, and records
+    the number as outstanding; ``redeem`` takes a received context, checks that its number
+    is still outstanding, removes it, and gives back ``inner`` with the output that
+    destroys the linear context (it goes to the ``null`` commons capability). A second
+    redemption of the same right, however the capability was rebuilt (``Capability(*fields)``,
+    ``decode(encode(cap))``, its URI, bytes replayed from an earlier run), raises
+    :class:`Spent` and fails its batch.
+
+    Why the state must remember: the runtime counts a linear capability by its ciphertext
+    within one step, so no step can send or keep two of them. But a capability's bytes are
+    an ordinary value; a machine that is not honest can store them, send the capability,
+    and rebuild an equal one in a later step, and a client outside the network can submit
+    the same bytes twice. Only the issuer sees every redemption, so only the issuer can
+    refuse the second.
+
+    The state it keeps is the set of rights *outstanding* (issued, not yet redeemed), not
+    of the ones spent: numbers come from a counter and are never reused, so "not
+    outstanding" means "spent, cancelled or never issued", and the set stays as small as
+    the number of rights in circulation. ``cancel`` withdraws a right that was never used.
+    Because the number is sealed, a holder cannot read it or pick another one.
+
+    A failed batch rolls the state back, so a redemption whose batch fails did not
+    happen, and the right can be redeemed again (conservation returns the linear
+    capability to its sender).
+    """
+
+    next: int = 0
+    outstanding: Map = Map()  # number -> label, issued and not yet redeemed
+
+    def issue(self, me: Self, inner: Any, label: Any = None, priority: float = 0.0,
+              ) -> tuple[OneShots, Capability, int]:
+        """A new linear one-shot capability for ``inner``, and the state that expects it.
+
+        Returns ``(one_shots, capability, number)``: store ``one_shots`` in the state,
+        send the capability on (it is linear: send it exactly once).
+        """
+        n = self.next
+        cap = me(Linear((ONE_SHOT, n, inner)), priority)
+        return OneShots(n + 1, self.outstanding.set(n, label)), cap, n
+
+    def redeem(self, ctx: Any, null: Capability) -> tuple[OneShots, Any, list]:
+        """Spend the right ``ctx``: ``(one_shots, inner, outputs)``, or raise :class:`Spent`.
+
+        ``null`` is the ``null`` commons capability (from the ``"env"`` signal); the
+        returned ``outputs`` send the linear context to it, the one way to destroy a
+        linear value, so add them to the step's outputs.
+        """
+        n = self.number(ctx)
+        if n not in self.outstanding:
+            raise Spent(f"one-shot right {n} was already used")
+        if type(null) is not Capability or null.commons is None or null.commons[0] != "null":
+            raise AvmError("redeem needs the null commons capability, to destroy the context")
+        return OneShots(self.next, self.outstanding.delete(n)), ctx.value[2], [(null, ctx)]
+
+    def number(self, ctx: Any) -> int:
+        """The number of a one-shot context (outstanding or not)."""
+        if not is_one_shot(ctx):
+            raise CapabilityError("not a one-shot context")
+        return ctx.value[1]
+
+    def cancel(self, number: int) -> OneShots:
+        """Withdraw a right that was not used; cancelling a spent one changes nothing."""
+        return OneShots(self.next, self.outstanding.discard(number))
+
+    def is_outstanding(self, number: object) -> bool:
+        """Whether right ``number`` was issued and is not yet redeemed or cancelled."""
+        return number in self.outstanding
+
+
+def is_one_shot(ctx: Any) -> bool:
+    """Whether ``ctx`` has the shape of a one-shot context."""
+    if type(ctx) is not Linear:
+        return False
+    v = ctx.value
+    return type(v) is tuple and len(v) == 3 and v[0] == ONE_SHOT and type(v[1]) is int
 
 
 # ---------------------------------------------------------------------------------------

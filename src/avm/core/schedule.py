@@ -17,7 +17,6 @@ __all__ = [
     "rng_next",
     "rng_float",
     "rng_int",
-    "rng_bytes",
     "score",
     "PRIORITY_TICKS",
 ]
@@ -61,6 +60,10 @@ def hlc_recv(last: tuple[int, int], remote: tuple[int, int], physical: int) -> t
 
 # ---------------------------------------------------------------------------------------
 # SplitMix64: a small pure PRNG whose whole state is one integer.
+#
+# For fault-injection decisions only (loss, delay, crashes, partitions): one 64-bit
+# output reveals the whole state, so it must never make keys or answer `random`; those
+# come from keyed SHAKE-256 streams (avm.core.keys).
 # ---------------------------------------------------------------------------------------
 
 
@@ -85,14 +88,6 @@ def rng_int(state: int, lo: int, hi: int) -> tuple[int, int]:
     return lo + x % (hi - lo + 1), state
 
 
-def rng_bytes(state: int, n: int) -> tuple[bytes, int]:
-    out = bytearray()
-    while len(out) < n:
-        x, state = rng_next(state)
-        out += x.to_bytes(8, "big")
-    return bytes(out[:n]), state
-
-
 # ---------------------------------------------------------------------------------------
 # Batch scores
 # ---------------------------------------------------------------------------------------
@@ -103,5 +98,10 @@ def score(ts: tuple[int, int], priority: float) -> tuple[float, int, int]:
 
     Ties after that are broken by the caller with a stable key (the channel), so the
     choice is a total order and therefore deterministic.
+
+    ``priority`` is clamped to [-1, 1] (NaN counts as 0): whatever a batch claims, it
+    moves at most ``PRIORITY_TICKS`` ahead, so the aging bound holds (rule 6).
     """
+    if not -1.0 <= priority <= 1.0:
+        priority = 1.0 if priority > 1.0 else -1.0 if priority < -1.0 else 0.0
     return (ts[0] - PRIORITY_TICKS * priority, ts[0], ts[1])

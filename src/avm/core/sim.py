@@ -13,14 +13,14 @@ it, so the same script with the same seed prints the same trace. It keeps the ev
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from . import network as nw
 from .caps import Capability
-from .errors import AvmError
+from .errors import AvmError, UnknownName, UsageError
 from .machine import SIGNAL
 from .network import Config, Env, Faults, Network, events
+from .values import replace_fields as replace
 
 __all__ = ["Sim", "InvariantViolation", "parse_faults", "format_event", "RunReport"]
 
@@ -72,7 +72,7 @@ def parse_faults(spec: str) -> Faults:
     for part in spec.split(","):
         k, sep, v = part.strip().partition("=")
         if not sep:
-            raise AvmError(f"fault {part!r} needs a value, as in loss=0.1")
+            raise UsageError(f"fault {part!r} needs a value, as in loss=0.1")
         try:
             if k in ("delay", "down", "cut"):
                 lo, _, hi = v.partition("-")
@@ -88,10 +88,10 @@ def parse_faults(spec: str) -> Faults:
                     raise ValueError
                 kw[_FAULT_KEYS[k]] = p
             else:
-                raise AvmError(
+                raise UsageError(
                     f"unknown fault {k!r}; use loss, dup, corrupt, delay, crash, partition, down, cut")
         except ValueError:
-            raise AvmError(f"bad value in fault {part!r}: probabilities are in [0, 1], "
+            raise UsageError(f"bad value in fault {part!r}: probabilities are in [0, 1], "
                            "ranges are A-B ticks") from None
     return replace(f, **kw)
 
@@ -129,12 +129,12 @@ class Sim:
                 return word
         if name is not None:
             if name in self.env.behaviors:
-                raise AvmError(f"another behavior is already registered as {name!r}")
+                raise UsageError(f"another behavior is already registered as {name!r}")
             self.env.behaviors[name] = fn
             return name
         base = getattr(fn, "name", None) or getattr(fn, "__name__", None) or "behavior"
         if not isinstance(base, str):
-            raise AvmError("a behavior needs a name: pass name=")
+            raise UsageError("a behavior needs a name: pass name=")
         word, n = base, 1
         while word in self.env.behaviors:
             n += 1
@@ -159,16 +159,25 @@ class Sim:
     ) -> bytes:
         """Create a machine and queue its creation batch; returns its address."""
         bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        self._host(host)
+        if bname not in self.env.behaviors:
+            raise UnknownName(f"no behavior named {bname!r}; known: {sorted(self.env.behaviors)}")
         self.net, addr, evs = nw.spawn(self.net, name, bname, args, host=host, signal=signal,
                                        env=env, env_obj=self.env)
         self._log(evs)
         return addr
 
     def address(self, name: str) -> bytes:
-        try:
-            return self.net.names[name]
-        except KeyError:
-            raise AvmError(f"no machine named {name!r}; spawned: {sorted(self.net.names)}") from None
+        """The address of machine ``name``; :class:`UnknownName` if there is none."""
+        addr = self.net.names.get(name) if type(name) is str else None
+        if addr is None:
+            raise UnknownName(f"no machine named {name!r}; spawned: {sorted(self.net.names)}")
+        return addr
+
+    def _host(self, host: str | None) -> str | None:
+        if host is not None and host not in self.net.hosts:
+            raise UnknownName(f"no host named {host!r}; hosts: {sorted(self.net.hosts)}")
+        return host
 
     def cap(self, name: str, context: Any = None, priority: float = 0.0) -> Capability:
         """A capability to machine ``name`` with ``context``, minted as its host may."""
@@ -248,6 +257,20 @@ class Sim:
     def stats(self) -> dict[str, int]:
         return dict(self.net.stats)
 
+    def dead_letters(self, host: str | None = None) -> tuple:
+        """Linear and relevant values that nobody could take back, oldest first.
+
+        A batch that fails or cannot be delivered sends its linear and relevant values
+        back to its sender (the ``~returned`` signal); when the sender cannot take them (a
+        client, a stopped machine, or its step fails on them) they are recorded here, per
+        host (``net.dead_letters``). Each entry is a ``Map`` with ``reason``, ``rule``,
+        ``values`` (the ``(capability, content)`` messages), ``sender``, ``dest``, ``seq``,
+        ``at`` and ``host``.
+        """
+        letters = self.net.dead_letters
+        hosts = sorted(letters) if host is None else [self._host(host)]
+        return tuple(e.set("host", h) for h in hosts for e in letters.get(h, ()))
+
     def suspend(self, name: str) -> None:
         self.net = nw.set_status(self.net, self.address(name), "suspended")
 
@@ -267,7 +290,7 @@ class Sim:
 
     def move(self, name: str, host: str) -> None:
         """Move a machine to another host; capabilities to it keep working."""
-        self.net = nw.move(self.net, self.address(name), host)
+        self.net = nw.move(self.net, self.address(name), self._host(host) or "")
 
     def export_machine(self, name: str) -> nw.MachineImage:
         """Remove a machine and return it as a value, to import into another network."""
@@ -276,8 +299,10 @@ class Sim:
 
     def import_machine(self, image: nw.MachineImage, host: str | None = None) -> None:
         """Install a machine exported from another network (its behavior must be known here)."""
-        self.env.behavior(image.behavior)
-        self.net = nw.import_machine(self.net, image, host or next(iter(sorted(self.net.hosts))))
+        if image.behavior not in self.env.behaviors:
+            raise UnknownName(f"no behavior named {image.behavior!r}; register it first")
+        self.net = nw.import_machine(self.net, image,
+                                     self._host(host) or next(iter(sorted(self.net.hosts))))
 
     def snapshot(self) -> Network:
         """The whole network as an immutable value; :meth:`restore` puts it back."""
@@ -331,6 +356,9 @@ def format_event(net: Network, ev: Any) -> str:
         return f"t={ev.at:<6} spawn {ev.name} on {ev.host}"
     if t is events.Idle:
         return f"t={ev.at:<6} quiescent"
+    if t is events.DeadLetter:
+        return (f"t={ev.at:<6} DEAD LETTER on {ev.host}: {ev.count} msg of "
+                f"{who(net, ev.sender)} #{ev.seq}: {ev.reason}")
     if t is events.Commons:
         return f"t={ev.at:<6} ~{ev.service} refused a request: {ev.error}"
     return repr(ev)
