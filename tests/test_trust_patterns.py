@@ -214,3 +214,45 @@ def test_one_shots_issue_redeem_cancel():
         shots.redeem(ctx1, sim.cap("m", "x"))
     # a value like any other: it encodes, decodes and compares
     assert decode(encode(after)) == after
+
+
+# -- the other patterns, pinned where a mutation run found them loose ------------------------
+
+
+class _PrioritySelf:
+    """Records the priority each context was sealed with."""
+
+    def __call__(self, ctx, priority=0.0):
+        return (ctx, priority)
+
+
+def test_grants_and_one_shots_keep_their_counter_and_priority():
+    from avm.core.patterns import GRANT, Grants, is_grant
+
+    g, (ctx, prio), n = Grants().issue(_PrioritySelf(), "in", priority=0.5)
+    assert prio == 0.5 and g.number(ctx) == n == 0 and g.is_live(0)
+    assert g.revoke(0).next == 1 and g.revoke_label(None).next == 1
+    with pytest.raises(CapabilityError):
+        g.number(("other", 0, "in"))
+    for bad in (("other", 1, "x"), ("grant",), (GRANT, "1", "x"), [GRANT, 1, "x"], None):
+        assert not is_grant(bad), bad
+    assert Grants().issue(_PrioritySelf(), "in")[1][1] == 0.0  # the default priority
+    assert OneShots().issue(_PrioritySelf(), "in")[1][1] == 0.0
+    s, (lin, prio), _ = OneShots().issue(_PrioritySelf(), "in", priority=-0.25)
+    assert prio == -0.25 and s.number(lin) == 0
+    assert s.cancel(0).next == 1 and s.cancel(0).outstanding == Map()
+    assert s.cancel(5) == s
+
+
+def test_forwarder_helpers_pass_everything_on():
+    from avm.core.patterns import ADMIN, USE, forwarder_caps, membrane_args, revoke_all
+
+    sim = _world(6)
+    target, reply = sim.cap("shop", "t"), sim.cap("cheat", "r")
+    assert membrane_args(target, ["a"], reply) == membrane_args(target, ["a"], reply=reply)
+    assert membrane_args(target, ["a"], reply).reply == reply
+    assert forwarder_caps(sim, "shop") == (sim.cap("shop", USE), sim.cap("shop", ADMIN))
+    use, admin = forwarder_caps(sim, "shop", 0.5)
+    assert (use, admin) == (sim.cap("shop", USE, 0.5), sim.cap("shop", ADMIN, 0.5))
+    [again] = revoke_all(sim, "shop", reissue=["admin"])
+    assert again == sim.cap("shop", "admin")  # the reissued context, under the new key

@@ -15,15 +15,20 @@ people edit the tree while a run goes on). The copy includes uncommitted changes
 ``--rev HEAD`` measures a commit instead. mutmut's own progress goes to ``--log``.
 
 The test selection (``--tests``, default :data:`FAST_TESTS`) leaves out the tests that
-start fresh Python processes (slow, and the stats that map tests to functions cannot see
-into them) and the long multi-seed fault tiers; mutmut runs, for each mutant, only the selected tests
-that reached the mutated function.
+start fresh Python processes (slow, and they import the editable install rather than the
+copy) and the long multi-seed fault tiers, and caps Hypothesis at ``--examples`` examples per
+test; mutmut runs, for each mutant, only the selected tests that reached the mutated
+function. mutmut needs the selected tests to pass before it mutates anything.
 
 Prints the counts (mutants, killed, survived, no tests, timeouts, ...) and the surviving
 fraction, ``(survived + no tests) / mutants checked``: a mutant that no test reaches
 survives too. ``--report FILE`` writes the diff of every survivor, to read and then either
-kill with a test or explain. Exit status 0 whatever the score (1 only if mutmut itself failed): this measures, it does
-not gate.
+kill with a test or explain. Exit status 0 whatever the score (1 only if mutmut itself
+failed): this measures, it does not gate.
+
+Figures so far (2 cores, about 0.4 mutants/s): schedule.py had 35 of 86 mutants surviving
+(40.7%) before issue 5 and 15 of 92 (16.3%) after; patterns.py 11 of 177 (6.2%); the whole
+core is about 6,100 mutants, some 4 hours.
 """
 
 from __future__ import annotations
@@ -50,32 +55,49 @@ FAST_TESTS = (
     "and not pulls_in_no_event_loop'"
 )
 
-#: What the copy needs: the package, the tests and what the tests read.
-COPY = ("src", "tests", "examples", "docs", "README.md", ".ci", "pyproject.toml")
-#: What mutmut must copy beside the mutated package (it copies tests/ and pyproject.toml).
-ALSO_COPY = ("examples/", "docs/", "README.md", ".ci/")
+#: Never copied: version control, the virtualenv, caches and earlier mutmut output.
+SKIP = {".git", ".venv", "mutants", "build", "dist", ".pytest_cache", ".hypothesis",
+        ".ruff_cache", ".mypy_cache", "__pycache__"}
+#: mutmut copies these into mutants/ itself; everything else top-level goes in also_copy
+#: (tests read examples/, docs/, bench/, README.md, .ci/ and more).
+MUTMUT_COPIES = {"src", "tests", "pyproject.toml", "setup.cfg"}
 
 
 def copy_tree(dest: Path, rev: str | None = None) -> None:
-    """Copy what the run needs into ``dest``: the working tree, or commit ``rev``."""
+    """Copy the project into ``dest``: the working tree (uncommitted changes included), or
+    commit ``rev``."""
     if rev is not None:
-        archive = subprocess.run(["git", "archive", "--format=tar", rev, *COPY], cwd=ROOT,
+        archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT,
                                  check=True, stdout=subprocess.PIPE).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
-                                    "mutants", "*.egg-info")
-    for name in COPY:
-        src = ROOT / name
+    ignore = shutil.ignore_patterns(*SKIP, "*.pyc", "*.egg-info")
+    for src in ROOT.iterdir():
+        if src.name in SKIP or src.name.endswith(".egg-info"):
+            continue
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=ignore)
-        elif src.exists():
-            shutil.copy2(src, dest / name)
+            shutil.copytree(src, dest / src.name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(src, dest / src.name)
 
 
-def configure(work: Path, modules: list[str], tests: str) -> None:
-    """Write the ``[tool.mutmut]`` table of the copy's pyproject.toml for this run."""
+def configure(work: Path, modules: list[str], tests: str, examples: int = 0) -> None:
+    """Write the ``[tool.mutmut]`` table of the copy's pyproject.toml for this run.
+
+    ``examples`` > 0 also caps the examples of every Hypothesis test in the copy (a profile
+    loaded at the end of the copy's conftest.py): a mutant runs many property tests, and a
+    few examples each find most bugs the full count finds.
+    """
     import shlex
+
+    if examples > 0:
+        with (work / "tests" / "conftest.py").open("a") as f:
+            f.write(
+                "\n\n# added by tools/mutation.py (in the temporary copy only)\n"
+                "from hypothesis import settings as _mutation_settings\n\n"
+                "_mutation_settings.register_profile(\n"
+                f"    'mutation', deadline=None, max_examples={examples}, print_blob=False)\n"
+                "_mutation_settings.load_profile('mutation')\n")
 
     pyproject = work / "pyproject.toml"
     text = pyproject.read_text("utf-8")
@@ -87,7 +109,9 @@ def configure(work: Path, modules: list[str], tests: str) -> None:
         "only_mutate = " + json.dumps(modules),
         "pytest_add_cli_args = " + json.dumps(["-p", "no:cacheprovider", "-q"]),
         "pytest_add_cli_args_test_selection = " + json.dumps(shlex.split(tests)),
-        "also_copy = " + json.dumps(list(ALSO_COPY)),
+        "also_copy = " + json.dumps(sorted(
+            p.name + ("/" if p.is_dir() else "") for p in work.iterdir()
+            if p.name not in MUTMUT_COPIES and p.name not in SKIP)),
         "mutate_only_covered_lines = false",
         "use_git_change_detection = false",
         "",
@@ -127,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="files or globs to mutate (default: src/avm/core/*)")
     ap.add_argument("--tests", default=FAST_TESTS, help="pytest arguments selecting the tests")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--examples", type=int, default=20,
+                    help="Hypothesis examples per property test (0: the suite's own setting)")
     ap.add_argument("--report", type=Path, help="write each survivor's diff to this file")
     ap.add_argument("--rev", help="mutate this commit (git archive) instead of the working tree")
     ap.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "avm-mutation.log",
@@ -139,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         copy_tree(work, args.rev)
-        configure(work, modules, args.tests)
+        configure(work, modules, args.tests, args.examples)
         print(f"mutating {' '.join(modules)} of {args.rev or 'the working tree'} in {work}; "
               f"progress in {args.log}", flush=True)
         with args.log.open("w") as log:
