@@ -67,6 +67,7 @@ PUBLIC_API = [
     "UnsealError",
     "Unsealer",
     "UsageError",
+    "ValueLimitError",
     "ValueRuleError",
     "address_of",
     "address_text",

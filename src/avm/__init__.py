@@ -30,6 +30,7 @@ from .core.errors import (
     UnknownName,
     UnsealError,
     UsageError,
+    ValueLimitError,
     ValueRuleError,
 )
 from .core.machine import ANY, SIGNAL, BatchResult, Behavior, Failure, Message, run_batch
@@ -95,6 +96,7 @@ __all__ = [
     "UnsealError",
     "Unsealer",
     "UsageError",
+    "ValueLimitError",
     "ValueRuleError",
     "address_of",
     "address_text",

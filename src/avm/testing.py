@@ -43,13 +43,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .core import network as nw
-from .core.caps import address_text
-from .core.conserve import OPAQUE, Tally, opener_for
+from .core.caps import Keyring, address_text
+from .core.conserve import OPAQUE, Tally
 from .core.errors import AvmError, UsageError
 from .core.machine import Message, StepFn, run_batch
 from .core.network import Config, Faults, events
 from .core.sim import InvariantViolation, RunReport, Sim
-from .core.values import replace_fields
+from .core.values import Map, replace_fields
 
 __all__ = [
     "ALL_FAULTS",
@@ -763,10 +763,16 @@ class CensusReport:
     ``injected``: linear items that entered from outside (client submissions, ``init``
     arguments); ``created``: net linear items made by committed steps (a step may mint
     new ``Linear`` values; sealing several into one sealed value counts as fewer);
-    ``nulled``: consumed by ``null``, the one way to destroy one. So the census now is
-    the census at the start plus ``injected + created - nulled``, at every step, or it
-    is a violation. ``returned`` and ``dead_letters`` count messages given back to
-    senders and recorded as dead letters (from the network's stats).
+    ``nulled``: consumed by ``null``, the one way to destroy one (clearing dead letters
+    goes through it too). The operator's acts outside any step: ``exported`` (states of
+    machines taken out by ``export_machine``), ``imported`` (states brought in by
+    ``import_machine``), ``restored`` (the net change when ``Sim.restore`` put back one
+    of the simulation's own snapshots) and ``rebased`` (the net change accepted by
+    :meth:`CensusWatch.rebase` after a deliberate edit). So the census now is the census
+    at the start plus ``injected + created - nulled + imported - exported + restored +
+    rebased``, at every step, or it is a violation. ``returned`` and ``dead_letters``
+    count messages given back to senders and recorded as dead letters (from the
+    network's stats).
     """
 
     steps: int
@@ -779,6 +785,10 @@ class CensusReport:
     dead_letters: int = 0
     violations: int = 0
     problems: tuple[str, ...] = ()
+    exported: int = 0
+    imported: int = 0
+    restored: int = 0
+    rebased: int = 0
 
     @property
     def ok(self) -> bool:
@@ -795,7 +805,12 @@ class CensusReport:
         lines = [
             f"census: {head} over {self.steps} steps: {c.linear} linear items now "
             f"({self.start} at the start, +{self.injected} injected, {self.created:+} by "
-            f"steps, -{self.nulled} nulled), {c.relevant} distinct relevant values",
+            f"steps, -{self.nulled} nulled"
+            + (f", -{self.exported} exported" if self.exported else "")
+            + (f", +{self.imported} imported" if self.imported else "")
+            + (f", {self.restored:+} restored" if self.restored else "")
+            + (f", {self.rebased:+} rebased" if self.rebased else "")
+            + f"), {c.relevant} distinct relevant values",
             "  where: " + ", ".join(f"{p} {c.places.get(p, 0)}" for p in PLACES),
             f"  messages returned to senders {self.returned}, dead letters {self.dead_letters}",
         ]
@@ -804,26 +819,64 @@ class CensusReport:
 
 
 class _Counting:
-    """Tallies of the places of a network, cached by object identity across steps."""
+    """Tallies of the places of a network, cached by object identity across steps.
+
+    It opens capabilities with every sealing key the network has held since the watch
+    began (a test-kit privilege: the simulator holds every key), not only the keys it
+    holds now. So a capability counts the same before and after ``rotate_key`` retired
+    its key or ``export_machine`` took its machine's keys away: revoking or exporting
+    changes what can be *redeemed*, not what *exists*.
+    """
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self._tallies: dict[int, tuple[Any, Tally]] = {}
-        self._contexts: dict[tuple, tuple[Any, Any]] = {}
+        self._contexts: dict[tuple, Any] = {}
+        self._keys: dict[bytes, dict[int, bytes]] = {}  # address -> version -> key bytes
+        self._rings: dict[bytes, Keyring] = {}
+        self._seen_keys: Any = None  # the last net.keys learned from
+        self._missing: set[bytes] = set()  # addresses a capability had no known key for
+        self.stale = False  # a key was learned for a missing address: tallies are stale
+
+    def learn(self, keys: Any) -> None:
+        """Remember the keys of ``keys`` (address -> version -> key bytes)."""
+        if keys is self._seen_keys:
+            return
+        for addr, versions in (keys._m if type(keys) is Map else keys).items():
+            known = self._keys.setdefault(addr, {})
+            for v, raw in versions._m.items():
+                if v not in known:
+                    known[v] = raw
+                    self._rings.pop(addr, None)
+                    if addr in self._missing:
+                        self.stale = True
+        self._seen_keys = keys
 
     def opener(self, cap: Any) -> Any:
-        net = self.sim.net
-        versions = net.keys.get(cap.address)
-        if versions is None:
+        versions = self._keys.get(cap.address)
+        if versions is None or versions.get(cap.keyver) is None:
+            self._missing.add(cap.address)
             return OPAQUE
         key = (cap.address, cap.keyver, cap.kind, repr(cap.priority), cap.sealed)
-        hit = self._contexts.get(key)
-        if hit is not None and hit[0] is versions:
-            return hit[1]
-        ctx = opener_for(net, self.sim.env)(cap)
+        ctx = self._contexts.get(key, _MISS)
+        if ctx is not _MISS:
+            return ctx
+        env = self.sim.env
+        ring = self._rings.get(cap.address)
+        if ring is None:
+            top = max(versions)
+            ring = Keyring(cap.address, env.sealing_key(top, versions[top]))
+            for v, raw in versions.items():
+                if v != top:
+                    ring._keys[v] = env.sealing_key(v, raw)
+            self._rings[cap.address] = ring
+        try:
+            ctx = env.unseal(cap, ring)
+        except AvmError:
+            ctx = OPAQUE
         if len(self._contexts) > 100_000:
             self._contexts.clear()
-        self._contexts[key] = (versions, ctx)
+        self._contexts[key] = ctx
         return ctx
 
     def tally(self, *values: Any) -> Tally:
@@ -850,10 +903,13 @@ class _Counting:
         fresh[id(obj)] = hit
         return hit[1]
 
-    def snapshot(self) -> dict[tuple, tuple[str, Tally]]:
-        """``location -> (place, tally)`` for every location holding linear or relevant items."""
-        net = self.sim.net
-        fresh: dict[int, tuple[Any, Tally]] = {}
+    def snapshot(self, net: Any = None, keep: bool = True) -> dict[tuple, tuple[str, Tally]]:
+        """``location -> (place, tally)`` for every location holding linear or relevant
+        items of ``net`` (default: the simulation's network now). ``keep=False`` counts
+        another network (a restored one) without dropping the cache of the current one."""
+        net = self.sim.net if net is None else net
+        self.learn(net.keys)
+        fresh: dict[int, tuple[Any, Tally]] = {} if keep else self._tallies
         out: dict[tuple, tuple[str, Tally]] = {}
 
         def put(loc: tuple, place: str, t: Tally) -> None:
@@ -889,6 +945,14 @@ class _Counting:
             put(("exits",), "exits", self._cached(net.exits, fresh, self.tally))
         self._tallies = fresh
         return out
+
+    def fresh(self) -> None:
+        """Forget every cached tally (after learning keys that change what they count)."""
+        self._tallies = {}
+        self.stale = False
+
+
+_MISS = object()
 
 
 def _total(snap: Mapping[tuple, tuple[str, Tally]]) -> Tally:
@@ -944,8 +1008,21 @@ class CensusWatch:
     committed step's inputs or ``null``. A violation raises, naming the items and where
     they were.
 
-    Exporting, importing or restoring machines, and revoking capabilities with
-    ``rotate_key``, change the network outside any step: call :meth:`rebase` after them.
+    The operator's acts outside any step are followed by themselves, from the trace
+    (``events.Operator``): ``export_machine`` takes its machine's state out of the
+    network (counted as ``exported``), ``import_machine`` brings one in (``imported``),
+    ``restore`` of one of the simulation's own snapshots (``Sim.snapshot()``) is
+    accepted as it is (``restored``: the net change), redelivering and clearing dead
+    letters move values like any batch (clearing sends them to ``null``). A capability
+    counts the same whatever keys the network holds now: the census opens it with every
+    key the network has held since the watch began, so ``rotate_key`` without
+    ``keep_old`` changes no count (the revoked capabilities are still there, as items
+    nothing can redeem, until their batch fails and they come back, or they are sent to
+    ``null``), and neither does exporting the machine a capability is for.
+
+    What it does not accept by itself is a deliberate edit: ``Sim.restore`` of a network
+    value the test changed (``replace_fields(sim.net, ...)``). A change of linear items
+    that way is a violation at the next step, unless :meth:`rebase` accepts it first.
     """
 
     def __init__(self, sim: Sim) -> None:
@@ -955,16 +1032,32 @@ class CensusWatch:
         self._counting = _Counting(sim)
         self.steps = 0
         self.injected = self.created = self.nulled = 0
+        self.exported = self.imported = self.restored = self.rebased = 0
         self.violations = 0
         self._problems: list[str] = []
+        self.start = 0
         self.rebase()
-        self.start = self._now_total.n_linear
+        self.start, self.rebased = self._now_total.n_linear, 0
 
     def rebase(self) -> None:
-        """Take the current network as the new reference (after export, import, restore)."""
+        """Take the network as it is now as the reference: accept a deliberate edit.
+
+        Only for changes the test made behind the network's back (``Sim.restore`` of an
+        edited network value); the operator's acts (export, import, key rotation, a
+        snapshot restored, dead letters redelivered or cleared) are followed by
+        themselves. What the edit changed is reported as ``rebased``.
+        """
         self._seen = len(self.sim.trace)
+        self._net = self.sim.net
+        self._counting.fresh()
         self._snap = self._counting.snapshot()
         self._now_total = _total(self._snap)
+        self.rebased += self._now_total.n_linear - self._accounted()
+
+    def _accounted(self) -> int:
+        """The linear items the counters say there are now."""
+        return (self.start + self.injected + self.created - self.nulled + self.imported
+                - self.exported + self.restored + self.rebased)
 
     @property
     def census(self) -> Census:
@@ -977,15 +1070,28 @@ class CensusWatch:
         self._seen = len(sim.trace)
         counting = self._counting
         prev, total = self._snap, self._now_total
+        acts = [ev for ev in new if type(ev) is events.Operator]
+        for ev in acts:  # keys that come or go with a machine's image are known keys
+            if ev.act == "import" or ev.act == "export":
+                counting.learn({ev.subject: ev.values.keys})
         snap = counting.snapshot()
-        moved = _moved(prev, snap)  # what changed where, as a signed multiset
+        if counting.stale:  # keys learned for capabilities counted unopened: count again
+            counting.fresh()
+            prev = counting.snapshot(self._net, keep=False)
+            total = _total(prev)
+            snap = counting.snapshot()
+        self._net = sim.net
+        if acts:
+            prev = dict(prev)  # the operator's acts change the reference, not the census
         expect = Tally()  # what may change: in from outside, made by a step, into null
         exempt: set = set()
+        edited = False
+        problems: list[str] = []
         outputs: dict[Any, list] = {}
         for ev in new:
             if type(ev) is events.Created and type(ev.chan[0]) is bytes and ev.batch is not None:
                 outputs.setdefault(ev.chan[0], []).append(ev.batch)
-        for ev in new:
+        for ev in new:  # in order: acts come before the step that ends the interval
             t = type(ev)
             if t is events.Created:
                 origin = ev.chan[0]
@@ -1012,10 +1118,15 @@ class CensusWatch:
                     expect.merge(gone, -1)
                     self.nulled += gone.n_linear
                     exempt.update(gone.relevant)
+            elif t is events.Operator:
+                if ev.act == "restore" and ev.detail != "snapshot":
+                    edited = True
+                else:
+                    prev, total, expect = self._operator(ev, prev, total, expect, problems)
+        moved = _moved(prev, snap)  # what changed where, as a signed multiset
         self.steps += 1
         total.merge(moved)
-        self._snap = snap
-        problems = []
+        self._snap, self._now_total = snap, total
         diff = _as_tally(moved.linear).merge(_as_tally(expect.linear), -1)
         for item, n in sorted(diff.linear.items(), key=lambda kv: repr(kv[0])):
             was = _where(prev, item)
@@ -1028,18 +1139,54 @@ class CensusWatch:
                 problems.append(f"relevant {_short(item)} vanished: was in "
                                 f"{_where(prev, item, relevant=True)}")
         if problems:
+            if edited:
+                problems.append("the network was replaced by Sim.restore with a value this "
+                                "simulation did not snapshot; after a deliberate edit, call "
+                                "rebase() on the census watch")
             self.violations += len(problems)
             for p in problems:
                 if len(self._problems) < PROBLEMS_KEPT_MAX:
                     self._problems.append(f"step {sim.steps}: {p}")
             raise AssertionError("linear or relevant values not conserved: " + "; ".join(problems[:3]))
 
+    def _operator(self, ev: Any, prev: dict, total: Tally, expect: Tally,
+                  problems: list[str]) -> tuple[dict, Tally, Tally]:
+        """Follow one operator act: it changes the reference the next step is judged
+        against (``prev``, its ``total``), and the counters; never the census itself."""
+        act = ev.act
+        counting = self._counting
+        if act == "export":
+            left = prev.pop(("state", ev.subject), ("", _NONE))[1]
+            total.merge(left, -1)
+            self.exported += left.n_linear
+            took = counting.tally(ev.values.state)
+            if took.linear != left.linear or took.relevant != left.relevant:
+                problems.append(f"export of {_plain_label(ev.subject)} took other values than "
+                                "its state held")
+        elif act == "import":
+            came = counting.tally(ev.values.state)
+            if came:
+                prev[("state", ev.subject)] = ("states", came)
+            total.merge(came)
+            self.imported += came.n_linear
+        elif act == "restore":  # one of the simulation's own snapshots
+            before, after = ev.values
+            was = _total(counting.snapshot(before, keep=False))
+            prev = counting.snapshot(after, keep=False)
+            total = _total(prev)
+            self.restored += total.n_linear - was.n_linear
+            expect = Tally()  # what came before the restore happened to another network
+        # rotate: no count changes (every key is remembered); redeliver and clear move
+        # values in batches, which the census follows like any other.
+        return prev, total, expect
+
     def report(self) -> CensusReport:
         stats = self.sim.net.stats
         return CensusReport(self.steps, self.census, self.start, self.injected, self.created,
                             self.nulled, stats.get("returned.messages", 0),
                             stats.get("dead-letters.messages", 0), self.violations,
-                            tuple(self._problems))
+                            tuple(self._problems), self.exported, self.imported,
+                            self.restored, self.rebased)
 
 
 def _as_tally(d: Mapping[Any, int]) -> Tally:

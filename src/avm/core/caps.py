@@ -855,9 +855,13 @@ register_value_type(ValueType(
     order=lambda c: (c[0], c[1], c[2], c[3], c[4], () if c[5] is None else (c[5][0], order_key(c[5][1]))),
     describe=lambda c: {"commons": c[5] is not None},
     example=lambda: Capability(bytes(32), 1, 3, 0.5, bytes(16)),
+    # [address, key version, kind, priority, sealed]: atoms _cap_shape_error bounds, so
+    # two levels (values item 10); a commons capability's arguments are walked instead.
+    depth=lambda c: 2 if c[5] is None else None,
 ))
 register_value_type(ValueType(
     Self, "self", shape=OPAQUE, tag=TAG_SELF, check=_self_shape_error,
     to_items=lambda s: (s[0], s[1]), from_items=_self_from_items,
     order=lambda s: (s[0], s[1]), example=lambda: Self(bytes(32), 0),
+    depth=lambda s: 2,  # [address, key version], bounded by _self_shape_error
 ))

@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections import ChainMap, Counter
+from collections import ChainMap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +63,11 @@ from typing import Any
 import cbor2
 
 from .errors import CodecError, ValueRuleError
-from .values import (  # the project's tags live with the table of value types
+from .values import (  # the project's tags and limits live with the table of value types
     CBOR_ENCODERS,
+    DEPTH_MAX,
+    INT_BYTES_MAX,
+    KEY_HASH_COLLISIONS_MAX,
     TAG_AFFINE,
     TAG_CAPABILITY,
     TAG_FRACTION,
@@ -79,6 +82,8 @@ from .values import (  # the project's tags live with the table of value types
     VALUE_TYPES,
     Fraction,
     Map,
+    _collision_problem,
+    _nan_inside,
     check_value,
     value_type_for_tag,
 )
@@ -114,10 +119,6 @@ __all__ = [
 TAG_BIGNUM = 2
 TAG_NEGATIVE_BIGNUM = 3
 
-#: At most this many keys of one map may share one 32-bit hash of the persistent map.
-KEY_HASH_COLLISIONS_MAX = 16
-#: At most this many bytes in an integer's magnitude (8192 bits).
-INT_BYTES_MAX = 1024
 #: The label in front of an encoding when it is hashed as a value (item 8: a value hash
 #: is never the hash of the same bytes for another purpose, such as an address).
 VALUE_HASH_LABEL = b"avm-value-v1\0"
@@ -133,7 +134,7 @@ class Limits:
     """
 
     bytes_max: int = 16 * 1024 * 1024
-    depth_max: int = 64
+    depth_max: int = DEPTH_MAX
     items_max: int = 1_000_000
 
 
@@ -172,51 +173,8 @@ class DecodeError(CodecError):
 # The rules on map keys, shared by encode and decode
 # ---------------------------------------------------------------------------------------
 
-_FOLD_MASK = 0xFFFFFFFF
 # Key types that cannot hold a NaN (a Fraction is two ints).
 _PLAIN_KEYS = frozenset({str, bytes, int, bool, type(None), Fraction})
-
-
-def _hash_fold(h: int) -> int:
-    """The 32-bit hash the persistent map (``immutables``) files a key under."""
-    f = (h ^ (h >> 32)) & _FOLD_MASK
-    return 0xFFFFFFFE if f == _FOLD_MASK else f
-
-
-def _collision_problem(keys: list) -> str | None:
-    """R3: too many keys sharing one 32-bit hash (O(n) whatever the keys)."""
-    if len(keys) <= KEY_HASH_COLLISIONS_MAX:
-        return None
-    folds = [(h ^ (h >> 32)) & _FOLD_MASK for h in map(hash, keys)]
-    if len(set(folds)) == len(folds):
-        return None
-    worst = max(Counter(_hash_fold(f) for f in folds).values())
-    if worst > KEY_HASH_COLLISIONS_MAX:
-        return (
-            f"{worst} keys share one hash; a map may hold at most {KEY_HASH_COLLISIONS_MAX} "
-            "such keys (building it would take quadratic time)"
-        )
-    return None
-
-
-def _has_nan(v: Any) -> bool:
-    """True if a NaN float sits anywhere in what ``v`` encodes (a key, or part of one)."""
-    t = type(v)
-    if t is float:
-        return v != v
-    if t in _PLAIN_KEYS:
-        return False
-    if t is tuple:
-        return any(_has_nan(x) for x in v)
-    if t is Map:  # its own keys obey the rule (checked when it is encoded or decoded)
-        return any(_has_nan(x) for x in v._m.values())
-    row = VALUE_TYPES.get(t)
-    if row is not None and row.to_items is not None:
-        return _has_nan(row.to_items(v))
-    ext = _EXT_ENC.get(t)
-    if ext is not None:
-        return _has_nan(ext[1](v))
-    return False
 
 
 def map_key_problem(keys: Iterable[Any]) -> str | None:
@@ -228,7 +186,7 @@ def map_key_problem(keys: Iterable[Any]) -> str | None:
     keys = keys if type(keys) is list else list(keys)
     if not _PLAIN_KEYS.issuperset(map(type, keys)):
         for k in keys:
-            if type(k) not in _PLAIN_KEYS and _has_nan(k):
+            if type(k) not in _PLAIN_KEYS and _nan_inside(k):
                 return "a map key may not contain NaN (NaN is not equal to itself)"
     return _collision_problem(keys)
 

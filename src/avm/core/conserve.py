@@ -23,11 +23,9 @@ Two small tools the runtime and the test kit share:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from . import values as _values
 from .caps import Capability, SealingKey, Self
 from .errors import AvmError
 from .values import (
@@ -41,11 +39,12 @@ from .values import (
     Relevant,
     Sealed,
     _record_fields,
+    replace_fields,
 )
 
-__all__ = ["transit", "strip", "Tally", "OPAQUE", "opener_for", "no_drop"]
+__all__ = ["transit", "strip", "needs_transit", "Tally", "OPAQUE", "opener_for", "no_drop"]
 
-_SUBS = tuple(getattr(_values, "SUBSTRUCTURAL_TYPES", (Linear, Affine, Relevant)))
+_SUBS = (Linear, Affine, Relevant)
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,8 +115,25 @@ class _Binder:
         return s if key is None else Self(s.address, s.keyver)
 
 
+def needs_transit(v: Any) -> bool:
+    """Does ``v`` hold anything :func:`transit` may change: a ``Self`` (bound or not: where
+    it goes decides), a capability or cryptographic seal with plaintext held in memory, or
+    a commons capability whose arguments hold one? A walk that allocates nothing; large
+    maps remember their answer (they are immutable), so a map submitted or sent again is
+    not walked again."""
+    return type(v) not in _ATOMS and _needs(v)
+
+
+#: Answers of :func:`_needs` for large maps, by the identity of their entries (a reference
+#: is kept, so an id is never reused while cached). Bounded like the maps' order cache.
+_NEEDS: dict[int, tuple[Any, bool]] = {}
+_NEEDS_MIN = 32  # smaller maps are walked each time: cheaper than the bookkeeping
+_NEEDS_ENTRIES_MAX = 1024
+_NEEDS_KEYS_MAX = 1 << 20
+_needs_keys = 0
+
+
 def _needs(v: Any) -> bool:
-    """Does ``v`` hold anything :func:`transit` changes? (A walk that allocates nothing.)"""
     t = type(v)
     if t in _ATOMS:
         return False
@@ -127,10 +143,13 @@ def _needs(v: Any) -> bool:
                 return True
         return False
     if t is Map:
-        for x in v._m.values():
-            if type(x) not in _ATOMS and _needs(x):
-                return True
-        return False
+        m = v._m
+        if len(m) < _NEEDS_MIN:
+            for x in m.values():
+                if type(x) not in _ATOMS and _needs(x):
+                    return True
+            return False
+        return _needs_map(m)
     if t is Capability:
         return bool(v._held) or v.commons is not None and _needs(v.commons[1])
     if t is Self:
@@ -148,6 +167,25 @@ def _needs(v: Any) -> bool:
     return False
 
 
+def _needs_map(m: Any) -> bool:
+    global _needs_keys
+    hit = _NEEDS.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    found = False
+    for x in m.values():
+        if type(x) not in _ATOMS and _needs(x):
+            found = True
+            break
+    while _NEEDS and (len(_NEEDS) >= _NEEDS_ENTRIES_MAX or _needs_keys + len(m) > _NEEDS_KEYS_MAX):
+        old = _NEEDS.pop(next(iter(_NEEDS)), None)
+        if old is not None:
+            _needs_keys -= len(old[0])
+    _NEEDS[id(m)] = (m, found)
+    _needs_keys += len(m)
+    return found
+
+
 def _strip_cap(cap: Capability, b: _Binder) -> Capability:
     if cap.commons is not None:
         name, args = cap.commons
@@ -158,13 +196,6 @@ def _strip_cap(cap: Capability, b: _Binder) -> Capability:
     if not cap._held:
         return cap
     return Capability(cap.address, cap.keyver, cap.kind, cap.priority, cap.sealed)
-
-
-def _replace(v: Any, changes: dict) -> Any:
-    fn = getattr(_values, "replace_fields", None)
-    if fn is not None:
-        return fn(v, **changes)
-    return dataclasses.replace(v, **changes)
 
 
 def _strip(v: Any, b: _Binder) -> Any:
@@ -213,7 +244,7 @@ def _strip(v: Any, b: _Binder) -> Any:
             y = _strip(x, b)
             if y is not x:
                 changes[f] = y
-        return _replace(v, changes) if changes else v
+        return replace_fields(v, **changes) if changes else v
     return v  # Sealer, Unsealer and other opaque or atomic value types
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .caps import commons_cap
 from .conserve import no_drop, transit
+from .errors import UnknownName, UsageError
 from .netvalue import (
     Batch,
     Env,
@@ -50,6 +52,9 @@ __all__ = [
     "give_back",
     "RETURNED",
     "UNREACHABLE",
+    "OPERATOR",
+    "redeliver_dead_letter",
+    "clear_dead_letters",
 ]
 
 #: The weak signal that brings linear and relevant values back to their sender (D7):
@@ -373,6 +378,84 @@ def _dead_letter(net: Network, host: str, b: Batch, keep: tuple, rule: str,
     net = with_(net, dead_letters=letters.set(host, (*letters.get(host, ()), entry)),
                 stats=bump(bump(net.stats, "dead-letters"), "dead-letters.messages", len(keep)))
     return net, [events.DeadLetter(host, sender, dest, b.seq, reason, len(keep), net.now)]
+
+
+# ---------------------------------------------------------------------------------------
+# The operator's side of the dead letters: send them somewhere, or to null
+# ---------------------------------------------------------------------------------------
+
+#: The sender of the batches an operator's act sends (clearing dead letters into ``null``).
+OPERATOR = "operator"
+
+
+def _take_letters(net: Network, host: str, index: int | None) -> tuple[Network, tuple]:
+    """Remove dead letter ``index`` of ``host`` (all of them when None); return them."""
+    if type(host) is not str or host not in net.hosts:
+        raise UnknownName(f"no host named {host!r}")
+    letters = net.dead_letters.get(host, ())
+    if index is None:
+        taken, rest = letters, ()
+    else:
+        if type(index) is not int or not 0 <= index < len(letters):
+            raise UsageError(f"host {host!r} has {len(letters)} dead letters; no index {index!r}")
+        taken, rest = (letters[index],), letters[:index] + letters[index + 1:]
+    if taken:
+        dead = net.dead_letters.set(host, rest) if rest else net.dead_letters.delete(host)
+        net = with_(net, dead_letters=dead)
+    return net, taken
+
+
+def redeliver_dead_letter(net: Network, env: Env, host: str, index: int,
+                          dest: bytes) -> tuple[Network, Map, list]:
+    """Send dead letter ``index`` of ``host`` to the machine ``dest``: an operator's act.
+
+    The values travel as any returned values do: one ``~returned`` weak signal on
+    ``dest``'s signal context, ``Map({"reason", "rule", "values"})`` with the entry's
+    rule, its reason prefixed by ``"redelivered by the operator: "`` and its messages,
+    sent from the host that held them (so across the wire if ``dest`` lives elsewhere).
+    They are a batch like any other from then on: checked as values, and if ``dest``'s
+    step does not take them (it fails, or ignores the signal), they come back into the
+    dead letters. ``dest`` must be a machine of this network that is not stopped.
+    Returns the network, the entry taken and the events.
+    """
+    if type(index) is not int:
+        raise UsageError(f"a dead letter is named by its host and an int index, not {index!r}")
+    m = net.machines.get(dest) if type(dest) is bytes else None
+    if m is None:
+        raise UnknownName("redelivery needs a machine of this network")
+    if m.status == "stopped":
+        raise UsageError(f"machine {m.name!r} is stopped: it cannot take dead letters back")
+    net, (entry,) = _take_letters(net, host, index)
+    values = entry["values"]
+    info = Map({"reason": f"redelivered by the operator: {entry['reason']}",
+                "rule": entry["rule"], "values": values})
+    net = with_(net, stats=bump(bump(net.stats, "dead-letters.redelivered"),
+                                "dead-letters.redelivered.messages", len(values)))
+    sig = mint(net, env, dest, m.signal)
+    net, evs = send_batch(net, ("~", "returned", host), dest, ((sig, (RETURNED, info)),), host, 1.0)
+    return net, entry, evs
+
+
+def clear_dead_letters(net: Network, host: str, index: int | None = None,
+                       ) -> tuple[Network, tuple, list]:
+    """Send dead letter ``index`` of ``host`` (every one when None) to ``null``.
+
+    ``null`` is the one way to destroy a linear value, and clearing is no exception: the
+    entries' messages go, one message per entry, in one batch from ``("~", "operator",
+    host)`` to the ``null`` commons service of ``host``, which consumes them at its next
+    step (and counts what it destroyed in ``null.linear`` / ``null.relevant``). Returns
+    the network, the entries taken and the events.
+    """
+    net, taken = _take_letters(net, host, index)
+    if not taken:
+        return net, taken, []
+    null = commons_cap(net.hosts[host].address, "null")
+    msgs = tuple((null, e["values"]) for e in taken)
+    n = sum(len(e["values"]) for e in taken)
+    net = with_(net, stats=bump(bump(net.stats, "dead-letters.cleared"),
+                                "dead-letters.cleared.messages", n))
+    net, evs = enqueue_local(net, ("~", OPERATOR, host), ("~", "null"), msgs, host, 1.0)
+    return net, taken, evs
 
 
 def notify(net: Network, b: Batch, ok: bool, why: str, host: str | None = None) -> tuple[Network, list]:

@@ -35,6 +35,17 @@ class CodecError(AvmError):
     """Bytes that do not decode to exactly one canonical value, or a value too large."""
 
 
+class ValueLimitError(ValueRuleError, CodecError):
+    """A value the encoding cannot store: an int over ``INT_BYTES_MAX`` bytes, text with a
+    lone surrogate, nesting deeper than ``DEPTH_MAX``, more than
+    ``KEY_HASH_COLLISIONS_MAX`` keys of one map sharing one hash.
+
+    A ``ValueRuleError`` (it is not a value: a batch that makes one fails with rule
+    ``value``) and a ``CodecError`` (``encode`` refuses it), so that what a step may keep
+    and what a host may store are the same set.
+    """
+
+
 class CapabilityError(AvmError):
     """A capability is malformed, forged, tampered with, or sealed for someone else."""
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import immutables
+
 from .caps import Capability, _check_cap_fields
 from .errors import (
     CapabilityError,
@@ -30,7 +32,21 @@ from .errors import (
     SubstructuralError,
     ValueRuleError,
 )
-from .values import _ATOMS, Map, _Invalid, _walk, check_conservation, check_value
+from .values import (
+    _ATOMS,
+    _BIG,
+    _FREE,
+    _NBIG,
+    DEPTH_MAX,
+    Map,
+    ValueLimitError,
+    _Invalid,
+    _walk,
+    check_conservation,
+    check_value,
+)
+
+_IMap = immutables.Map
 
 __all__ = [
     "SIGNAL",
@@ -238,15 +254,21 @@ def run_batch(
                 new_items, same_items = cur_items, True
             elif type(new_state) in atoms:
                 new_items, same_items = _NO_ITEMS, False
+            elif (type(new_state) is Map and type(cur) is Map and new_state._tok is cur._tok
+                  and new_state._d <= DEPTH_MAX and type(new_state._m) is _IMap
+                  and type(new_state._subs) is _IMap):
+                # The commonest step: a map state with one plain key updated. Its token
+                # says it holds the very same substructural entries as before, and a map
+                # the public API built is a value within the depth limit: O(1).
+                new_items, same_items = cur_items, True
             else:
                 got = _check_new_state(cur, cur_items, new_state, i)
                 if type(got) is BatchResult:
                     return got
                 new_items, same_items = got
             # 4. conservation, unless nothing substructural came in, stayed or went out
-            ctx, content = msg
             if out_items or not (plain_messages or (
-                    type(ctx) in atoms and type(content) in atoms)) or (
+                    type(msg[0]) in atoms and type(msg[1]) in atoms)) or (
                     not same_items and (cur_items or new_items)):
                 got = _check_conservation(msg, cur, cur_items, outs, new_state, new_items,
                                           out_items, i)
@@ -258,8 +280,24 @@ def run_batch(
             return _fail("value", f"the step's result could not be checked: {safe_text(e)}", i, "$")
         cur = new_state
         cur_items = new_items
+    tc = type(cur)
+    if (tc is int and not _NBIG <= cur < _BIG) or (tc is str and not cur.isascii()):
+        # An int or str state is checked once, when the batch ends: only the state a
+        # batch commits is ever stored, and a per-step test would cost the counter loop.
+        got = _check_atom_state(cur, len(messages) - 1)
+        if got is not None:
+            return got
     return BatchResult(True, cur, tuple(outputs), None, len(messages),
                        cur_items if type(cur_items) is list else list(cur_items))
+
+
+def _check_atom_state(state: int | str, i: int) -> BatchResult | None:
+    """The final state of a batch, a big int or non-ASCII text: can the encoding store it?"""
+    try:
+        check_value(state, "$.state")
+    except ValueRuleError as e:
+        return _fail("value", e, i if i >= 0 else None)
+    return None
 
 
 _NO_ITEMS: tuple = ()
@@ -268,6 +306,7 @@ _RULE_OF = {
     SignalError: "signal",
     SubstructuralError: "substructural",
     ValueRuleError: "value",
+    ValueLimitError: "value",
     StepContractError: "contract",
 }
 
@@ -299,7 +338,9 @@ def _check_outputs(outs: Any, i: int, outputs: list) -> list | BatchResult:
         if problem is not None:
             return _fail("contract", f"output {j} is sent to a malformed capability: {problem}",
                          i, f"$.outputs[{j}][0]")
-        if type(content) in _ATOMS:
+        tc = type(content)
+        if (tc is int and _NBIG <= content < _BIG) or (tc is str and content.isascii()) or (
+                tc in _FREE):
             n = 0
         else:
             try:
@@ -332,10 +373,11 @@ def _check_outputs(outs: Any, i: int, outputs: list) -> list | BatchResult:
 
 def _check_new_state(cur: Any, cur_items: Any, new_state: Any, i: int) -> tuple | BatchResult:
     """Step 3: the new state is a value; returns (its items, whether they are cur's)."""
-    if cur_items and _same_substructure(cur, new_state):
+    if cur_items and _same_substructure(cur, new_state) and new_state._d <= DEPTH_MAX:
         # A Map state whose substructural entries are the very same objects: the
         # common "update one plain key, keep the tokens" step costs O(tokens)
-        # identity tests instead of a census.
+        # identity tests instead of a census. (A map the public API built is within
+        # the depth limit; one the core updated without measuring is checked below.)
         return cur_items, True
     try:
         n = check_value(new_state, "$.state")

@@ -252,6 +252,25 @@ class events:  # noqa: N801 - a namespace
         at: int
 
     @dataclass(frozen=True)
+    class Operator:
+        """An operator's act outside any step, recorded for audit (and for the census).
+
+        ``act`` is ``export`` / ``import`` (``subject``: the machine's address, ``values``:
+        its ``MachineImage``), ``rotate`` (``detail``: ``"keep_old"`` or ``"revoke"``),
+        ``restore`` (``subject`` None, ``detail``: ``"snapshot"`` when the network is one
+        this simulation's ``snapshot()`` returned, else ``"edited"``; ``values``: the
+        networks ``(before, after)``), ``redeliver`` (``subject``: the host whose dead
+        letter it was; ``values``: the entry) or ``clear`` (``subject``: the host;
+        ``values``: the entries sent to ``null``).
+        """
+
+        act: str
+        subject: Any
+        at: int
+        detail: str = ""
+        values: Any = field(default=None, compare=False, repr=False)
+
+    @dataclass(frozen=True)
     class Idle:
         at: int
 

@@ -39,13 +39,16 @@ from .caps import (
     seal_context,
 )
 from .commons import serve
-from .conserve import Tally, opener_for, transit
+from .conserve import Tally, needs_transit, opener_for, transit
+from .conserve import _needs as _needs_transit
 from .delivery import (
+    clear_dead_letters,
     deliver,
     give_back,
     maybe_fault,
     next_timed,
     notify,
+    redeliver_dead_letter,
     restart_host,
     retry,
     send_batch,
@@ -92,6 +95,8 @@ from .netvalue import (
 from .schedule import score
 from .values import (
     _ATOMS,
+    _BIG,
+    _FREE,
     NO_COPY,
     NO_DROP,
     Map,
@@ -122,6 +127,8 @@ __all__ = [
     "import_machine",
     "move",
     "rotate_key",
+    "redeliver_dead_letter",
+    "clear_dead_letters",
     "mint",
     "events",
     "quiescent",
@@ -332,10 +339,15 @@ def submit(
     group_counts: dict[Any, int] = {}
     group_prio: dict[Any, float] = {}
     checked: set[int] = set()  # capabilities (by identity, alive for this call) found well-formed
-    strip: set = set()  # destinations whose messages may hold plaintext kept in memory
+    # Destinations whose messages hold something a host would not deliver as it is (item
+    # 11): plaintext kept in memory, or a Self (unbound on arrival, bound again at home).
+    strip: set = set()
     last_cap = None
+    cap_strips = False
     cap_type = Capability
     atoms = _ATOMS
+    free, lo, hi = _FREE, -_BIG, _BIG
+    needs = _needs_transit  # conserve.needs_transit for a value known not to be an atom
     for j, o in enumerate(msgs):
         if type(o) is not tuple or len(o) != 2 or type(o[0]) is not cap_type:
             raise UsageError(f"message {j} must be a (capability, content) pair")
@@ -347,8 +359,28 @@ def submit(
                     raise ValueRuleError(f"$[{j}][0]", f"a malformed capability: {problem}")
                 checked.add(id(cap))
             last_cap = cap
+            cap_strips = bool(cap._held) or cap.commons is not None and needs_transit(cap.commons[1])
         n = 1 if cap.kind or cap._held else 0
-        if type(content) not in atoms:
+        strips = cap_strips
+        tc = type(content)
+        if tc is int:  # an atom passes the atom test of values._walk, and is valid as it is
+            walk = not lo <= content < hi
+        elif tc is tuple:
+            # The usual ("name", atoms...): one pass of the same atom test, which _walk
+            # makes inline, and no walk at all if every element passes it: such a tuple
+            # is valid, holds no substructural item and needs no stripping.
+            walk = False
+            for x in content:
+                tx = type(x)
+                if not (tx in free or (tx is int and lo <= x < hi)
+                        or (tx is str and x.isascii())):
+                    walk = True
+                    break
+        elif tc is str:
+            walk = not content.isascii()
+        else:
+            walk = tc not in free
+        if walk:
             try:
                 n += _walk(content, None)
             except _Invalid:
@@ -359,6 +391,14 @@ def submit(
             except Exception as e:  # something inside that even the walk cannot inspect
                 raise ValueRuleError(f"$[{j}].content",
                                      f"not a value ({type(e).__name__})") from None
+            if not (n or strips):  # a Self or held plaintext inside? (item 11)
+                if tc is tuple:
+                    for x in content:
+                        if type(x) not in atoms and needs(x):
+                            strips = True
+                            break
+                else:
+                    strips = needs(content)
         key = destination(cap)
         g = groups.get(key)
         if g is None:
@@ -371,8 +411,9 @@ def submit(
                 group_counts[key] += n
             if cap.priority > group_prio[key]:
                 group_prio[key] = cap.priority
-        if n:
+        if n or strips:
             strip.add(key)
+        if n:
             try:
                 items.extend((j, it) for it in substructural_items(o))
             except Exception as e:
@@ -389,8 +430,10 @@ def submit(
         prio = group_prio[dest] if priority is None else min(priority, group_prio[dest])
         batch: tuple = tuple(group)
         count: int | None = group_counts[dest]
-        if dest in strip:  # held plaintext never reaches the receiver (conserve.transit)
-            batch, count = transit(net.keys, dest, batch), None
+        if dest in strip:  # delivered as a host decodes it (conserve.transit)
+            batch = transit(net.keys, dest, batch)
+            if count:
+                count = None  # stripping rebuilt items: count them again
         net, evs = enqueue_local(net, ("client", client), dest, batch, host, prio,
                                   count=count)
         out.extend(evs)

@@ -61,10 +61,11 @@ import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .caps import Capability, Self
+from .caps import Capability, Keyring, Self, unseal_context
+from .conserve import strip
 from .errors import AvmError, CapabilityError
 from .machine import Behavior
-from .values import Linear, Map, record, record_name
+from .values import LINEAR, NO_DROP, Linear, Map, record, record_name, substructural_items
 
 if TYPE_CHECKING:  # the simulator is only needed by the helpers for tests and scripts
     from .sim import Sim
@@ -386,6 +387,10 @@ class OneShots:
     A failed batch rolls the state back, so a redemption whose batch fails did not
     happen, and the right can be redeemed again (conservation returns the linear
     capability to its sender).
+
+    A right whose *issuing* batch fails comes back to the issuer unused, in a
+    ``~returned`` signal: :meth:`returned` cancels it and destroys it (or hands its
+    ``inner`` back, to issue again), so the issuer keeps conservation in one call.
     """
 
     next: int = 0
@@ -429,6 +434,73 @@ class OneShots:
     def is_outstanding(self, number: object) -> bool:
         """Whether right ``number`` was issued and is not yet redeemed or cancelled."""
         return number in self.outstanding
+
+    def returned(self, me: Self, info: Any, null: Capability,
+                 ) -> tuple[OneShots, list, tuple, tuple]:
+        """Take back rights that came back unused, in a ``~returned`` signal.
+
+        A right travels as a linear capability. When the batch that carried it fails or
+        cannot be delivered (the holder is stopped or gone, or its step failed), the
+        runtime gives it back to that batch's sender -- the issuer, for a right it just
+        issued -- in ``info["values"]`` of the ``("~returned", info)`` signal
+        (``@b.returned``), and the issuer must keep it, send it on or destroy it like any
+        linear value. This is the usual choice, done for it: every returned message whose
+        linear and relevant items are all rights this machine issued and still has
+        outstanding goes to ``null`` (which destroys them: conservation holds), and
+        those rights are cancelled (bytes of them that a holder kept are refused with
+        :class:`Spent` ever after).
+
+        ``me`` is the machine's bound ``Self`` (it opens the capabilities), ``null`` the
+        ``null`` commons capability. Returns ``(one_shots, outputs, rest, rights)``:
+        store ``one_shots``; add ``outputs`` to the step's outputs; ``rest`` holds the
+        returned messages left alone (they carry other linear or relevant values, or
+        rights this machine cannot open), which the handler still has to keep, send on
+        or send to ``null``; ``rights`` lists ``(number, label, inner)`` of each right
+        cancelled, to issue again (``issue(me, inner, label)``, a new number) if the
+        issuer wants the holder to have one after all::
+
+            @shop.returned
+            def took_back(state, info):
+                shots, outs, rest, _ = state["shots"].returned(state["me"], info, state["null"])
+                return outs + [(state["null"], m) for m in rest], state.set("shots", shots)
+        """
+        if type(null) is not Capability or null.commons is None or null.commons[0] != "null":
+            raise AvmError("returned needs the null commons capability, to destroy the rights")
+        if type(me) is not Self or me._key is None:
+            raise CapabilityError("returned needs this machine's bound Self, to open the rights")
+        ring = Keyring(me.address, me._key)
+        shots = self
+        outputs: list = []
+        rest: list = []
+        rights: list = []
+        for msg in info["values"]:
+            found = shots._rights_in(msg, ring)
+            if found is None:
+                rest.append(msg)
+                continue
+            for n, inner in found:
+                rights.append((n, shots.outstanding.get(n), inner))
+                shots = shots.cancel(n)
+            outputs.append((null, msg))
+        return shots, outputs, tuple(rest), tuple(rights)
+
+    def _rights_in(self, msg: Any, ring: Keyring) -> list | None:
+        """``[(number, inner), ...]`` if every linear or relevant item of ``msg`` is an
+        outstanding right opened by ``ring``; else None."""
+        found: list = []
+        for it in substructural_items(strip(msg)):
+            if not it.kind & NO_DROP:
+                continue  # affine: may be dropped with the message
+            if type(it) is not Capability or it.kind != LINEAR or it.address != ring.address:
+                return None
+            try:
+                ctx = unseal_context(it, ring)
+            except AvmError:
+                return None
+            if not is_one_shot(ctx) or ctx.value[1] not in self.outstanding:
+                return None
+            found.append((ctx.value[1], ctx.value[2]))
+        return found or None
 
 
 def is_one_shot(ctx: Any) -> bool:

@@ -96,6 +96,10 @@ def parse_faults(spec: str) -> Faults:
     return replace(f, **kw)
 
 
+#: How many of its latest snapshots a :class:`Sim` remembers (see :meth:`Sim.snapshot`).
+SNAPSHOTS_KEPT = 64
+
+
 class Sim:
     """A deterministic network of machines on simulated hosts."""
 
@@ -114,6 +118,7 @@ class Sim:
         self.steps = 0
         self._invariants: list[tuple[str, Callable[[Sim], Any]]] = []
         self._probe_fn_registered = False
+        self._snapshots: dict[int, Network] = {}  # id -> network handed out by snapshot()
 
     # -- building ---------------------------------------------------------------------
     def behavior(self, fn: Callable, name: str | None = None) -> str:
@@ -265,11 +270,51 @@ class Sim:
         client, a stopped machine, or its step fails on them) they are recorded here, per
         host (``net.dead_letters``). Each entry is a ``Map`` with ``reason``, ``rule``,
         ``values`` (the ``(capability, content)`` messages), ``sender``, ``dest``, ``seq``,
-        ``at`` and ``host``.
+        ``at``, and the ``host`` and ``index`` that name it for
+        :meth:`redeliver_dead_letter` and :meth:`clear_dead_letters`.
         """
         letters = self.net.dead_letters
         hosts = sorted(letters) if host is None else [self._host(host)]
-        return tuple(e.set("host", h) for h in hosts for e in letters.get(h, ()))
+        return tuple(e.set("host", h).set("index", i)
+                     for h in hosts for i, e in enumerate(letters.get(h, ())))
+
+    def redeliver_dead_letter(self, host: str, index: int, to: str) -> None:
+        """Send dead letter ``index`` of ``host`` to machine ``to``, as returned values.
+
+        An operator's act, recorded in the trace (``events.Operator("redeliver", ...)``)
+        and the ``dead-letters.redelivered`` counters. The entry leaves the dead letters and
+        its messages arrive as the weak signal ``("~returned", info)``, exactly as values a
+        failed batch gives back (``@b.returned`` takes them), the reason prefixed by
+        ``"redelivered by the operator: "``. It is an ordinary batch from then on: if
+        ``to`` does not take them back, they return to the dead letters. ``to`` must not
+        be stopped. ``host`` and ``index`` are as :meth:`dead_letters` lists them.
+        """
+        self._host(host)
+        dest = self.address(to)
+        self.net, entry, evs = nw.redeliver_dead_letter(self.net, self.env, host, index, dest)
+        self._log([events.Operator("redeliver", host, self.net.now, f"#{index} to {to}", entry),
+                   *evs])
+
+    def clear_dead_letters(self, host: str | None = None, index: int | None = None) -> int:
+        """Destroy dead letters: every one, those of ``host``, or entry ``index`` of ``host``.
+
+        ``null`` is the one way to destroy a linear value, so clearing sends the entries'
+        messages to the ``null`` service of their host (from ``("~", "operator", host)``),
+        which consumes them at its next step. An operator's act, recorded in the trace
+        (``events.Operator("clear", ...)``) and the ``dead-letters.cleared`` counters.
+        Returns the number of entries cleared.
+        """
+        if index is not None and host is None:
+            raise UsageError("clearing one dead letter needs its host")
+        hosts = sorted(self.net.dead_letters) if host is None else [self._host(host) or ""]
+        done = 0
+        for h in hosts:
+            self.net, taken, evs = nw.clear_dead_letters(self.net, h, index)
+            if taken:
+                done += len(taken)
+                detail = "all" if index is None else f"#{index}"
+                self._log([events.Operator("clear", h, self.net.now, detail, taken), *evs])
+        return done
 
     def suspend(self, name: str) -> None:
         self.net = nw.set_status(self.net, self.address(name), "suspended")
@@ -283,33 +328,69 @@ class Sim:
     def rotate_key(self, name: str, keep_old: bool = False) -> None:
         """Revoke every capability the machine issued (unless ``keep_old``).
 
-        The machine receives its new ``Self`` as a ``("self", Self)`` signal.
+        The machine receives its new ``Self`` as a ``("self", Self)`` signal. Recorded in
+        the trace as ``events.Operator("rotate", address, ...)``.
         """
-        self.net, evs = nw.rotate_key(self.net, self.address(name), keep_old, self.env)
-        self._log(evs)
+        addr = self.address(name)
+        self.net, evs = nw.rotate_key(self.net, addr, keep_old, self.env)
+        self._log([events.Operator("rotate", addr, self.net.now,
+                                   "keep_old" if keep_old else "revoke"), *evs])
 
     def move(self, name: str, host: str) -> None:
         """Move a machine to another host; capabilities to it keep working."""
         self.net = nw.move(self.net, self.address(name), self._host(host) or "")
 
     def export_machine(self, name: str) -> nw.MachineImage:
-        """Remove a machine and return it as a value, to import into another network."""
-        self.net, image = nw.export_machine(self.net, self.address(name))
+        """Remove a machine and return it as a value, to import into another network.
+
+        Recorded in the trace as ``events.Operator("export", address, ...)`` with the
+        image: its state leaves the network (the census counts it as exported).
+        """
+        addr = self.address(name)
+        self.net, image = nw.export_machine(self.net, addr)
+        self._log([events.Operator("export", addr, self.net.now, name, image)])
         return image
 
     def import_machine(self, image: nw.MachineImage, host: str | None = None) -> None:
-        """Install a machine exported from another network (its behavior must be known here)."""
+        """Install a machine exported from another network (its behavior must be known here).
+
+        Recorded in the trace as ``events.Operator("import", address, ...)`` with the
+        image: its state enters the network (the census counts it as imported).
+        """
         if image.behavior not in self.env.behaviors:
             raise UnknownName(f"no behavior named {image.behavior!r}; register it first")
         self.net = nw.import_machine(self.net, image,
                                      self._host(host) or next(iter(sorted(self.net.hosts))))
+        self._log([events.Operator("import", image.address, self.net.now, image.name, image)])
 
     def snapshot(self) -> Network:
-        """The whole network as an immutable value; :meth:`restore` puts it back."""
-        return self.net
+        """The whole network as an immutable value; :meth:`restore` puts it back.
+
+        The simulation remembers the last :data:`SNAPSHOTS_KEPT` snapshots it handed out
+        (by identity), so that a restore can tell one of them from an edited network.
+        """
+        net = self.net
+        snaps = self._snapshots
+        snaps.pop(id(net), None)
+        snaps[id(net)] = net
+        while len(snaps) > SNAPSHOTS_KEPT:
+            del snaps[next(iter(snaps))]
+        return net
 
     def restore(self, net: Network) -> None:
+        """Replace the whole network by ``net`` (a snapshot, or an edited network value).
+
+        Recorded in the trace as ``events.Operator("restore", None, ...)``, with detail
+        ``"snapshot"`` when ``net`` is one of this simulation's snapshots and ``"edited"``
+        otherwise: ``avm.testing``'s census follows a snapshot by itself, and treats an
+        edited network as a deliberate edit (``CensusWatch.rebase()`` accepts it).
+        """
+        before = self.net
         self.net = net
+        if self.record:
+            own = net is before or self._snapshots.get(id(net)) is net
+            how = "snapshot" if own else "edited"
+            self._log([events.Operator("restore", None, net.now, how, (before, net))])
 
     def format(self, ev: Any) -> str:
         return format_event(self.net, ev)
@@ -361,4 +442,8 @@ def format_event(net: Network, ev: Any) -> str:
                 f"{who(net, ev.sender)} #{ev.seq}: {ev.reason}")
     if t is events.Commons:
         return f"t={ev.at:<6} ~{ev.service} refused a request: {ev.error}"
+    if t is events.Operator:
+        subject = "" if ev.subject is None else " " + (
+            ev.subject if type(ev.subject) is str else who(net, ev.subject))
+        return f"t={ev.at:<6} OPERATOR {ev.act}{subject}" + (f": {ev.detail}" if ev.detail else "")
     return repr(ev)

@@ -41,13 +41,22 @@ the simulator itself.
 Validation is a walk, and the walk is on the hot path of every step, so it is built to
 be cheap where it matters:
 
-* atoms are recognised by one ``type(v) in _ATOMS`` test;
-* a :class:`Map` validates what is put into it, so a map is trusted in O(1) and the walk
-  only descends into the few keys whose values hold substructural items (the map keeps
-  that index itself). A 100,000-entry state updated one key per message therefore costs
-  O(log n) per message, not O(n);
+* atoms are recognised by one ``type(v) in _FREE`` test, or, for ints and text (which
+  the encoding limits: :data:`INT_BYTES_MAX`, no lone surrogates), two comparisons or
+  one ``str.isascii()``;
+* depth (:data:`DEPTH_MAX`, counted as the codec counts it) is the room the walk carries
+  down, one comparison per container;
+* a :class:`Map` validates what is put into it (keys, entries, at most
+  :data:`KEY_HASH_COLLISIONS_MAX` keys of one hash, depth) and keeps a bound on its own
+  depth, so a map is trusted in O(1) and the walk only descends into the few keys whose
+  values hold substructural items (the map keeps that index itself). A 100,000-entry
+  state updated one key per message therefore costs O(log n) per message, not O(n);
 * paths are only built when something is wrong: the fast walk raises a bare marker, and
   a second, slower walk finds the path for the error message.
+
+So ``check_value`` accepts exactly what ``encode`` can store, except for the total size
+and item count of the encoding, which only the encoding measures (``docs/values.md``,
+"What can be stored").
 
 Substructural conservation within one step counts items by what they *are*: a
 capability or a cryptographically sealed value by its type and exact ciphertext bytes (so
@@ -68,7 +77,14 @@ from typing import Any, ClassVar
 import immutables
 from typing_extensions import dataclass_transform
 
-from .errors import CodecError, SubstructuralError, UnsealError, UsageError, ValueRuleError
+from .errors import (
+    CodecError,
+    SubstructuralError,
+    UnsealError,
+    UsageError,
+    ValueLimitError,
+    ValueRuleError,
+)
 from .fraction import Fraction, _fraction_shape
 from .tuplevalue import READ_ONLY_CLASS, TupleValue
 from .tuplevalue import field_getter as _field
@@ -105,6 +121,10 @@ __all__ = [
     "register_value_type",
     "CBOR_ENCODERS",
     "check_value",
+    "DEPTH_MAX",
+    "INT_BYTES_MAX",
+    "KEY_HASH_COLLISIONS_MAX",
+    "ValueLimitError",
     "substructural_items",
     "item_identity",
     "kind_of",
@@ -148,9 +168,119 @@ class _Invalid(Exception):
     """Raised by the fast walk; the slow walk then builds the path for the real error."""
 
 
-# Atoms need no check beyond their exact type. (A Fraction is atomic too, but it is a
-# tuple underneath, so the walk checks its shape through the table.)
+# Atoms: no children and no substructural items. (A Fraction is atomic too, but it is a
+# tuple underneath, so the walk checks its shape through the table.) Of these, ``int``
+# and ``str`` values also need a check of their own (size, lone surrogates); the others
+# (``_FREE``) are valid whatever their value.
 _ATOMS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
+_FREE: frozenset[type] = frozenset({type(None), bool, float, bytes})
+
+
+# ---------------------------------------------------------------------------------------
+# What the encoding can store (item 10: check_value accepts exactly what encode can store)
+# ---------------------------------------------------------------------------------------
+
+#: A value nests at most this many levels, counted as the codec counts them: every
+#: non-empty tuple and map is one level, every tagged type (record, Fraction, wrapper,
+#: Sealed, Sealer, Unsealer, Capability, Self, an int beyond 64 bits) one more, a record
+#: and a Sealed two (a tag over an array). Equal to ``codec.DEFAULT_LIMITS.depth_max``.
+DEPTH_MAX = 64
+#: An int's magnitude (``n`` for ``n >= 0``, ``-1 - n`` below) has at most this many bytes.
+#: Equal to ``codec.INT_BYTES_MAX``.
+INT_BYTES_MAX = 1024
+#: At most this many keys of one map share one 32-bit hash of the persistent map.
+#: Equal to ``codec.KEY_HASH_COLLISIONS_MAX``.
+KEY_HASH_COLLISIONS_MAX = 16
+
+_INT_LIMIT = 1 << (8 * INT_BYTES_MAX)  # _NINT_LIMIT <= n < _INT_LIMIT fits the size limit
+_NINT_LIMIT = -_INT_LIMIT
+_BIG = 1 << 64  # _NBIG <= n < _BIG is a plain CBOR int; beyond, a bignum: a tag, one level
+_NBIG = -_BIG
+#: The depth bound of a map the core updated without measuring (``_set_plain``,
+#: ``_set_counted``): no bound, so a check descends into it.
+_DEPTH_UNKNOWN = 1 << 30
+_FOLD_MASK = 0xFFFFFFFF
+
+
+def _text_ok(s: str) -> bool:
+    """True if ``s`` has a UTF-8 form (no lone surrogate). Call it for non-ASCII text only."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _int_problem(n: int) -> str:
+    return (f"an integer of {(max(n, -1 - n).bit_length() + 7) // 8} bytes exceeds the limit "
+            f"of {INT_BYTES_MAX} bytes")
+
+
+def _text_problem(s: str) -> str:
+    i = next(i for i, c in enumerate(s) if 0xD800 <= ord(c) <= 0xDFFF)
+    return (f"text with a lone surrogate (U+{ord(s[i]):04X} at index {i}) has no UTF-8 "
+            "form, so it cannot be stored")
+
+
+_DEPTH_TEXT = (f"value nested deeper than {DEPTH_MAX} levels (every non-empty tuple or map "
+               "and every tagged value is a level, a record or Sealed two)")
+
+
+class _FoldProbe:
+    """Counts the keys of a persistent map that share one 32-bit hash.
+
+    A lookup compares the key it looks for with every stored key filed under the same
+    32-bit hash (and possibly with one other key at the same trie slot), so looking up a
+    probe that hashes like ``key`` and never equals anything visits exactly the keys that
+    collide with it, in O(log n + collisions).
+    """
+
+    __slots__ = ("h", "f", "n")
+
+    def __init__(self, h: int) -> None:
+        self.h = h
+        f = (h ^ (h >> 32)) & _FOLD_MASK
+        self.f = 0xFFFFFFFE if f == _FOLD_MASK else f
+        self.n = 0
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other: object) -> bool:
+        h = hash(other)
+        f = (h ^ (h >> 32)) & _FOLD_MASK
+        if f == self.f or f == _FOLD_MASK and self.f == 0xFFFFFFFE:
+            self.n += 1
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+
+def _collision_problem_at(m: immutables.Map, key: Any, more: int = 0) -> str | None:
+    """R3 for one key: how many keys of ``m`` share its 32-bit hash (plus ``more``)."""
+    probe = _FoldProbe(hash(key))
+    m.get(probe)
+    n = probe.n + more
+    return _collisions_text(n) if n > KEY_HASH_COLLISIONS_MAX else None
+
+
+def _collision_problem(keys: Iterable[Any]) -> str | None:
+    """R3 for a whole set of keys, in O(n) whatever the keys."""
+    folds = [(h ^ (h >> 32)) & _FOLD_MASK for h in map(hash, keys)]
+    if len(folds) <= KEY_HASH_COLLISIONS_MAX or len(set(folds)) == len(folds):
+        return None
+    counts: dict[int, int] = {}
+    for f in folds:
+        f = 0xFFFFFFFE if f == _FOLD_MASK else f
+        counts[f] = counts.get(f, 0) + 1
+    worst = max(counts.values())
+    return _collisions_text(worst) if worst > KEY_HASH_COLLISIONS_MAX else None
+
+
+def _collisions_text(n: int) -> str:
+    return (f"{n} keys share one hash; a map may hold at most {KEY_HASH_COLLISIONS_MAX} such "
+            "keys (building it would take quadratic time)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,39 +381,56 @@ class Map(TupleValue):
     O(log n). The map also keeps, beside its entries, a small index of the keys whose
     values hold substructural items; the step checker walks only those.
 
-    Underneath it is the tuple ``(entries, substructural index, token)``: ``token`` names
-    the exact substructural entries (key -> same value object), so two maps with the same
-    token hold the same linear items in the same places, which lets the step checker
-    skip its census in O(1) for "update a plain key" steps.
+    Underneath it is the tuple ``(entries, substructural index, token, depth)``:
+    ``token`` names the exact substructural entries (key -> same value object), so two
+    maps with the same token hold the same linear items in the same places, which lets
+    the step checker skip its census in O(1) for "update a plain key" steps. ``depth`` is
+    an upper bound on how deeply the map's encoding nests (see :data:`DEPTH_MAX`): exact
+    when the map is built, raised by ``set`` and ``update`` when a deeper key or value
+    comes in, never lowered (a ``delete`` keeps it). A map built by the public API is at
+    most ``DEPTH_MAX`` deep, so it is trusted in O(1) wherever it sits at most
+    ``DEPTH_MAX - depth`` levels down; deeper down (or when the core updated it without
+    measuring, ``_DEPTH_UNKNOWN``) the checker descends into it to count exactly.
     """
 
     __slots__ = ()
     _m: immutables.Map = _field(0, "The entries.")
     _subs: immutables.Map = _field(1, "Key -> substructural count, for keys that hold any.")
     _tok: object = _field(2, "Identity of the substructural entries.")
+    _d: int = _field(3, "Upper bound on the nesting depth of the map's encoding.")
 
     def __new__(cls, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> Map:
         m: immutables.Map = _EMPTY_IMAP
         subs: immutables.Map = _EMPTY_IMAP
+        d = 0
         if items is not None or kw:
             pairs = list(items.items() if isinstance(items, Mapping) else (items or ()))
             pairs.extend(kw.items())
             with m.mutate() as mm, subs.mutate() as ms:
                 for k, v in pairs:
-                    _check_key(k)
-                    n = _count(v, k)
+                    dk = _key_depth(k)
+                    n, dv = _entry(v, k)
                     mm[k] = v
                     if n:
                         ms[k] = n
                     elif k in ms:
                         del ms[k]
+                    if dk > dv:
+                        dv = dk
+                    if dv >= d:
+                        d = dv + 1
                 m = mm.finish()
                 subs = ms.finish()
-        return _new(Map, (m, subs, _new_tok(subs)))
+            if len(m) > KEY_HASH_COLLISIONS_MAX:
+                why = _collision_problem(m.keys())
+                if why is not None:
+                    raise ValueLimitError("$", why)
+        return _new(Map, (m, subs, _new_tok(subs), d))
 
     @staticmethod
-    def _make(m: immutables.Map, subs: immutables.Map, tok: object) -> Map:
-        return _new(Map, (m, subs, tok))
+    def _make(m: immutables.Map, subs: immutables.Map, tok: object,
+              depth: int = _DEPTH_UNKNOWN) -> Map:
+        return _new(Map, (m, subs, tok, depth))
 
     # -- reading --------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
@@ -320,51 +467,93 @@ class Map(TupleValue):
 
     # -- updating -------------------------------------------------------------------
     def set(self, key: Any, value: Any) -> Map:
-        """A new map with ``key`` bound to ``value``; raises ValueRuleError on bad values."""
+        """A new map with ``key`` bound to ``value``; raises ValueRuleError on bad values.
+
+        A key equal to one already in the map is not stored (the map keeps the first key
+        object, as a ``dict`` does), so str and int keys are checked only when new.
+        """
         tk = type(key)
-        if tk not in _ATOMS or tk is float:
-            _check_key(key)
-        n = 0 if type(value) in _ATOMS else _count(value, key)
+        if tk is str:
+            dk = 0 if key.isascii() else _key_depth(key)
+        elif tk is int:
+            dk = 0 if _NBIG <= key < _BIG else _key_depth(key)
+        else:
+            dk = _key_depth(key)
+        tv = type(value)
+        if tv is int:
+            if _NBIG <= value < _BIG:
+                n = dv = 0
+            else:
+                n, dv = _entry(value, key)
+        elif (tv is str and value.isascii()) or tv in _FREE:
+            n = dv = 0
+        else:
+            n, dv = _entry(value, key)
+        m0 = self._m
+        if len(m0) >= KEY_HASH_COLLISIONS_MAX and key not in m0:  # a new key, a big map
+            why = _collision_problem_at(m0, key, 1)
+            if why is not None:
+                raise ValueLimitError("$", why)
+        if dk > dv:
+            dv = dk
+        d = self._d
+        if dv >= d:
+            d = dv + 1
         subs = self._subs
         if n:
             subs = subs.set(key, n)
         elif subs and key in subs:
             subs = subs.delete(key)
         else:
-            return _new(Map, (self._m.set(key, value), subs, self._tok))
-        return _new(Map, (self._m.set(key, value), subs, _new_tok(subs)))
+            return _new(Map, (m0.set(key, value), subs, self._tok, d))
+        return _new(Map, (m0.set(key, value), subs, _new_tok(subs), d))
 
     def _set_counted(self, key: Any, value: Any, n: int) -> Map:
         """Set a value the core has already validated, whose substructural count is ``n``.
 
         For the core's own records (batches, machine records) on the hot path: they were
         checked when built, so walking them again on every map update would be waste.
+        Nothing is measured either: the map's depth bound becomes unknown, so checking
+        the map as a value (a nested network's state) descends into it.
         """
+        m0 = self._m
+        m = m0.set(key, value)
+        if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
+            _carry_depth(m0, m, key, value)
         subs = self._subs
         if n:
             subs = subs.set(key, n)
-            return _new(Map, (self._m.set(key, value), subs, _new_tok(subs)))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
         if subs and key in subs:
             subs = subs.delete(key)
-            return _new(Map, (self._m.set(key, value), subs, _new_tok(subs)))
-        return _new(Map, (self._m.set(key, value), subs, self._tok))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
+        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN))
 
     def _set_plain(self, key: Any, value: Any) -> Map:
         """Set without validation: only for the core's own bookkeeping maps, whose keys
-        and values it builds itself and which hold no substructural items."""
+        and values it builds itself and which hold no substructural items. The depth
+        bound becomes unknown, as with :meth:`_set_counted`."""
+        m0 = self._m
+        m = m0.set(key, value)
+        if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
+            _carry_depth(m0, m, key, value)
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-            return _new(Map, (self._m.set(key, value), subs, _new_tok(subs)))
-        return _new(Map, (self._m.set(key, value), subs, self._tok))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
+        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN))
 
     def delete(self, key: Any) -> Map:
         """A new map without ``key`` (KeyError if absent, as ``del d[k]``)."""
+        m0 = self._m
+        m = m0.delete(key)
+        if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
+            _carry_depth(m0, m)
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-            return _new(Map, (self._m.delete(key), subs, _new_tok(subs)))
-        return _new(Map, (self._m.delete(key), subs, self._tok))
+            return _new(Map, (m, subs, _new_tok(subs), self._d))
+        return _new(Map, (m, subs, self._tok, self._d))
 
     def discard(self, key: Any) -> Map:
         """A new map without ``key``; the same map if it was absent."""
@@ -375,20 +564,36 @@ class Map(TupleValue):
         pairs = list(other.items() if isinstance(other, Mapping) else other)
         pairs.extend(kw.items())
         touched = False
+        d = self._d
+        new_keys: list = []
         with self._m.mutate() as mm, self._subs.mutate() as ms:
             for k, v in pairs:
-                _check_key(k)
-                n = _count(v, k)
+                dk = _key_depth(k)
+                n, dv = _entry(v, k)
+                size = len(mm)
                 mm[k] = v
+                if len(mm) != size:
+                    new_keys.append(k)
                 if n:
                     ms[k] = n
                     touched = True
                 elif k in ms:
                     del ms[k]
                     touched = True
+                if dk > dv:
+                    dv = dk
+                if dv >= d:
+                    d = dv + 1
             subs = ms.finish()
-            return _new(Map, (mm.finish(), subs, _new_tok(subs) if touched else self._tok))
-        raise AssertionError("unreachable")  # pragma: no cover - for type checkers
+            m = mm.finish()
+        if new_keys and len(m) > KEY_HASH_COLLISIONS_MAX:
+            if len(new_keys) * 8 < len(m):
+                why = next(filter(None, (_collision_problem_at(m, k) for k in new_keys)), None)
+            else:
+                why = _collision_problem(m.keys())
+            if why is not None:
+                raise ValueLimitError("$", why)
+        return _new(Map, (m, subs, _new_tok(subs) if touched else self._tok, d))
 
     # -- identity -------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -429,41 +634,189 @@ def _new_tok(subs: immutables.Map) -> object:
     return object() if subs else _EMPTY_TOK
 
 
+# Depth bounds learnt for maps whose own bound is unknown (the core's bookkeeping maps,
+# updated by _set_plain/_set_counted without measuring, so that a top-level network pays
+# nothing for depth). A check that has to descend into such a map records its depth here,
+# keyed by the persistent map's identity (the entry holds the map, so the id is not
+# reused while cached). The core's updates then move the bound forward to the new map,
+# measuring only the key and value they put in (at most _MEASURE_BUDGET containers, else
+# the lineage is forgotten), for _DEPTH_TTL updates. So a nested network, whose whole
+# state is checked after every outer step, pays O(what its step changed), plus a fresh
+# descent every _DEPTH_TTL updates of a map, instead of O(its size) every step; and a
+# network that is checked once (encode(sim.snapshot())) stops paying after that many.
+_MAP_DEPTHS: dict[int, tuple[immutables.Map, int, int]] = {}
+_MAP_DEPTHS_MAX = 4096
+_DEPTH_TTL = 256
+_MEASURE_BUDGET = 16
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _cached_depth(m: immutables.Map) -> int:
+    e = _MAP_DEPTHS.get(id(m))
+    return e[1] if e is not None and e[0] is m else _DEPTH_UNKNOWN
+
+
+def _cache_depth(m: immutables.Map, d: int, ttl: int = _DEPTH_TTL) -> None:
+    if len(_MAP_DEPTHS) >= _MAP_DEPTHS_MAX:
+        try:
+            del _MAP_DEPTHS[next(iter(_MAP_DEPTHS))]
+        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - threads
+            pass
+    _MAP_DEPTHS[id(m)] = (m, d, ttl)
+
+
+def _carry_depth(old: immutables.Map, new: immutables.Map, key: Any = None,
+                 value: Any = None) -> None:
+    """A core update made ``new`` from ``old``: move a learnt depth bound forward (so the
+    cache holds about one entry per map in use, and empties when lineages expire)."""
+    e = _MAP_DEPTHS.pop(id(old), None)
+    if e is None or e[0] is not old or e[2] <= 0:
+        return
+    d = e[1] or 1
+    left = [_MEASURE_BUDGET]
+    try:
+        for x in (key, value):
+            tx = type(x)
+            if tx in _ATOMS and (tx is not int or _NBIG <= x < _BIG):
+                continue
+            dx = _depth(x, left) + 1
+            if dx > d:
+                d = dx
+    except _OverBudget:
+        return
+    _cache_depth(new, d, e[2] - 1)
+
+
 def _map_shape(v: Any) -> str | None:
-    if _tuple_len(v) != 3 or type(v._m) is not _IMap or type(v._subs) is not _IMap:
-        return "a Map is (persistent map, substructural index, token)"
+    if (_tuple_len(v) != 4 or type(v._m) is not _IMap or type(v._subs) is not _IMap
+            or type(v._d) is not int or v._d < 0):
+        return "a Map is (persistent map, substructural index, token, depth bound)"
     for k, n in v._subs.items():
         if type(n) is not int or n <= 0 or k not in v._m:
             return "a Map's substructural index does not match its entries"
     return None
 
 
-def _check_key(key: Any) -> None:
-    # Keys must be hashable values that encode canonically. Substructural keys make no
-    # sense (a key is compared, i.e. observed, on every lookup), so they are refused; so
-    # is a NaN anywhere in a key (NaN is unequal to itself: the entry could never be
-    # found again, and one map would have two encodings).
+def _key_depth(key: Any, room: int = DEPTH_MAX - 1) -> int:
+    """Check a map key; return (an upper bound on) the depth of its encoding.
+
+    Keys must be hashable values that encode canonically, at most ``room`` levels deep
+    (a key sits one level below its map). Substructural keys make no sense (a key is
+    compared, i.e. observed, on every lookup), so they are refused; so is a NaN anywhere
+    in a key (NaN is unequal to itself: the entry could never be found again, and one
+    map would have two encodings).
+    """
     t = type(key)
-    if t in _ATOMS:
+    if t is str:
+        if key.isascii() or _text_ok(key):
+            return 0
+        raise ValueLimitError("$", _text_problem(key))
+    if t is int:
+        if _NBIG <= key < _BIG:
+            return 0
+        if not _NINT_LIMIT <= key < _INT_LIMIT:
+            raise ValueLimitError("$", _int_problem(key))
+        if room < 1:
+            raise ValueLimitError("$", _DEPTH_TEXT)
+        return 1
+    if t in _FREE:
         if t is float and key != key:
             raise ValueRuleError("$", "a NaN cannot be (part of) a map key")
-        return
+        return 0
     if t is tuple:
+        if not key:
+            return 0
+        if room < 1:
+            raise ValueLimitError("$", _DEPTH_TEXT)
+        d = 0
         for k in key:
-            _check_key(k)
-        return
-    if t is Fraction:
-        _count(key)
-        return
-    if t in _RECORDS_BY_CLASS:
-        if _count(key):
+            dk = _key_depth(k, room - 1)
+            if dk > d:
+                d = dk
+        return d + 1
+    if t is Fraction or t in _RECORDS_BY_CLASS:
+        if _check(key, room):
             raise ValueRuleError("$", "a map key may not hold linear, affine or relevant values")
-        if _nan_inside(key):
+        if t is not Fraction and _nan_inside(key):
             raise ValueRuleError("$", "a NaN cannot be (part of) a map key")
-        return
+        d = _depth(key)
+        return d if d <= room else room
     raise ValueRuleError(
         "$", f"a {t.__name__} cannot be a map key; use str, int, bytes or a tuple of those"
     )
+
+
+def _entry(v: Any, key: Any) -> tuple[int, int]:
+    """Check a value about to be stored under ``key`` (one level below its map).
+
+    Returns its substructural count and an upper bound on its depth (at most
+    ``DEPTH_MAX - 1``: the check proved that much even where the bound is looser).
+    """
+    t = type(v)
+    if t in _FREE:
+        return _NOTHING
+    if t is int:
+        if _NBIG <= v < _BIG:
+            return _NOTHING
+    elif t is str:
+        if v.isascii():
+            return _NOTHING
+    elif t is tuple or t in _RECORDS_BY_CLASS:  # checked and measured in one pass
+        try:
+            n, d = _measured(v, DEPTH_MAX - 1)
+            return n, d if d < DEPTH_MAX else DEPTH_MAX - 1  # a stale map bound inside
+        except (_Invalid, IndexError, TypeError, AttributeError, KeyError, ValueError,
+                RecursionError):
+            pass  # _check says why, with the path
+    n = _check(v, DEPTH_MAX - 1, key)
+    if t is int or t is str:
+        return n, 0 if t is str else 1
+    d = _depth(v)
+    return n, d if d < DEPTH_MAX else DEPTH_MAX - 1
+
+
+_NOTHING = (0, 0)
+
+
+def _measured(v: Any, room: int) -> tuple[int, int]:
+    """``_walk(v, None, room)`` and ``_depth(v)`` of a tuple or record, in one pass."""
+    t = type(v)
+    if t is tuple:
+        if not v:
+            return _NOTHING
+        if room < 1:
+            raise _Invalid()
+        r, level = room - 1, 1
+    else:
+        row = VALUE_TYPES.get(t)
+        if row is None or row.shape != _RECORD or (row.check is not None and row.check(v)):
+            raise _Invalid()
+        if room < 2:
+            raise _Invalid()
+        r, level = room - 2, 2
+    n = d = 0
+    for x in v:
+        tx = type(x)
+        if tx is int:
+            if _NBIG <= x < _BIG:
+                continue
+        elif tx is str:
+            if x.isascii():
+                continue
+        elif tx in _FREE:
+            continue
+        if tx is tuple or tx in _RECORDS_BY_CLASS:
+            nx, dx = _measured(x, r)
+        else:
+            nx = _walk(x, None, r)
+            dx = _depth(x)
+        n += nx
+        if dx > d:
+            d = dx
+    return n, d + level
 
 
 def _nan_inside(v: Any) -> bool:
@@ -481,21 +834,25 @@ def _nan_inside(v: Any) -> bool:
 def map_from_checked_pairs(pairs: Iterable[tuple[Any, Any]]) -> Map:
     """A Map of pairs whose keys the caller has already checked (the decoder does).
 
-    Values are still walked, for the substructural index; keys are not re-checked.
+    Values are still walked, for the substructural index and the depth bound; keys are
+    only measured (for the depth bound), not re-checked.
     """
+    d = 0
     with _EMPTY_IMAP.mutate() as mm, _EMPTY_IMAP.mutate() as ms:
         for k, v in pairs:
             mm[k] = v
-            if type(v) not in _ATOMS:
-                n = check_value(v, f"$[{k!r}]")
-                if n:
-                    ms[k] = n
-                elif k in ms:
-                    del ms[k]
+            n, dv = _entry(v, k)
+            if n:
+                ms[k] = n
             elif k in ms:
                 del ms[k]
+            dk = 0 if type(k) is str else _depth(k)
+            if dk > dv:
+                dv = dk
+            if dv >= d:
+                d = dv + 1
         subs = ms.finish()
-        return _new(Map, (mm.finish(), subs, _new_tok(subs)))
+        return _new(Map, (mm.finish(), subs, _new_tok(subs), d))
     raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
 
@@ -538,6 +895,8 @@ def record(cls: type | None = None, *, name: str | None = None) -> Any:
 
     def wrap(c: type) -> type:
         rname = name or f"{c.__module__}.{c.__qualname__}"
+        if type(rname) is not str or not (rname.isascii() or _text_ok(rname)):
+            raise ValueRuleError("$", f"a record name is text with a UTF-8 form, not {rname!r}")
         entry = _RECORDS_BY_CLASS.get(c)
         if entry is not None and entry[0] == rname:
             return c  # already a record under this name
@@ -1001,12 +1360,15 @@ class ValueType:
     * ``tag``, ``to_items(v)``, ``from_items(payload)``: the CBOR tag and its payload
       (None for the types CBOR has natively);
     * ``rank`` and ``order(v)``: where it sorts among map keys, and its key within the rank;
-    * ``describe(v)``: extra fields of its ``reflect`` answer; ``display(v)``: its text.
+    * ``describe(v)``: extra fields of its ``reflect`` answer; ``display(v)``: its text;
+    * ``depth(v)``: for a tagged type, how many levels its encoding nests when ``check``
+      has already proved every atom of ``to_items(v)`` storable, else None (and the walk
+      then checks ``to_items(v)`` itself). A shortcut for hot types (capabilities).
     """
 
     __slots__ = ("type", "name", "shape", "check", "children", "item_kind", "by_bytes",
                  "tag", "to_items", "from_items", "rank", "order", "describe", "display",
-                 "example")
+                 "example", "depth")
 
     def __init__(
         self, t: type, name: str, *, shape: int, tag: int | None = None, rank: int = 7,
@@ -1020,6 +1382,7 @@ class ValueType:
         describe: Callable[[Any], dict] | None = None,
         display: Callable[[Any], str] | None = None,
         example: Callable[[], Any] | None = None,
+        depth: Callable[[Any], int | None] | None = None,
     ) -> None:
         self.type = t
         self.name = name
@@ -1036,6 +1399,7 @@ class ValueType:
         self.describe = describe
         self.display = display or repr
         self.example = example
+        self.depth = depth
 
     def __repr__(self) -> str:
         return f"<ValueType {self.name} {self.type.__qualname__}>"
@@ -1157,7 +1521,8 @@ _atom(bytes, "bytes", 4, b"\x00\x01", _sized)
 register_value_type(ValueType(
     Fraction, "fraction", shape=_ATOM, rank=2, tag=TAG_FRACTION, check=_fraction_shape,
     to_items=lambda v: (v[0], v[1]), from_items=_fraction_from_items, order=_identity,
-    example=lambda: Fraction(-1, 3)))
+    example=lambda: Fraction(-1, 3),
+    depth=lambda v: 2 if _NBIG <= v[0] < _BIG and v[1] < _BIG else None))
 register_value_type(ValueType(
     tuple, "tuple", shape=_TUPLE, rank=5, describe=_sized,
     children=lambda v: ((f"[{i}]", x) for i, x in enumerate(v)),
@@ -1186,7 +1551,8 @@ register_value_type(ValueType(
     to_items=lambda v: (v[0], v[1], v[2], v[3]), from_items=_sealed_from_items,
     order=lambda v: (v[0], v[2], v[3], order_key(v[1])),
     describe=lambda v: {"sealer": v[0]},
-    example=lambda: Sealer("example").seal(Linear(1))))
+    example=lambda: Sealer("example").seal(Linear(1)),
+    depth=lambda v: 2 if v[2] and v[0].isascii() else None))
 for _nt, _tag in ((Sealer, TAG_SEALER), (Unsealer, TAG_UNSEALER)):
     register_value_type(ValueType(
         _nt, _nt.__name__.lower(), shape=_OPAQUE, tag=_tag, check=_name_shape,
@@ -1203,59 +1569,106 @@ _BY_TAG[TAG_RECORD] = ValueType(
 # ---------------------------------------------------------------------------------------
 
 
-def _count(v: Any, key: Any = None) -> int:
-    """Validate ``v``; return how many substructural items it holds (0 is the fast path)."""
-    if type(v) in _ATOMS:
-        return 0
-    return check_value(v, "$" if key is None else f"$[{key!r}]")
-
-
-def _walk(v: Any, out: list | None) -> int:
+def _walk(v: Any, out: list | None, room: int = DEPTH_MAX) -> int:
     """Fast walk: count (and optionally collect) substructural items, raise _Invalid.
 
-    Tuples and maps, by far the most common containers, are handled inline; every other
-    type by the shape its row in the table gives.
+    ``v`` may nest at most ``room`` more levels (see :data:`DEPTH_MAX`): the walk carries
+    the room down, one level per tuple or map, two per record or Sealed, so depth costs
+    one comparison per container. Atoms are tested inline in containers: an ``int`` by
+    two comparisons (most are plain 64-bit ints), a ``str`` by ``isascii()`` (only other
+    text needs the surrogate check). Tuples and maps, by far the most common containers,
+    are handled inline; every other type by the shape its row in the table gives.
     """
     t = type(v)
-    if t in _ATOMS:
+    if t in _FREE:
         return 0
+    if t is int:
+        if _NBIG <= v < _BIG:
+            return 0
+        if room < 1 or not _NINT_LIMIT <= v < _INT_LIMIT:
+            raise _Invalid()
+        return 0
+    if t is str:
+        if v.isascii() or _text_ok(v):
+            return 0
+        raise _Invalid()
     if t is tuple:
+        if not v:
+            return 0
+        if room < 1:
+            raise _Invalid()
+        room -= 1
         n = 0
         for x in v:
-            if type(x) not in _ATOMS:
-                n += _walk(x, out)
+            tx = type(x)
+            if tx is int:
+                if _NBIG <= x < _BIG:
+                    continue
+            elif tx is str:
+                if x.isascii():
+                    continue
+            elif tx in _FREE:
+                continue
+            n += _walk(x, out, room)
         return n
     if t is Map:
         subs = v._subs
         m = v._m
         if type(subs) is not _IMap or type(m) is not _IMap:
             raise _Invalid()
+        if v._d > room:  # the bound is too loose here: count exactly
+            _check_map_depth(m, room)
         if not subs:
             return 0
         if out is None:
             return sum(subs.values())
         n = 0
+        room -= 1
         for k in subs:
-            n += _walk(m[k], out)
+            n += _walk(m[k], out, room)
         return n
     row = VALUE_TYPES.get(t)
     if row is None or (row.check is not None and row.check(v) is not None):
         raise _Invalid()
     shape = row.shape
-    if shape == _RECORD:
+    if shape == _RECORD:  # a tag over an array [name, fields...]: two levels
+        if room < 2:
+            raise _Invalid()
+        room -= 2
         n = 0
         for x in v:
-            if type(x) not in _ATOMS:
-                n += _walk(x, out)
+            tx = type(x)
+            if tx is int:
+                if _NBIG <= x < _BIG:
+                    continue
+            elif tx is str:
+                if x.isascii():
+                    continue
+            elif tx in _FREE:
+                continue
+            n += _walk(x, out, room)
         return n
     if shape == _WRAPPER:
+        if room < 1:
+            raise _Invalid()
         if out is not None:
             out.append(v)
         x = v[0]
-        return 1 if type(x) in _ATOMS else 1 + _walk(x, out)
+        return 1 if type(x) in _FREE else 1 + _walk(x, out, room - 1)
+    if shape == _SEALED and not v[2]:
+        return _walk_discretionary(v, out, room)
+    # Every other type is a tag over what ``to_items`` gives: check that encoding (its
+    # atoms and its depth) as such. What a capability or crypto Sealed *holds* in memory
+    # is not encoded: it is walked below as a value of its own, for the census.
+    if room < 1:
+        raise _Invalid()
+    d = row.depth(v) if row.depth is not None else None
+    if d is not None:
+        if d > room:
+            raise _Invalid()
+    elif row.to_items is not None:
+        _walk(row.to_items(v), None, room - 1)
     if shape == _HOLDER or shape == _SEALED:
-        if shape == _SEALED and not v[2]:
-            return _walk_discretionary(v, out)
         own = row.item_kind(v)  # type: ignore[misc]
         n = 0
         if own:
@@ -1263,22 +1676,47 @@ def _walk(v: Any, out: list | None) -> int:
             if out is not None:
                 out.append(v)
         for _, h in row.children(v):
-            if type(h) not in _ATOMS:
+            if type(h) not in _FREE:
                 n += _walk(h, out)
         return n
     return 0  # _ATOM (checked) and _OPAQUE
 
 
-def _walk_discretionary(v: Any, out: list | None) -> int:
+def _check_map_depth(m: immutables.Map, room: int) -> None:
+    """A map whose bound exceeds ``room``: use a learnt bound, else descend and learn."""
+    if _MAP_DEPTHS and _cached_depth(m) <= room:
+        return
+    _walk_entries(m, room)
+    _measure_map(m)
+
+
+def _walk_entries(m: immutables.Map, room: int) -> None:
+    """Check every key and value of a map whose depth bound exceeds ``room``."""
+    if not m:
+        return
+    if room < 1:
+        raise _Invalid()
+    room -= 1
+    for k, x in m.items():
+        if type(k) is not str:
+            _walk(k, None, room)
+        if type(x) not in _FREE:
+            _walk(x, None, room)
+
+
+def _walk_discretionary(v: Any, out: list | None, room: int) -> int:
+    # A tag over [sealer name, payload, crypto, kind]: the payload is two levels down.
+    if room < 2 or not (v[0].isascii() or _text_ok(v[0])):
+        raise _Invalid()
     # The kind a discretionary Sealed claims must be its payload's (the decoder checks
     # the same), so a Sealed built with tuple.__new__ cannot claim another.
     if not v[3]:
-        n = _walk(v[1], out)
+        n = _walk(v[1], out, room - 2)
         if n:
             raise _Invalid()
         return n
     items: list = []
-    n = _walk(v[1], items)
+    n = _walk(v[1], items, room - 2)
     k = 0
     for it in items:
         k |= it.kind
@@ -1287,6 +1725,83 @@ def _walk_discretionary(v: Any, out: list | None) -> int:
     if out is not None:
         out.extend(items)
     return n
+
+
+def _depth(v: Any, left: list | None = None) -> int:
+    """An upper bound on how many levels the encoding of ``v`` (a valid value) nests.
+
+    Exact, except inside maps, whose own bound it takes (see :class:`Map`); a map of
+    unknown bound is measured (and its depth cached). The codec counts the same way:
+    every non-empty array or map and every tag is a level. ``left``: a one-element
+    budget of containers to visit, for the core's hot paths; past it (or at a map that
+    would need measuring) raise _OverBudget.
+    """
+    t = type(v)
+    if t in _ATOMS:
+        return 0 if t is not int or _NBIG <= v < _BIG else 1
+    if left is not None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise _OverBudget()
+    if t is tuple:
+        if not v:
+            return 0
+        d = 0
+        for x in v:
+            tx = type(x)
+            if tx in _ATOMS and (tx is not int or _NBIG <= x < _BIG):
+                continue
+            dx = _depth(x, left)
+            if dx > d:
+                d = dx
+        return d + 1
+    if t is Map:
+        d = v._d
+        if d == _DEPTH_UNKNOWN:
+            d = _cached_depth(v._m) if _MAP_DEPTHS else d
+            if d == _DEPTH_UNKNOWN:
+                if left is not None:
+                    raise _OverBudget()
+                d = _measure_map(v._m)
+        return d  # type: ignore[no-any-return]
+    row = VALUE_TYPES[t]
+    shape = row.shape
+    if shape == _RECORD:
+        d = 0
+        for x in v:
+            tx = type(x)
+            if tx in _ATOMS and (tx is not int or _NBIG <= x < _BIG):
+                continue
+            dx = _depth(x, left)
+            if dx > d:
+                d = dx
+        return d + 2
+    if shape == _WRAPPER:
+        return 1 + _depth(v[0], left)
+    if shape == _SEALED and not v[2]:
+        return 2 + _depth(v[1], left)
+    if row.depth is not None:
+        known = row.depth(v)
+        if known is not None:
+            return known
+    if row.to_items is None:
+        return 0
+    return 1 + _depth(row.to_items(v), left)
+
+
+def _measure_map(m: immutables.Map) -> int:
+    """The depth (bound) of a map's entries, computed once and cached (O(n))."""
+    d = 0
+    for k, x in m.items():
+        dk = _depth(k)
+        dx = _depth(x)
+        if dk > d:
+            d = dk
+        if dx > d:
+            d = dx
+    d = d + 1 if m else 0
+    _cache_depth(m, d)
+    return d
 
 
 def _describe(v: Any) -> str:
@@ -1311,11 +1826,23 @@ def _describe(v: Any) -> str:
     return f"a {t.__module__}.{t.__qualname__} is not an AVM value"
 
 
-def _walk_with_path(v: Any, path: str) -> None:
+def _walk_with_path(v: Any, path: str, room: int = DEPTH_MAX) -> None:
     """Slow walk used only to report where the fast walk failed: the same rules, with paths."""
     t = type(v)
-    if t in _ATOMS:
+    if t in _FREE:
         return
+    if t is int:
+        if _NBIG <= v < _BIG:
+            return
+        if not _NINT_LIMIT <= v < _INT_LIMIT:
+            raise ValueLimitError(path, _int_problem(v))
+        if room < 1:
+            raise ValueLimitError(path, _DEPTH_TEXT)
+        return
+    if t is str:
+        if v.isascii() or _text_ok(v):
+            return
+        raise ValueLimitError(path, _text_problem(v))
     row = VALUE_TYPES.get(t)
     if row is None:
         raise ValueRuleError(path, _describe(v))
@@ -1323,39 +1850,109 @@ def _walk_with_path(v: Any, path: str) -> None:
         why = row.check(v)
         if why is not None:
             raise ValueRuleError(path, why)
-    for suffix, child in row.children(v):
-        _walk_with_path(child, path + suffix)
-    if row.shape == _SEALED and not v[2]:
+    shape = row.shape
+    if t is tuple or t is Map:
+        if not v:
+            return
+        if room < 1:
+            raise ValueLimitError(path, _DEPTH_TEXT)
+        if t is Map:
+            if v._d <= room:  # trusted: its entries were checked on the way in
+                return
+            for k in v.keys():
+                _walk_with_path(k, f"{path}<key {_safe_repr(k)}>", room - 1)
+        for suffix, child in row.children(v):
+            _walk_with_path(child, path + suffix, room - 1)
+        return
+    if shape == _RECORD or shape == _WRAPPER or (shape == _SEALED and not v[2]):
+        need = 1 if shape == _WRAPPER else 2
+        if room < need:
+            raise ValueLimitError(path, _DEPTH_TEXT)
+        if shape == _SEALED and not (v[0].isascii() or _text_ok(v[0])):
+            raise ValueLimitError(path + ".sealer", _text_problem(v[0]))
+        for suffix, child in row.children(v):
+            _walk_with_path(child, path + suffix, room - need)
+    else:
+        if room < 1:
+            raise ValueLimitError(path, _DEPTH_TEXT)
+        d = row.depth(v) if row.depth is not None else None
+        if d is not None:
+            if d > room:
+                raise ValueLimitError(path, _DEPTH_TEXT)
+        elif row.to_items is not None:
+            try:
+                _walk_with_path(row.to_items(v), path, room - 1)
+            except ValueLimitError as e:  # the path inside the encoding means nothing here
+                raise ValueLimitError(path, e.detail) from None
+        for suffix, child in row.children(v):
+            _walk_with_path(child, path + suffix)
+    if shape == _SEALED and not v[2]:
         try:
-            _walk_discretionary(v, None)
+            _walk_discretionary(v, None, DEPTH_MAX)
         except _Invalid:
             raise ValueRuleError(path, "a Sealed's kind does not match its payload") from None
+
+
+def _safe_repr(v: Any) -> str:
+    try:
+        r = repr(v)
+    except Exception:  # an int too large for repr, say
+        return f"<{type(v).__name__}>"
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+_NO_KEY = object()
 
 
 def check_value(v: Any, path: str = "$") -> int:
     """Raise ValueRuleError (with the path) unless ``v`` is an immutable AVM value.
 
-    Returns the number of substructural items it holds.
+    Returns the number of substructural items it holds. Accepts exactly what
+    :func:`avm.encode` can store within its default limits, except for the total size
+    (16 MiB) and item count (1,000,000), which only the encoding measures (see
+    ``docs/values.md``): an int over ``INT_BYTES_MAX`` bytes, text with a lone surrogate,
+    nesting deeper than ``DEPTH_MAX`` and a map with more than
+    ``KEY_HASH_COLLISIONS_MAX`` keys of one hash raise :class:`ValueLimitError` (a
+    ``ValueRuleError`` and a ``CodecError``).
     """
     if type(v) is Map:  # the commonest state: a map, trusted in O(1) (see _walk)
-        subs = v._subs
-        if type(subs) is _IMap and type(v._m) is _IMap:
-            if not subs:
-                return 0
-            try:
-                return sum(subs.values())
-            except TypeError:
-                pass
+        try:
+            subs = v._subs
+            if type(subs) is _IMap and type(v._m) is _IMap and v._d <= DEPTH_MAX:
+                return sum(subs.values()) if subs else 0
+        except Exception:
+            pass
     try:
         return _walk(v, None)
-    except (_Invalid, IndexError, TypeError, AttributeError, KeyError):
+    except (_Invalid, IndexError, TypeError, AttributeError, KeyError, ValueError):
         pass
     except RecursionError:
-        raise ValueRuleError(path, "value nested too deeply") from None
+        raise ValueLimitError(path, _DEPTH_TEXT) from None
+    return _check(v, DEPTH_MAX, _NO_KEY, path)
+
+
+def _check(v: Any, room: int, key: Any = _NO_KEY, path: str = "$") -> int:
+    """``check_value`` for a value at most ``room`` levels deep; ``key``: it goes into a
+    map under that key (the error's path is then ``$[key]``, built only on failure)."""
+    if type(v) is Map:  # the commonest state: a map, trusted in O(1) (see _walk)
+        try:
+            subs = v._subs
+            if type(subs) is _IMap and type(v._m) is _IMap and v._d <= room:
+                return sum(subs.values()) if subs else 0
+        except Exception:
+            pass
     try:
-        _walk_with_path(v, path)
+        return _walk(v, None, room)
+    except (_Invalid, IndexError, TypeError, AttributeError, KeyError, ValueError):
+        pass
     except RecursionError:
-        raise ValueRuleError(path, "value nested too deeply") from None
+        raise ValueLimitError(path, _DEPTH_TEXT) from None
+    if key is not _NO_KEY:
+        path = f"$[{_safe_repr(key)}]"
+    try:
+        _walk_with_path(v, path, room)
+    except RecursionError:
+        raise ValueLimitError(path, _DEPTH_TEXT) from None
     except ValueRuleError:
         raise
     except Exception:
