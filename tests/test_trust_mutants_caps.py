@@ -420,3 +420,27 @@ def test_an_identity_with_a_weak_key_says_why():
     weak = Map({"key": (1).to_bytes(32, "little"), "alg": "ed25519", "meta": ()})
     with pytest.raises(CapabilityError, match="^not an identity resource: public key has small order$"):
         verify_identity(codec.encode(weak), address_of(weak))
+
+
+def test_a_uri_ending_in_x_round_trips_and_the_default_priority_is_zero():
+    c = Capability(ADDR, 0, 0, 0.0, bytes(15) + bytes([0, 23]))
+    uri = c.to_uri()
+    assert uri.endswith("/hAAA-QAAUQAAAAAAAAAAAAAAAAAAAAAX")
+    assert Capability.from_uri(uri) == c
+    assert seal_context(ADDR, KEY, "c").priority == 0.0
+    assert seal_context(ADDR, KEY, "c") == seal_context(ADDR, KEY, "c", 0.0)
+
+
+def test_a_uri_with_a_malformed_local_part_says_so():
+    import base64
+
+    def uri(items) -> str:
+        local = base64.urlsafe_b64encode(codec.encode(items)).decode().rstrip("=")
+        return "avm://" + "a" * 52 + "/" + local
+
+    for items, reason in ((5, "^malformed capability local part$"),
+                          ((0, 0, 0.0), "^malformed capability local part$"),
+                          (("~", 5, ()), "^commons name must be text$")):
+        with pytest.raises(CapabilityError, match=reason):
+            Capability.from_uri(uri(items))
+    assert Capability.from_uri(uri(("~", "time", ()))) == commons_cap(bytes(32), "time")

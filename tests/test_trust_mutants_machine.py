@@ -9,10 +9,13 @@ fast paths would skip the conservation check.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from avm import Linear, Map
 from avm.core.caps import Capability, SealingKey, Self, seal_context
+from avm.core.errors import SignalError
 from avm.core.machine import (
     ANY,
     SIGNAL,
@@ -22,6 +25,14 @@ from avm.core.machine import (
     public_reason,
     run_batch,
 )
+from avm.core.values import record
+
+
+@record(name="test.mutants.machine.Pair")
+class Pair:
+    a: Any
+    b: Any
+
 
 ADDR = bytes(range(32))
 KEY = SealingKey(0, b"s" * 64)
@@ -67,6 +78,13 @@ def _raiser(exc):
     return step
 
 
+class _BadRepr:
+    def __repr__(self):
+        raise ValueError
+
+
+_HELD_NOT_TUPLE = tuple.__new__(Capability, (ADDR, 0, 0, 0.0, bytes(16), None, "x"))
+_SHORT_CAP = tuple.__new__(Capability, (ADDR,))
 _BAD_CAP = tuple.__new__(Capability, (ADDR, 0, 0, 2.0, bytes(16), None, ()))
 _HELD_BAD = Capability(ADDR, 0, 0, 0.0, bytes(16), held=([1],))
 L = Linear("minted")
@@ -138,6 +156,18 @@ CASES = {
         "value", "the message's context is not a value", 0, "", "$.message.context", 0)),
     "content not a value": (lambda m, s: ([], s), 0, [Message("c", 1), Message("c", [1])], (
         "value", "the message's content is not a value", 1, "", "$.message.content", 1)),
+    "held plaintext not a tuple": (lambda m, s: ([(_HELD_NOT_TUPLE, 1)], s), 0, M1, (
+        "contract", "output 0 is sent to a malformed capability: its held context is not a tuple",
+        0, "", "$.outputs[0][0]", 0)),
+    "capability fields unreadable": (lambda m, s: ([(_SHORT_CAP, 1)], s), 0, M1, (
+        "contract", "output 0 is sent to a malformed capability: its fields cannot be read",
+        0, "", "$.outputs[0][0]", 0)),
+    "output whose repr fails": (lambda m, s: ([_BadRepr()], s), 0, M1, (
+        "contract", "output 0 must be a (capability, content) pair, got <_BadRepr (repr() failed)>",
+        0, "", "$.outputs[0]", 0)),
+    "no outputs (None) and a linear dropped": (lambda m, s: (None, 0), Map({"t": Linear(1)}), M1, (
+        "substructural", f"$.state_before['t']: linear value Linear(1) {DROP}", 0,
+        "SubstructuralError", "$.state_before['t']", 0)),
     "exception whose str fails": (_raiser(_BadStr()), 0, M1, (
         "exception", "<_BadStr (str() failed)>", 0, "_BadStr", "", 0)),
     "exception with no text": (_raiser(ValueError()), 0, M1, (
@@ -253,6 +283,15 @@ def test_behavior_displays_and_refusals():
         b(Message("member", ("sell", 1)), 0)
     with pytest.raises(TypeError, match=r"^Behavior\.on takes a message name \(str\) or a record class$"):
         b.on(5)(lambda s: ([], s))
+
+    @b.on(Pair, context="member")
+    def _pair(state, p):
+        return [], state
+
+    with pytest.raises(Exception, match=r"^shop does not accept 'Pair' through this capability"):
+        b(Message("guest", Pair(1, 2)), 0)
+    with pytest.raises(SignalError, match=r"^malformed signal 5: expected \(name, args\)$"):
+        b(Message(SIGNAL, 5), 0)
 
     seen = []
 

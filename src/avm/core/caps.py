@@ -480,9 +480,6 @@ class Capability(tuple):
     __delattr__ = __setattr__  # type: ignore[assignment]
     __lt__ = __le__ = __gt__ = __ge__ = _no_order  # type: ignore[assignment]
 
-    def _key(self) -> tuple:
-        return tuple.__getitem__(self, slice(0, 6))  # type: ignore[no-any-return]
-
     def __eq__(self, other: object) -> bool:
         return type(other) is Capability and other[:6] == self[:6]  # type: ignore[index]
 
