@@ -18,6 +18,7 @@ falls through to the full checks, which say precisely what went wrong and where.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 import immutables
 
 from .caps import Capability, _check_cap_fields
+from .codec import encode
 from .errors import (
     CapabilityError,
     SignalError,
@@ -498,6 +500,33 @@ def partition(outputs: Sequence[tuple[Capability, Any]]) -> list[tuple[Any, tupl
 # ---------------------------------------------------------------------------------------
 
 
+_PLAIN_ATOMS = frozenset({str, bytes, int, bool, type(None)})
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as AVM values: the same types all the way down.
+
+    Authority lives in the context, so a context filter is an authority check, and Python's
+    ``==`` is too kind for one (``0 == 0.0 == False`` and ``0.0 == -0.0``): a machine that
+    seals ``True`` for its admin and ``1`` for a user must not let the user in. Atoms compare
+    by exact type and value, tuples element by element, anything else by its canonical
+    encoding (only once ``==`` already holds, so the common miss stays cheap).
+    """
+    ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta in _PLAIN_ATOMS:
+        return bool(a == b)
+    if ta is float:
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if ta is tuple:
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b) and encode(a) == encode(b)
+    except Exception:  # not a value (a filter that was never one): no match
+        return False
+
+
 class Behavior:
     """Build a step function from small handlers, dispatching on the message content.
 
@@ -597,7 +626,8 @@ class Behavior:
 
     def __call__(self, msg: Message, state: Any) -> tuple:
         ctx, content = msg
-        if ctx == self.signal_context and type(ctx) is type(self.signal_context):
+        sc = self.signal_context
+        if type(ctx) is type(sc) and same_value(ctx, sc):
             return self._on_signal(content, state)
         t = type(content)
         if t is tuple and content and type(content[0]) is str:
@@ -611,8 +641,8 @@ class Behavior:
             args = (content,)
         if entries is not None:
             for want, fn, wants in entries:
-                if want is ANY or ctx == want or (
-                        type(ctx) is tuple and ctx and ctx[0] == want):
+                if want is ANY or same_value(ctx, want) or (
+                        type(ctx) is tuple and ctx and same_value(ctx[0], want)):
                     return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
         if self._fallback is not None:
             fn, wants = self._fallback
