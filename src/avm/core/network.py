@@ -510,11 +510,38 @@ def _pick(net: Network, env: Env) -> tuple | None:
     best_score = None
     bad = None
     bad_key = None
+    # The scan below runs for every live channel at every step, so it reads the maps
+    # directly and takes each head batch's authentication and score from the Env's cache
+    # (filled by _authenticate): one dict lookup per channel once a batch has been seen.
+    cache = env.__dict__.get(_AUTH_ATTR)
+    if cache is None:
+        cache = env.__dict__[_AUTH_ATTR] = {}
+    pending = net.pending._m
+    head = net.head._m
+    machines = net.machines._m
+    keys = net.keys._m
+    hosts = net.hosts._m
     for chan in net.live._m:
-        b = net.pending[(chan, net.head[chan])]
-        if not _runnable(net, b):
+        seq = head[chan]
+        b = pending[(chan, seq)]
+        dest = b.dest
+        hit = None
+        if type(dest) is bytes:
+            m = machines.get(dest)
+            if m is not None:
+                status = m.status
+                if status == "suspended" or not hosts[m.host].up:
+                    continue
+                if status != "stopped":  # as _authenticate: only these are ever cached
+                    hit = cache.get((chan, seq))
+        elif not _runnable(net, b):
             continue
-        auth = _authenticate(net, env, chan, b)
+        if hit is not None and hit[0] is b and hit[1] is keys.get(dest):
+            auth = hit[2]
+            s = hit[3]
+        else:
+            auth = _authenticate(net, env, chan, b)
+            s = score(b.ts, auth.priority)
         if auth.error is not None:
             k = repr(chan)
             if bad_key is None or k < bad_key:
@@ -522,7 +549,6 @@ def _pick(net: Network, env: Env) -> tuple | None:
             continue
         if bad is not None:
             continue
-        s = score(b.ts, auth.priority)
         if best is None or best_score is None or s < best_score or (
                 s == best_score and repr(chan) < repr(best[0])):
             best, best_score = (chan, b, auth), s
@@ -697,7 +723,7 @@ _UNCHECKED = _Auth(0.0, None, None)
 #: opened with the same keys: the cache never changes a result. Entries go when their
 #: batch runs; the cache is emptied past _AUTH_CACHE_MAX entries.
 _AUTH_ATTR = "_avm_auth"
-_AUTH_CACHE_MAX = 4096
+_AUTH_CACHE_MAX = 1 << 16
 _new = tuple.__new__
 
 
@@ -739,7 +765,7 @@ def _authenticate(net: Network, env: Env, chan: tuple, b: Batch) -> _Auth:
     auth = _open_batch(net, env, dest, b)
     if len(cache) >= _AUTH_CACHE_MAX:
         cache.clear()
-    cache[key] = (b, versions, auth)
+    cache[key] = (b, versions, auth, score(b.ts, auth.priority))
     return auth
 
 
