@@ -294,6 +294,9 @@ class Env:
         self._keys: dict[bytes, SealingKey] = {}
         self._unsealed: dict[tuple, Any] = {}
         self._rings: dict[bytes, tuple[Map, Keyring | None]] = {}
+        #: The scheduler's cache of what it proved about head batches (network._authenticate):
+        #: (chan, seq) -> (batch, key versions, authentication, score).
+        self.auth_cache: dict[tuple, tuple] = {}
 
     def behavior(self, name: str) -> Callable:
         fn = self.behaviors.get(name)

@@ -513,9 +513,7 @@ def _pick(net: Network, env: Env) -> tuple | None:
     # The scan below runs for every live channel at every step, so it reads the maps
     # directly and takes each head batch's authentication and score from the Env's cache
     # (filled by _authenticate): one dict lookup per channel once a batch has been seen.
-    cache = env.__dict__.get(_AUTH_ATTR)
-    if cache is None:
-        cache = env.__dict__[_AUTH_ATTR] = {}
+    cache = env.auth_cache
     pending = net.pending._m
     head = net.head._m
     machines = net.machines._m
@@ -718,11 +716,10 @@ class _Auth(NamedTuple):
 #: Batches to commons services, unknown or stopped machines: nothing to authenticate
 #: against, so no priority either.
 _UNCHECKED = _Auth(0.0, None, None)
-#: Each Env keeps, under this attribute, (chan, seq) -> (batch, key versions, _Auth). The
-#: batch and the key-version map are compared by identity, so a hit is the same batch
-#: opened with the same keys: the cache never changes a result. Entries go when their
-#: batch runs; the cache is emptied past _AUTH_CACHE_MAX entries.
-_AUTH_ATTR = "_avm_auth"
+#: ``Env.auth_cache`` maps (chan, seq) -> (batch, key versions, _Auth, score). The batch
+#: and the key-version map are compared by identity, so a hit is the same batch opened
+#: with the same keys: the cache never changes a result (tests/test_trust_schedule_cache.py).
+#: Entries go when their batch runs; the cache is emptied past _AUTH_CACHE_MAX entries.
 _AUTH_CACHE_MAX = 1 << 16
 _new = tuple.__new__
 
@@ -754,10 +751,7 @@ def _authenticate(net: Network, env: Env, chan: tuple, b: Batch) -> _Auth:
     if m is None or m.status == "stopped":
         return _UNCHECKED  # dropped with its own reason when it runs
     versions = net.keys.get(dest)
-    d = env.__dict__
-    cache = d.get(_AUTH_ATTR)
-    if cache is None:
-        cache = d[_AUTH_ATTR] = {}
+    cache = env.auth_cache
     key = (chan, b.seq)
     hit = cache.get(key)
     if hit is not None and hit[0] is b and hit[1] is versions:
@@ -788,9 +782,7 @@ def _open_batch(net: Network, env: Env, dest: bytes, b: Batch) -> _Auth:
 
 
 def _forget(env: Env, chan: tuple, seq: int) -> None:
-    cache = env.__dict__.get(_AUTH_ATTR)
-    if cache:
-        cache.pop((chan, seq), None)
+    env.auth_cache.pop((chan, seq), None)
 
 
 def _contain(net: Network, env: Env, pick: tuple, e: Exception) -> tuple[Network, list]:
