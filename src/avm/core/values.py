@@ -1569,6 +1569,23 @@ _BY_TAG[TAG_RECORD] = ValueType(
 # ---------------------------------------------------------------------------------------
 
 
+def _walk_elements(v: Any, out: list | None, room: int) -> int:
+    """The walk over a tuple's or a record's elements; plain atoms are passed inline."""
+    n = 0
+    for x in v:
+        tx = type(x)
+        if tx is int:
+            if _NBIG <= x < _BIG:
+                continue
+        elif tx is str:
+            if x.isascii():
+                continue
+        elif tx in _FREE:
+            continue
+        n += _walk(x, out, room)
+    return n
+
+
 def _walk(v: Any, out: list | None, room: int = DEPTH_MAX) -> int:
     """Fast walk: count (and optionally collect) substructural items, raise _Invalid.
 
@@ -1597,20 +1614,7 @@ def _walk(v: Any, out: list | None, room: int = DEPTH_MAX) -> int:
             return 0
         if room < 1:
             raise _Invalid()
-        room -= 1
-        n = 0
-        for x in v:
-            tx = type(x)
-            if tx is int:
-                if _NBIG <= x < _BIG:
-                    continue
-            elif tx is str:
-                if x.isascii():
-                    continue
-            elif tx in _FREE:
-                continue
-            n += _walk(x, out, room)
-        return n
+        return _walk_elements(v, out, room - 1)
     if t is Map:
         subs = v._subs
         m = v._m
@@ -1634,20 +1638,7 @@ def _walk(v: Any, out: list | None, room: int = DEPTH_MAX) -> int:
     if shape == _RECORD:  # a tag over an array [name, fields...]: two levels
         if room < 2:
             raise _Invalid()
-        room -= 2
-        n = 0
-        for x in v:
-            tx = type(x)
-            if tx is int:
-                if _NBIG <= x < _BIG:
-                    continue
-            elif tx is str:
-                if x.isascii():
-                    continue
-            elif tx in _FREE:
-                continue
-            n += _walk(x, out, room)
-        return n
+        return _walk_elements(v, out, room - 2)
     if shape == _WRAPPER:
         if room < 1:
             raise _Invalid()
