@@ -4,9 +4,9 @@
 
 N clients each queue one batch for the same machine (N live channels), then the
 simulator runs them all. Printed: microseconds per batch for each N, and the growth
-against the smallest N. An indexed ready queue would keep the last column near 1x; the
-pure network scans its live channels at every step (``network._pick``), so the cost per
-batch grows linearly with N. Next to it, the same batches through one plain
+against the smallest N. The step picks through an indexed ready queue
+(``avm.core.inbox.Index``), so the growth column should stay near 1x (a plain scan of
+the live channels made it grow linearly with N). Next to it, the same batches through one plain
 ``asyncio.Queue``, whose cost per item does not depend on its length.
 """
 

@@ -419,3 +419,21 @@ def test_a_removed_key_that_is_missing_is_an_internal_error():
     order = timers._insert((), (1, b"a"))
     with pytest.raises(AssertionError):
         timers._remove(order, (1, b"b"))
+
+
+def test_a_store_header_from_before_the_timers_loads_with_no_timers():
+    """The host store keeps the network record's header; an older one (fewer trailing
+    fields) is upgraded byte for byte to what the current record encodes."""
+    from avm.core.network import new_network
+    from avm.host import store
+    net = new_network(5)
+    blob = codec.encode(net)
+    prefix = store._NET_PREFIX
+    n = len(avm.core.values.record_fields(type(net))) + 1
+    assert blob[len(prefix):len(prefix) + 2] == bytes((0x98, n))
+    # Drop the two timer fields, as a header written before them looked.
+    tail = codec.encode(net.timers) + codec.encode(net.timer_order)
+    old = prefix + bytes((0x98, n - 2)) + blob[len(prefix) + 2:len(blob) - len(tail)]
+    assert store._upgrade_header(old) == blob
+    assert store._upgrade_header(blob) == blob
+    assert codec.decode(store._upgrade_header(old)) == net

@@ -167,10 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--debug", action="store_true",
                      help="show full Python tracebacks for errors in user code")
 
+    from .host import cli as host_cli  # the host's commands: store, host, demo
+
+    host_cli.add_parsers(sub)
     sub.add_parser("version", help="print the avm version",
                    description="Print the installed avm version.",
                    epilog="example:\n  avm version", formatter_class=fmt)
     return parser
+
+
+def _host_commands() -> tuple[str, ...]:
+    from .host import cli as host_cli
+
+    return host_cli.COMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sim":
             return _cmd_sim(args)
+        if args.command in _host_commands():
+            from .host import cli as host_cli
+
+            return host_cli.run(args)
         if args.command == "version":
             print(f"avm {__version__} (Python {sys.version.split()[0]})")
             return EXIT_OK

@@ -22,6 +22,7 @@ from typing import Any
 from .caps import commons_cap
 from .conserve import no_drop, transit
 from .errors import UnknownName, UsageError
+from .inbox import next_timed_scan, note_outbox, note_wire
 from .netvalue import (
     Batch,
     Env,
@@ -88,7 +89,7 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     received = net.received if got is not None else net.received._set_plain(chan, seq - 1)
     net = with_(
         net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
-        outbox=net.outbox.set((chan, seq), (b, net.now + net.config.retry_ticks, 1)))
+        outbox=_outbox_set(net, (chan, seq), (b, net.now + net.config.retry_ticks, 1)))
     evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now, b)]
     net, more = transmit(net, "batch", src_host, dst_host, chan, seq, b)
     return net, evs + more
@@ -128,33 +129,27 @@ def transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int,
             corrupt = x < f.corrupt
         n += 1
         wire = wire.set((at + delay, n), (kind, src, dst, chan, seq, payload, corrupt))
+        note_wire((at + delay, n))
         stats = bump(stats, "wire.sent")
     return with_(net, rng=rng, wire=wire, wire_n=n, stats=stats), evs
 
 
+def _outbox_set(net: Network, key: tuple, entry: tuple) -> Map:
+    """The outbox with ``entry`` = (batch, retry_at, attempts) under ``key``, noted for the
+    step's index (:mod:`avm.core.inbox`)."""
+    note_outbox(key)
+    return net.outbox.set(key, entry)
+
+
 def next_timed(net: Network) -> tuple | None:
-    """The earliest timed event, with a total order on ties.
+    """The earliest timed event, with a total order on ties (``inbox.next_timed_scan``).
 
     Map iteration order follows key hashes, which Python randomises per process for
     text and bytes; every choice here therefore compares explicit keys, so that a seed
-    replays identically in a fresh process (the CLI's reproduction promise).
+    replays identically in a fresh process (the CLI's reproduction promise). A step
+    reads the same answer from its index (``inbox.Index.next_timed``) in O(log n).
     """
-    best: tuple | None = None
-    best_key: tuple | None = None
-    for k in net.wire._m:
-        key = (k[0], 0, k[1])
-        if best_key is None or key < best_key:
-            best, best_key = (k[0], k, "wire"), key
-    for h in net.hosts._m.values():
-        if not h.up:
-            key = (h.down_until, 1, h.name)
-            if best_key is None or key < best_key:
-                best, best_key = (h.down_until, h.name, "restart"), key
-    for k, (_b, retry_at, _) in net.outbox._m.items():
-        key = (retry_at, 2, repr(k))
-        if best_key is None or key < best_key:
-            best, best_key = (retry_at, k, "retry"), key
-    return best
+    return next_timed_scan(net)
 
 
 def maybe_fault(net: Network) -> tuple[Network, list]:
@@ -216,7 +211,7 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
     if not net.hosts[src].up:
         # A crashed sender retries after it restarts.
         h = net.hosts[src]
-        return with_(net, outbox=net.outbox.set(key, (b, h.down_until + 1, attempts))), []
+        return with_(net, outbox=_outbox_set(net, key, (b, h.down_until + 1, attempts))), []
     if attempts >= cfg.retry_max and not b.abandoned:
         # Give up, but honestly: the receiver may have applied the batch and only the
         # acknowledgements were lost, so the outcome is indefinite. The outbox turns the
@@ -228,15 +223,15 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
         # receiver skips the number, the values go back and feedback says "failed"; if
         # it had the batch, the batch itself reports. Nothing is copied, nothing lost.
         tomb = with_(b, abandoned=True)
-        net = with_(net, outbox=net.outbox.set(key, (tomb, net.now + cfg.retry_ticks_max, attempts)),
+        net = with_(net, outbox=_outbox_set(net, key, (tomb, net.now + cfg.retry_ticks_max, attempts)),
                     stats=bump(net.stats, "drop.unreachable"))
         why = "unreachable: retry budget spent; it may have been applied"
         return net, [events.Dropped(chan, seq, b.dest, why, net.now, definite=False)]
     if b.abandoned:
-        net = with_(net, outbox=net.outbox.set(key, (b, net.now + cfg.retry_ticks_max, attempts)))
+        net = with_(net, outbox=_outbox_set(net, key, (b, net.now + cfg.retry_ticks_max, attempts)))
         return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, _wire_tomb(b))
     backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
-    net = with_(net, outbox=net.outbox.set(key, (b, net.now + backoff, attempts + 1)),
+    net = with_(net, outbox=_outbox_set(net, key, (b, net.now + backoff, attempts + 1)),
                   stats=bump(net.stats, "wire.retry"))
     dst = host_of_dest(net, b.dest)
     return transmit(net, "batch", src, dst, chan, seq, b)
@@ -314,7 +309,7 @@ def _settle(net: Network, chan: tuple, seq: int, evs: list) -> Network:
     kept, retry_at, attempts = entry
     if not kept.abandoned or (not kept.messages and kept.notify is None):
         return net
-    net = with_(net, outbox=net.outbox.set((chan, seq), (_wire_tomb(kept), retry_at, attempts)))
+    net = with_(net, outbox=_outbox_set(net, (chan, seq), (_wire_tomb(kept), retry_at, attempts)))
     src = host_of_sender(net, kept.sender)
     evs.append(events.Dropped(chan, seq, kept.dest, UNREACHABLE, net.now))
     net, more = notify(net, kept, False, UNREACHABLE, host=src)

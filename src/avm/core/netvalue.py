@@ -30,6 +30,7 @@ from .caps import (
 )
 from .commons import SERVICES
 from .errors import AvmError, CapabilityError
+from .inbox import Index, accepted
 from .machine import Failure
 from .schedule import hlc_now
 from .values import Map, check_value, record, replace_fields
@@ -301,6 +302,9 @@ class Env:
         #: The scheduler's cache of what it proved about head batches (network._authenticate):
         #: (chan, seq) -> (batch, key versions, authentication, score).
         self.auth_cache: dict[tuple, tuple] = {}
+        #: The ordered views of the inbox, wire and outbox of the network last stepped
+        #: with this Env (avm.core.inbox.Index): a cache, rebuilt for any other network.
+        self.index = Index()
 
     def behavior(self, name: str) -> Callable:
         fn = self.behaviors.get(name)
@@ -443,18 +447,8 @@ def enqueue_local(
         received = received._set_plain(chan, seq)
     net = with_(net, hosts=net.hosts._set_plain(host, with_(h, clock=ts)),
                 next_seq=net.next_seq._set_plain(chan, seq), received=received,
-                **_accepted(net, chan, b, n))
+                **accepted(net, chan, b, n))
     return net, [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now, b)]
-
-
-def _accepted(net: Network, chan: tuple, b: Batch, n: int | None = None) -> dict[str, Map]:
-    head = net.head
-    if chan not in head:
-        head = head._set_plain(chan, b.seq)
-    live = net.live if chan in net.live else net.live._set_plain(chan, True)
-    if n is None:  # the inbox map keeps the count in its substructural index
-        n = check_value(b)
-    return {"pending": net.pending._set_counted((chan, b.seq), b, n), "head": head, "live": live}
 
 
 def accept(net: Network, chan: tuple, b: Batch, n: int | None = None) -> Network:
@@ -462,7 +456,7 @@ def accept(net: Network, chan: tuple, b: Batch, n: int | None = None) -> Network
 
     ``n``: the batch's substructural count if the caller knows it (else it is counted).
     """
-    return with_(net, **_accepted(net, chan, b, n))
+    return with_(net, **accepted(net, chan, b, n))
 
 
 def quiescent(net: Network) -> bool:

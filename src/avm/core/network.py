@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from . import timers
+from . import inbox, timers
 from .caps import (
     SEALING_KEY_BYTES,
     Capability,
@@ -47,7 +47,6 @@ from .delivery import (
     deliver,
     give_back,
     maybe_fault,
-    next_timed,
     notify,
     redeliver_dead_letter,
     restart_host,
@@ -448,9 +447,24 @@ def step(net: Network, env: Env) -> tuple[Network, list]:
     did not already turn into a failure fails that batch as ``internal``, from the
     network as it was before the run, and the next step goes on.
     """
+    idx = env.index
+    idx.sync(net, env, _authenticate)
+    journal, token = inbox.step_journal()
+    try:
+        out, evs = _step(net, env, idx)
+    except BaseException:
+        idx.net = None  # the step did not finish: what it changed in the heaps is unknown
+        raise
+    finally:
+        inbox.end_journal(token)
+    idx.advance(net, out, env, _authenticate, journal)
+    return out, evs
+
+
+def _step(net: Network, env: Env, idx: inbox.Index) -> tuple[Network, list]:
     now = net.now
     # 1. Due timed work: transmissions, host restarts, retries (earliest first).
-    due = next_timed(net)
+    due = idx.next_timed(net)
     if due is not None and due[0] <= now:
         return _do_timed(net, env, due)
     # 1b. Due timers (avm.core.timers): one act of one host's timer service.
@@ -465,7 +479,7 @@ def step(net: Network, env: Env) -> tuple[Network, list]:
             return net2, evs
         net = net2
     # 2. The best ready batch.
-    pick = _pick(net, env)
+    pick = idx.pick(net)
     if pick is not None:
         try:
             return _run(net, env, pick)
@@ -491,73 +505,13 @@ def _do_timed(net: Network, env: Env, due: tuple) -> tuple[Network, list]:
     return retry(net, due[1])
 
 
-def _runnable(net: Network, b: Batch) -> bool:
-    dest = b.dest
-    if type(dest) is bytes:
-        m = net.machines.get(dest)
-        if m is None:
-            return True  # runs only to be dropped as unknown
-        if m.status == "suspended":
-            return False
-        return net.hosts[m.host].up
-    host = host_of_sender(net, b.sender)
-    return net.hosts[host].up
-
-
 def _pick(net: Network, env: Env) -> tuple | None:
-    """The batch to run next: ``(chan, batch, auth)``.
+    """The batch to run next, ``(chan, batch, auth)``, by the reference scan (rule 6).
 
-    Rule 6 scores each ready head batch by its timestamp and its *authenticated*
-    priority (:func:`_authenticate`); a head batch whose capabilities do not unseal is
-    picked before anything else (the lowest channel first, for determinism), to be failed
-    as ``unseal`` at once: it claims nothing, so it neither waits its turn nor is ranked
-    by the priority it claims.
+    :func:`step` picks through the Env's index (:class:`avm.core.inbox.Index`), which
+    returns exactly this; the scan is kept as the reference the tests compare it with.
     """
-    best = None
-    best_score = None
-    bad = None
-    bad_key = None
-    # The scan below runs for every live channel at every step, so it reads the maps
-    # directly and takes each head batch's authentication and score from the Env's cache
-    # (filled by _authenticate): one dict lookup per channel once a batch has been seen.
-    cache = env.auth_cache
-    pending = net.pending._m
-    head = net.head._m
-    machines = net.machines._m
-    keys = net.keys._m
-    hosts = net.hosts._m
-    for chan in net.live._m:
-        seq = head[chan]
-        b = pending[(chan, seq)]
-        dest = b.dest
-        hit = None
-        if type(dest) is bytes:
-            m = machines.get(dest)
-            if m is not None:
-                status = m.status
-                if status == "suspended" or not hosts[m.host].up:
-                    continue
-                if status != "stopped":  # as _authenticate: only these are ever cached
-                    hit = cache.get((chan, seq))
-        elif not _runnable(net, b):
-            continue
-        if hit is not None and hit[0] is b and hit[1] is keys.get(dest):
-            auth = hit[2]
-            s = hit[3]
-        else:
-            auth = _authenticate(net, env, chan, b)
-            s = score(b.ts, auth.priority)
-        if auth.error is not None:
-            k = repr(chan)
-            if bad_key is None or k < bad_key:
-                bad, bad_key = (chan, b, auth), k
-            continue
-        if bad is not None:
-            continue
-        if best is None or best_score is None or s < best_score or (
-                s == best_score and repr(chan) < repr(best[0])):
-            best, best_score = (chan, b, auth), s
-    return bad if bad is not None else best
+    return inbox.pick_scan(net, env, _authenticate)
 
 
 def _waiting_higher(net: Network, env: Env, dest: Any, priority: float,
@@ -581,16 +535,8 @@ def _waiting_higher(net: Network, env: Env, dest: Any, priority: float,
     return best
 
 
-def _popped(net: Network, chan: tuple, seq: int) -> dict[str, Map]:
-    """The inbox maps after taking batch ``seq`` off the head of ``chan``."""
-    pending = net.pending.delete((chan, seq))
-    nxt = seq + 1
-    live = net.live if (chan, nxt) in pending else net.live.delete(chan)
-    return {"pending": pending, "head": net.head._set_plain(chan, nxt), "live": live}
-
-
 def _pop(net: Network, chan: tuple, seq: int) -> Network:
-    return with_(net, **_popped(net, chan, seq))
+    return with_(net, **inbox.popped(net, chan, seq))
 
 
 def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
@@ -608,18 +554,18 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
             if b.restarts >= cfg.restarts_max:
                 return _fail_batch(net, chan, b, Failure("timeout", f"interrupted {b.restarts} times by higher-priority batches"), evs, env=env)
             nb = with_(b, restarts=b.restarts + 1)
-            net = with_(net, pending=net.pending.set((chan, b.seq), nb),
+            net = with_(net, pending=inbox.replaced(net, chan, nb),
                           stats=bump(net.stats, "batch.interrupted"))
             evs.append(events.Interrupted(chan, b.seq, b.dest, nb.restarts, net.now))
             chan, b, auth = rival
     _forget(env, chan, b.seq)
     if b.abandoned:  # the sender gave up on this number: skip it, keeping the order
         return with_(net, stats=bump(net.stats, "batch.skipped-abandoned"),
-                     **_popped(net, chan, b.seq)), evs
+                     **inbox.popped(net, chan, b.seq)), evs
     # The inbox map's substructural index knows whether the batch holds any such items.
     pk = (chan, b.seq)
     plain = pk not in net.pending._subs if pk in net.pending else not check_value(b.messages)
-    net = with_(net, now=net.now + 1, **_popped(net, chan, b.seq))
+    net = with_(net, now=net.now + 1, **inbox.popped(net, chan, b.seq))
     dest = b.dest
     if type(dest) is tuple:
         net, more = _run_commons(net, env, chan, b)

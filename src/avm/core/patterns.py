@@ -40,9 +40,23 @@ What forwarding keeps, and what it does not:
   take one more hop, and a revoked or refused message fails the batch *at the forwarder*.
   The original sender learns of it only if it asked for delivery status (the
   ``feedback`` commons service), exactly as with any other failed batch.
-* these membranes filter by message name; they do not wrap the capabilities that travel
-  inside messages (a reply capability passes through as it is). That is what attenuation
-  by name needs, and it is what keeps them one small pure step.
+* a caretaker passes contents on as they are; a **membrane wraps** every capability that
+  crosses it, in either direction. A reply capability carried in becomes the membrane's
+  ``(OUTWARD, reply)`` capability, so the answer comes back out through the membrane;
+  a capability of the target's side carried out in an answer becomes
+  ``(INWARD, cap)``, and messages through it go in under the same allow-list. A wrapper
+  going back to its own side is unwrapped, so a capability passed in and out again is
+  the holder's own. Revoking the membrane therefore cuts everything that ever passed
+  through it, not only its use capability (the classic E / Spritely membrane).
+* linear capabilities get linear wrappers (the context holds them), so they are never
+  copied; a capability *inside* a ``Linear``/``Affine``/``Relevant`` value cannot be
+  wrapped without rebuilding that value, so the membrane refuses such a message
+  (:class:`Refused`), and the runtime gives the linear value back to its sender. When a
+  forwarded batch carrying linear values fails further on, they come back to the
+  membrane, which does not take them (it cannot tell whose they were): that batch
+  fails and they land in the host's dead letters, counted by the census.
+* what a cryptographic ``Sealed`` holds cannot be seen, so capabilities inside one pass
+  unwrapped: seal a capability only for a party you trust not to leak it.
 
 One more pattern is about *spending*, not withdrawing:
 
@@ -58,14 +72,28 @@ One more pattern is about *spending*, not withdrawing:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .caps import Capability, Keyring, Self, unseal_context
 from .conserve import strip
 from .errors import AvmError, CapabilityError
 from .machine import Behavior
-from .values import LINEAR, NO_DROP, Linear, Map, record, record_name, substructural_items
+from .values import (
+    _ATOMS,
+    LINEAR,
+    NO_DROP,
+    Affine,
+    Linear,
+    Map,
+    Relevant,
+    Sealed,
+    _record_fields,
+    record,
+    record_name,
+    replace_fields,
+    substructural_items,
+)
 
 if TYPE_CHECKING:  # the simulator is only needed by the helpers for tests and scripts
     from .sim import Sim
@@ -73,6 +101,8 @@ if TYPE_CHECKING:  # the simulator is only needed by the helpers for tests and s
 __all__ = [
     "USE",
     "ADMIN",
+    "INWARD",
+    "OUTWARD",
     "GRANT",
     "ONE_SHOT",
     "Revoked",
@@ -89,13 +119,22 @@ __all__ = [
     "membrane_args",
     "forwarder_caps",
     "message_name",
+    "map_capabilities",
     "revoke_all",
 ]
+
+_SUBS = (Linear, Affine, Relevant)
 
 #: Context of a forwarder's use capability: messages through it are passed on.
 USE = "use"
 #: Context of a forwarder's admin capability: it takes ``"revoke"``.
 ADMIN = "admin"
+#: First element of a membrane wrapper's context ``(INWARD, capability)``: a capability of
+#: the target's side, handed out through the membrane; messages through it go in.
+INWARD = "in"
+#: First element of ``(OUTWARD, capability)``: a capability of the holders' side that a
+#: message carried in; messages through it (answers, callbacks) go back out.
+OUTWARD = "out"
 #: First element of a grant context: ``(GRANT, number, inner_context)``.
 GRANT = "grant"
 #: First element of a one-shot context: ``Linear((ONE_SHOT, number, inner_context))``.
@@ -110,7 +149,8 @@ class Revoked(CapabilityError):
 
 
 class Refused(CapabilityError):
-    """A membrane was asked to pass a message its allow-list does not name."""
+    """A membrane was asked to pass a message its allow-list does not name, or one
+    holding a capability it cannot wrap (inside a substructural value)."""
 
 
 class Spent(CapabilityError):
@@ -195,6 +235,7 @@ def membrane_args(
 
 def _forwarder(kind: str, name: str) -> Behavior:
     b = Behavior(name)
+    wraps = kind == "membrane"
 
     @b.init
     def _init(state: Any, args: Any) -> tuple:
@@ -213,7 +254,7 @@ def _forwarder(kind: str, name: str) -> Behavior:
                 f"a {kind} forwards many messages to its target, so the target must be an "
                 "unrestricted capability; use a linear capability directly, once")
         allow = args.allow
-        if kind == "membrane":
+        if wraps:
             if allow is None:
                 raise AvmError("a membrane needs an allow-list; a caretaker forwards everything")
             allow = _names(allow)
@@ -221,6 +262,9 @@ def _forwarder(kind: str, name: str) -> Behavior:
 
     @b.signal("self")
     def _self(state: Map, me: Self) -> tuple:
+        if wraps:
+            # The membrane wraps with its own Self; a rotated key hands it the new one.
+            state = state.set("me", me)
         reply = state.get("reply")
         if reply is None:
             return [], state
@@ -228,28 +272,178 @@ def _forwarder(kind: str, name: str) -> Behavior:
         # the state is ever shown to someone.
         return [(reply, (kind, me(USE), me(ADMIN)))], state.set("reply", None)
 
+    def _check_in(state: Map, content: Any) -> None:
+        if state["revoked"]:
+            raise Revoked(f"this {kind} has been revoked")
+        allow = state["allow"]
+        if allow is not None and message_name(content) not in allow:
+            raise Refused(
+                f"this {kind} lets through only {list(allow)}, not {message_name(content)!r}")
+
     @b.otherwise
     def _route(state: Map, content: Any, *, ctx: Any) -> tuple:
         # Authority lives in the context (which capability the message came through), not
         # in the content, so this dispatches on the context only: a message named "revoke"
         # sent through the use capability is forwarded like any other.
-        if ctx == USE:
-            if state["revoked"]:
+        if type(ctx) is str:
+            if ctx == USE:
+                _check_in(state, content)
+                target = state["target"]
+                if wraps:
+                    content = map_capabilities(content, _Crossing(state, INWARD))
+                return [(target, content)], state
+            if ctx == ADMIN:
+                if content == "revoke":
+                    # Forget the target as well: revocation is final and the capability
+                    # is gone from the state that a debugger or the web page may show.
+                    return [], state.update(revoked=True, target=None)
+                raise AvmError(f"a {kind}'s admin capability takes 'revoke', got {content!r}")
+        elif wraps and _is_wrapper(ctx):
+            way, dest = ctx
+            if way == INWARD:
+                # Something of the inside, handed out through this membrane: the same
+                # allow-list holds, so an answer's capability is no way around it.
+                _check_in(state, content)
+            elif state["revoked"]:
                 raise Revoked(f"this {kind} has been revoked")
-            allow = state["allow"]
-            if allow is not None and message_name(content) not in allow:
-                raise Refused(
-                    f"this {kind} lets through only {list(allow)}, not {message_name(content)!r}")
-            return [(state["target"], content)], state
-        if ctx == ADMIN:
-            if content == "revoke":
-                # Forget the target as well: revocation is final and the capability is
-                # gone from the state that a debugger or the web page may show.
-                return [], state.update(revoked=True, target=None)
-            raise AvmError(f"a {kind}'s admin capability takes 'revoke', got {content!r}")
+            return [(dest, map_capabilities(content, _Crossing(state, way)))], state
         raise CapabilityError(f"unknown {kind} context {ctx!r}")
 
     return b
+
+
+def _is_wrapper(ctx: Any) -> bool:
+    return (type(ctx) is tuple and len(ctx) == 2 and type(ctx[1]) is Capability
+            and type(ctx[0]) is str and ctx[0] in (INWARD, OUTWARD))
+
+
+class _Crossing:
+    """What one membrane does to each capability a message carries across it.
+
+    ``way`` is where the message goes: :data:`INWARD` (to the target's side) or
+    :data:`OUTWARD` (back to the holders' side). A capability of the other side is
+    wrapped, so that using it comes back through this membrane and stops working when
+    the membrane is revoked; a wrapper of this membrane that is going home is unwrapped,
+    so passing a capability in and back out gives the holder its own capability again
+    (and the target its own: ``USE`` going in is the target). Commons capabilities are
+    stateless services that carry no one's authority: they pass, with their arguments
+    mapped. Substructural wrappers are wrapped again rather than unwrapped: unwrapping
+    would destroy one linear value and create another, which only ``null`` may do.
+    """
+
+    __slots__ = ("me", "way", "back", "target", "ring")
+
+    def __init__(self, state: Map, way: str) -> None:
+        me = state.get("me")
+        if type(me) is not Self or me._key is None:
+            raise CapabilityError("this membrane has not been handed its Self yet")
+        self.me = me
+        self.way = way
+        self.back = OUTWARD if way == INWARD else INWARD  # the wrapper context we make
+        self.target = state["target"]
+        self.ring: Keyring | None = None
+
+    def __call__(self, cap: Capability) -> Capability:
+        if cap.commons is not None:
+            name, args = cap.commons
+            new = map_capabilities(args, self)
+            return cap if new is args else Capability(cap.address, commons=(name, new))
+        me = self.me
+        if cap.address == me.address and not cap.kind:
+            if self.ring is None:
+                self.ring = Keyring(me.address, me._key)  # type: ignore[arg-type]
+            try:
+                ctx = unseal_context(cap, self.ring)
+            except AvmError:  # an older key version: not ours any more, wrap it
+                ctx = None
+            if ctx is not None:
+                if _is_wrapper(ctx) and ctx[0] == self.way:
+                    return ctx[1]  # a wrapper going home
+                if type(ctx) is str and ctx == USE and self.way == INWARD:
+                    return self.target
+                # Another capability of this membrane (admin, or a wrapper that already
+                # faces the side it is going to): its holder may have it as it is.
+                return cap
+        return me((self.back, cap), cap.priority)
+
+
+def map_capabilities(value: Any, fn: Callable[[Capability], Capability]) -> Any:
+    """``value`` with every capability ``c`` in it replaced by ``fn(c)``.
+
+    Walks tuples, maps (keys and values), records and discretionary seals; the result
+    is ``value`` itself (the same object) when ``fn`` changed nothing, and every part
+    that holds no changed capability is shared. ``fn`` is not applied inside a
+    capability (a commons capability's arguments are ``fn``'s business).
+
+    Substructural values keep their identity: the runtime counts a ``Linear``,
+    ``Affine`` or ``Relevant`` wrapper as *that object*, so rebuilding one around a
+    changed value would drop the old one and create a new one, which no step may do.
+    So a capability inside such a wrapper (or inside a discretionary ``Sealed`` that
+    holds one) raises :class:`Refused` when ``fn`` would change it: put capabilities
+    beside linear values, not inside them, when they must cross a membrane. What a
+    cryptographic ``Sealed`` holds cannot be seen and is passed as it is.
+    """
+    t = type(value)
+    if t in _ATOMS:
+        return value
+    if t is Capability:
+        new = fn(value)
+        if type(new) is not Capability:
+            raise AvmError(f"map_capabilities: fn gave {type(new).__name__}, not a Capability")
+        return new
+    if t is tuple:
+        out: list | None = None
+        for i, x in enumerate(value):
+            if type(x) in _ATOMS:
+                continue
+            y = map_capabilities(x, fn)
+            if y is not x:
+                if out is None:
+                    out = list(value)
+                out[i] = y
+        return value if out is None else tuple(out)
+    if t is Map:
+        pairs = []
+        changed = False
+        for k, x in value.items():
+            k2 = map_capabilities(k, fn)
+            x2 = map_capabilities(x, fn)
+            changed = changed or k2 is not k or x2 is not x
+            pairs.append((k2, x2))
+        if not changed:
+            return value
+        new_map = Map(pairs)
+        if len(new_map) != len(value):
+            raise Refused("two keys of a map became one capability when crossing")
+        return new_map
+    if t in _SUBS:
+        inner = map_capabilities(value.value, fn)
+        if inner is not value.value:
+            raise Refused(
+                f"a capability inside a {t.__name__} value cannot be wrapped without "
+                "copying or dropping it; send capabilities beside substructural values")
+        return value
+    if t is Sealed:
+        if value.crypto:
+            return value
+        p = map_capabilities(value.payload, fn)
+        if p is value.payload:
+            return value
+        if value.kind:
+            raise Refused("a capability inside a sealed substructural value cannot be wrapped")
+        return Sealed(value.sealer, p)
+    fields = _record_fields(t)
+    if fields is not None:
+        changes = {}
+        for f in fields:
+            x = getattr(value, f)
+            if type(x) in _ATOMS:
+                continue
+            y = map_capabilities(x, fn)
+            if y is not x:
+                changes[f] = y
+        return replace_fields(value, **changes) if changes else value
+    return value  # Self, Sealer, Unsealer: no capability inside
 
 
 @functools.cache
@@ -275,6 +469,12 @@ def membrane(name: str = "membrane") -> Behavior:
     (:func:`message_name`) is not allowed fails its batch with :class:`Refused`, so a
     batch that mixes allowed and forbidden messages is refused as a whole: attenuation
     never splits a transaction. Revocable like a :func:`caretaker`.
+
+    Unlike a caretaker it wraps every capability a message carries across it (see the
+    module text): capabilities carried in (reply capabilities) come back to the membrane
+    as ``(OUTWARD, cap)`` capabilities, capabilities carried out (in answers) as
+    ``(INWARD, cap)`` ones, which obey the same allow-list. Revoking it refuses all of
+    them, so nothing that passed through keeps working.
     """
     return _forwarder("membrane", name)
 

@@ -1,0 +1,721 @@
+"""The embedded durable store of a host: SQLite in WAL mode, one writer, group commit.
+
+    "Durable store, embedded by default (SQLite in WAL mode): machine records (state,
+    behavior binding, keys), the outbox of undelivered batches, per-channel sequence
+    numbers ... One batch = one database transaction holding the new state, the outgoing
+    batches and the inbound sequence number; group commit amortizes the sync cost."
+    (DESIGN section 8)
+
+What is stored is the host's pure :class:`~avm.core.network.Network`, row by row: the
+runtime (:mod:`avm.host.runtime`) steps that value with the core's own ``step`` and tells
+the store which rows a step touched (:class:`Dirty`, computed from the step's events by
+:func:`dirty_from_events`). The store never interprets a batching rule; it only writes
+what the core produced.
+
+Group commit. The runtime keeps stepping while the writer thread commits; the writer
+takes *every* piece of work queued since its last commit and writes it as one SQLite
+transaction: the union of the touched rows, each written once from the newest network
+snapshot. Snapshots are immutable and taken between steps, so every commit is a prefix
+of the step sequence: a crash loses only a suffix of steps, and nothing of that suffix
+was acknowledged (callers are answered after the commit that holds their effects). One
+batch's new state, outgoing batches and applied sequence number are always in the same
+commit, because they are rows of the same step.
+
+Durability modes (:data:`DURABILITY_MODES`):
+
+* ``"full"`` (the default): WAL with ``synchronous=FULL``: every commit is fsynced
+  before it is acknowledged; survives ``kill -9`` and power loss.
+* ``"normal"``: WAL with ``synchronous=NORMAL``: survives ``kill -9`` (the process dies,
+  the OS keeps the WAL), may lose the last commits on power loss or an OS crash.
+* ``"memory"``: nothing is written; survives nothing. For benchmarks and tests.
+
+Keys live apart from states, in a second SQLite file ``PATH.keys`` created with mode
+0600 (its WAL and shared-memory files inherit it). It holds the network secret and every
+sealing key. Key rows are committed before the main commit that needs them, so a crash
+can leave an unused key, never a machine without its key. A backup copies both files.
+
+A state that cannot be decoded never commits: each state is encoded canonically and
+decoded back before its transaction is written; a failure aborts the commit with
+:class:`StoreError` and the runtime stops acknowledging work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.codec import decode, encode
+from ..core.conserve import strip
+from ..core.errors import AvmError
+from ..core.network import Batch, Config, MachineRecord, Network, events
+from ..core.values import Map, record_fields, replace_fields
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DURABILITY_MODES",
+    "HISTORY_ROWS_MAX",
+    "LOG_ROWS_MAX",
+    "StoreError",
+    "Dirty",
+    "dirty_from_events",
+    "Store",
+    "GroupCommitter",
+    "CheckReport",
+    "backup",
+    "check",
+]
+
+SCHEMA_VERSION = 2
+DURABILITY_MODES = ("full", "normal", "memory")
+#: Rows kept in the batch history (for the debugger); older rows are deleted.
+HISTORY_ROWS_MAX = 10_000
+#: Rows kept in each of the failure and drop logs (the counters in stats keep counting).
+LOG_ROWS_MAX = 100_000
+KEY_FILE_SUFFIX = ".keys"
+KEY_FILE_MODE = 0o600
+
+
+class StoreError(AvmError):
+    """The store cannot do what was asked: corrupt, full, failing, or the wrong version."""
+
+
+# ---------------------------------------------------------------------------------------
+# Schema. Version 1 is kept verbatim: migrations start from it and a test opens a
+# version-1 file. Version 2 added the batch history and the timers.
+# ---------------------------------------------------------------------------------------
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE machines (
+    address BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE, behavior TEXT NOT NULL,
+    status TEXT NOT NULL, keyver INTEGER NOT NULL, host TEXT NOT NULL,
+    signal BLOB NOT NULL, state BLOB NOT NULL);
+CREATE TABLE queue (chan BLOB NOT NULL, seq INTEGER NOT NULL, batch BLOB NOT NULL,
+    PRIMARY KEY (chan, seq)) WITHOUT ROWID;
+CREATE TABLE applied (chan BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE sent (chan BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE random_n (requester BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE failures (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, chan BLOB NOT NULL,
+    seq INTEGER NOT NULL, dest BLOB NOT NULL, rule TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE drops (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, chan BLOB NOT NULL,
+    seq INTEGER NOT NULL, dest BLOB NOT NULL, reason TEXT NOT NULL);
+"""
+
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: a bounded history of applied batches, and durable timers.
+    2: """
+CREATE TABLE history (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, chan BLOB NOT NULL,
+    seq INTEGER NOT NULL, dest BLOB NOT NULL, ok INTEGER NOT NULL, steps INTEGER NOT NULL,
+    read_only INTEGER NOT NULL);
+CREATE TABLE timers (id INTEGER PRIMARY KEY, due_ms INTEGER NOT NULL, owner BLOB NOT NULL,
+    payload BLOB NOT NULL);
+CREATE INDEX timers_due ON timers (due_ms);
+""",
+}
+
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS secret (id INTEGER PRIMARY KEY CHECK (id = 0), value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (address BLOB NOT NULL, version INTEGER NOT NULL,
+    key BLOB NOT NULL, PRIMARY KEY (address, version)) WITHOUT ROWID;
+"""
+
+#: Network fields stored as rows of their own; the rest form the header blob.
+_ROW_FIELDS = ("machines", "names", "keys", "pending", "head", "live", "next_seq", "random_n")
+
+
+# ---------------------------------------------------------------------------------------
+# What a step touched
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dirty:
+    """The rows to write from the next snapshot, and the log rows to append.
+
+    Row sets name keys of the network's maps; each is written from the snapshot (or
+    deleted when the snapshot no longer has it), so a key touched by many steps is
+    written once. ``everything`` rewrites every row (a new store, an operator's restore).
+    """
+
+    machines: set = field(default_factory=set)
+    keys: set = field(default_factory=set)
+    pending: set = field(default_factory=set)
+    heads: set = field(default_factory=set)
+    sent: set = field(default_factory=set)
+    random: set = field(default_factory=set)
+    chans: set = field(default_factory=set)  # channels whose whole queue is rewritten
+    failures: list = field(default_factory=list)
+    drops: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    everything: bool = False
+
+    def merge(self, other: Dirty) -> None:
+        self.machines |= other.machines
+        self.keys |= other.keys
+        self.pending |= other.pending
+        self.heads |= other.heads
+        self.sent |= other.sent
+        self.random |= other.random
+        self.chans |= other.chans
+        self.failures += other.failures
+        self.drops += other.drops
+        self.history += other.history
+        self.everything = self.everything or other.everything
+
+    def __bool__(self) -> bool:
+        return bool(self.everything or self.machines or self.keys or self.pending
+                    or self.heads or self.sent or self.random or self.chans or self.failures
+                    or self.drops or self.history)
+
+
+def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
+    """Add the rows the events of one step touched to ``dirty``.
+
+    The events are the core's account of the step: a batch created (queued; its
+    channel's sequence number advanced), applied or dropped (taken off its queue; its
+    channel's applied number advanced; on success the receiver's record changed),
+    interrupted (its restart count changed), a machine spawned, a batch accepted from
+    the wire (its channel's queue is rewritten whole). ``random`` answers move
+    the requester's stream counter. Everything else lives in the header, written whole.
+    """
+    for e in evs:
+        t = type(e)
+        if t is events.Applied:
+            chan = e.chan
+            dirty.pending.add((chan, e.seq))
+            dirty.heads.add(chan)
+            dest = e.dest
+            if type(dest) is bytes:
+                if e.ok:
+                    dirty.machines.add(dest)
+                else:
+                    f = e.failure
+                    dirty.failures.append((e.at, chan, e.seq, dest, f.rule if f else "",
+                                           str(f) if f else ""))
+            elif type(dest) is tuple and len(dest) > 1 and dest[1] == "random":
+                dirty.random.add(chan[0])
+            dirty.history.append((e.at, chan, e.seq, dest, e.ok, e.steps, e.read_only))
+        elif t is events.Created:
+            chan = e.chan
+            dirty.pending.add((chan, e.seq))
+            dirty.sent.add(chan)
+            dirty.heads.add(chan)
+        elif t is events.Dropped:
+            dirty.pending.add((e.chan, e.seq))
+            dirty.heads.add(e.chan)
+            dirty.drops.append((e.at, e.chan, e.seq, e.dest, e.reason))
+        elif t is events.Interrupted:
+            dirty.pending.add((e.chan, e.seq))
+        elif t is events.Spawned:
+            dirty.machines.add(e.address)
+            dirty.keys.add(e.address)
+        elif t is events.Wire and e.kind == "batch":
+            # A batch accepted from the wire (perhaps releasing held ones after it).
+            dirty.chans.add(e.chan)
+            dirty.heads.add(e.chan)
+
+
+# ---------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------
+
+
+def _blob(v: Any) -> bytes:
+    return encode(v)
+
+
+def _tag_prefix(blob: bytes) -> bytes:
+    """The CBOR tag head that starts ``blob`` (a record's tag)."""
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(blob[0] & 0x1F, 0)
+    return blob[:1 + size]
+
+
+_DEFAULT_NET = Network(config=Config(), seed=0)
+_NET_PREFIX = _tag_prefix(encode(_DEFAULT_NET))
+
+
+def _upgrade_header(blob: bytes) -> bytes:
+    """A header written before ``Network`` gained trailing fields, with their defaults.
+
+    New fields of the network record are only ever appended (the timers came this way),
+    so an older header is the same record with fewer items: its tag, a shorter array
+    header, the same item encodings. Appending the canonical encodings of the missing
+    fields' defaults gives exactly the header the current avm would have written. The
+    store is our own data (trusted); anything else is left to ``decode`` to refuse.
+    """
+    names = record_fields(Network)
+    want = len(names) + 1  # the record's name, then its fields
+    prefix = _NET_PREFIX
+    if not blob.startswith(prefix) or len(blob) < len(prefix) + 2 or blob[len(prefix)] != 0x98:
+        return blob
+    have = blob[len(prefix) + 1]
+    if not 1 < have < want:
+        return blob
+    tail = b"".join(encode(getattr(_DEFAULT_NET, f)) for f in names[have - 1:])
+    return prefix + bytes((0x98, want)) + blob[len(prefix) + 2:] + tail
+
+
+def _header(net: Network) -> bytes:
+    empty = Map()
+    return encode(replace_fields(net, secret=b"", **{f: empty for f in _ROW_FIELDS}))
+
+
+class Store:
+    """One host's store: a main SQLite file and its key file (or nothing, in memory).
+
+    Not thread-safe by itself: one thread writes (:class:`GroupCommitter`), and reads
+    for ``load``/``check`` happen before the writer starts or on their own connection.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, durability: str = "full") -> None:
+        if durability not in DURABILITY_MODES:
+            raise StoreError(f"unknown durability {durability!r}; use one of {DURABILITY_MODES}")
+        if (path is None) != (durability == "memory"):
+            raise StoreError("an in-memory store has no path, and a path needs "
+                             "durability 'full' or 'normal'")
+        self.durability = durability
+        self.path = None if path is None else Path(path)
+        self.commits = 0
+        self._db: sqlite3.Connection | None = None
+        self._keys: sqlite3.Connection | None = None
+        if self.path is not None:
+            self._open()
+
+    @property
+    def durable(self) -> bool:
+        return self.durability != "memory"
+
+    @property
+    def key_path(self) -> Path | None:
+        return None if self.path is None else Path(str(self.path) + KEY_FILE_SUFFIX)
+
+    # -- opening ------------------------------------------------------------------------
+    def _open(self) -> None:
+        assert self.path is not None and self.key_path is not None
+        sync = "FULL" if self.durability == "full" else "NORMAL"
+        try:
+            self._db = _connect(self.path, sync)
+            # The key file is created 0600 before SQLite opens it; its -wal and -shm
+            # files take the permissions of the database file.
+            if not self.key_path.exists():
+                os.close(os.open(self.key_path, os.O_CREAT | os.O_WRONLY, KEY_FILE_MODE))
+            os.chmod(self.key_path, KEY_FILE_MODE)
+            self._keys = _connect(self.key_path, "FULL")
+            self._keys.executescript(_KEYS_SCHEMA)
+            self._migrate()
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"cannot open the store at {self.path}: {e}") from e
+
+    def _migrate(self) -> None:
+        db = self._db
+        assert db is not None
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            with db:
+                db.executescript("BEGIN;" + _SCHEMA_V1 + "".join(
+                    _MIGRATIONS[v] for v in range(2, SCHEMA_VERSION + 1))
+                    + f"INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}); COMMIT;")
+            return
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = row[0] if row else None
+        if type(version) is not int or version < 1:
+            raise StoreError(f"{self.path} has no valid schema version: not an avm store")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}, newer than this "
+                             f"avm ({SCHEMA_VERSION}); upgrade avm to open it")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            # One transaction per migration: a crash leaves a whole version behind.
+            db.executescript("BEGIN;" + _MIGRATIONS[v]
+                             + f"UPDATE meta SET value={v} WHERE key='schema_version'; COMMIT;")
+
+    def schema_version(self) -> int:
+        if self._db is None:
+            return SCHEMA_VERSION
+        return int(self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    def close(self) -> None:
+        for c in (self._db, self._keys):
+            if c is not None:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+        self._db = self._keys = None
+
+    # -- reading ------------------------------------------------------------------------
+    def load(self) -> Network | None:
+        """The network as last committed, or None for an empty store.
+
+        Every state is decoded and every ``Self`` of its own machine is bound again to
+        the machine's keys (a stored ``Self`` names the key version, never the key).
+        """
+        db, kdb = self._db, self._keys
+        if db is None or kdb is None:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key='header'").fetchone()
+        if row is None:
+            return None
+        try:
+            net = decode(_upgrade_header(bytes(row[0])))
+            srow = kdb.execute("SELECT value FROM secret WHERE id=0").fetchone()
+            if type(net) is not Network or srow is None:
+                raise StoreError("the header or the network secret is missing")
+            keys: dict[bytes, dict[int, bytes]] = {}
+            for addr, ver, key in kdb.execute("SELECT address, version, key FROM keys"):
+                keys.setdefault(addr, {})[ver] = key
+            keymap = Map({a: Map(vs) for a, vs in keys.items()})
+            machines: dict[bytes, MachineRecord] = {}
+            names: dict[str, bytes] = {}
+            for addr, name, behavior, status, keyver, host, signal, state in db.execute(
+                    "SELECT address, name, behavior, status, keyver, host, signal, state FROM machines"):
+                if addr not in keys:
+                    raise StoreError(f"machine {name!r} has no keys in {self.key_path}")
+                st = strip(decode(state), addr, keymap)  # rebind its own Self
+                machines[addr] = MachineRecord(name, st, behavior, decode(signal), host,
+                                               keyver, status)
+                names[name] = addr
+            pending = {}
+            for chan, seq, blob in db.execute("SELECT chan, seq, batch FROM queue"):
+                b = decode(blob)
+                if type(b) is not Batch:
+                    raise StoreError("a queued row is not a batch")
+                c = decode(chan)
+                pending[(c, seq)] = replace_fields(b, messages=strip(b.messages, b.dest, keymap))
+            head = {decode(c): s + 1 for c, s in db.execute("SELECT chan, seq FROM applied")}
+            next_seq = {decode(c): s for c, s in db.execute("SELECT chan, seq FROM sent")}
+            random_n = {decode(r): n for r, n in db.execute("SELECT requester, n FROM random_n")}
+        except StoreError:
+            raise
+        except (AvmError, sqlite3.Error, ValueError, TypeError) as e:
+            raise StoreError(f"the store at {self.path} cannot be loaded: {e}") from e
+        live = {c: True for c, h in head.items() if (c, h) in pending}
+        return replace_fields(
+            net, secret=srow[0], machines=Map(machines), names=Map(names), keys=keymap,
+            pending=Map(pending), head=Map(head), live=Map(live), next_seq=Map(next_seq),
+            random_n=Map(random_n))
+
+    def failures(self, limit: int = 100) -> list[tuple]:
+        """The newest failed batches: (at, chan, seq, dest, rule, detail)."""
+        if self._db is None:
+            return []
+        rows = self._db.execute("SELECT at, chan, seq, dest, rule, detail FROM failures "
+                                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [(a, decode(c), s, decode(d), r, t) for a, c, s, d, r, t in rows]
+
+    def history(self, limit: int = 100) -> list[tuple]:
+        """The newest applied batches: (at, chan, seq, dest, ok, steps, read_only)."""
+        if self._db is None:
+            return []
+        rows = self._db.execute("SELECT at, chan, seq, dest, ok, steps, read_only FROM history "
+                                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [(a, decode(c), s, decode(d), bool(o), n, bool(r)) for a, c, s, d, o, n, r in rows]
+
+    # -- writing ------------------------------------------------------------------------
+    def write(self, net: Network, dirty: Dirty) -> None:
+        """Write the rows ``dirty`` names from ``net`` as one transaction, and commit.
+
+        Raises :class:`StoreError` (and commits nothing) if a state does not round-trip
+        through the canonical encoding, or SQLite fails (disk full, I/O error).
+        """
+        if self._db is None or self._keys is None:
+            self.commits += 1
+            return
+        try:
+            rows = _Rows(net, dirty)  # encode (and check) everything before writing
+        except AvmError as e:
+            raise StoreError(f"refusing to commit: {e}") from e
+        db, kdb = self._db, self._keys
+        try:
+            if rows.keys or rows.secret is not None:
+                with kdb:
+                    if rows.secret is not None:
+                        kdb.execute("INSERT OR REPLACE INTO secret VALUES (0, ?)", (rows.secret,))
+                    kdb.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows.keys)
+            with db:
+                if dirty.everything:
+                    for table in ("machines", "queue", "applied", "sent", "random_n"):
+                        db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('header', ?)", (rows.header,))
+                db.executemany("INSERT OR REPLACE INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               rows.machines)
+                db.executemany("DELETE FROM machines WHERE address = ?", rows.machines_gone)
+                db.executemany("INSERT OR REPLACE INTO queue VALUES (?, ?, ?)", rows.queue)
+                db.executemany("DELETE FROM queue WHERE chan = ? AND seq = ?", rows.queue_gone)
+                db.executemany("DELETE FROM queue WHERE chan = ?", rows.chans_gone)
+                db.executemany("INSERT OR REPLACE INTO queue VALUES (?, ?, ?)", rows.chan_rows)
+                db.executemany("INSERT OR REPLACE INTO applied VALUES (?, ?)", rows.applied)
+                db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?)", rows.sent)
+                db.executemany("INSERT OR REPLACE INTO random_n VALUES (?, ?)", rows.random)
+                _append_log(db, "failures", "(at, chan, seq, dest, rule, detail)", rows.failures,
+                            LOG_ROWS_MAX)
+                _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
+                _append_log(db, "history", "(at, chan, seq, dest, ok, steps, read_only)",
+                            rows.history, HISTORY_ROWS_MAX)
+        except sqlite3.Error as e:
+            raise StoreError(f"commit failed: {e}") from e
+        self.commits += 1
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    # Python's default transaction handling: a write opens a transaction, and leaving a
+    # ``with db:`` block commits it (or rolls it back on an exception).
+    db = sqlite3.connect(path, check_same_thread=False)
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        db.close()
+        raise StoreError(f"{path}: SQLite refused WAL mode (got {mode!r})")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    return db
+
+
+def _append_log(db: sqlite3.Connection, table: str, cols: str, rows: list, keep: int) -> None:
+    if not rows:
+        return
+    marks = ", ".join("?" * cols.count(",")) + ", ?"
+    cur = db.executemany(f"INSERT INTO {table} {cols} VALUES ({marks})", rows)  # noqa: S608
+    last = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]  # noqa: S608
+    if last is not None and last > keep:
+        db.execute(f"DELETE FROM {table} WHERE id <= ?", (last - keep,))  # noqa: S608
+    del cur
+
+
+class _Rows:
+    """The encoded rows of one commit, built (and checked) before any is written."""
+
+    def __init__(self, net: Network, dirty: Dirty) -> None:
+        self.header = _header(net)
+        self.secret = net.secret if dirty.everything else None
+        mach = net.machines
+        keys = net.keys
+        pend = net.pending
+        head = net.head
+        sent = net.next_seq
+        rnd = net.random_n
+        addrs = list(mach) if dirty.everything else dirty.machines
+        self.machines: list = []
+        self.machines_gone: list = []
+        for a in addrs:
+            m = mach.get(a)
+            if m is None:
+                self.machines_gone.append((a,))
+                continue
+            state = encode(m.state)
+            decode(state)  # a state that cannot be decoded never commits
+            self.machines.append((a, m.name, m.behavior, m.status, m.keyver, m.host,
+                                  _blob(m.signal), state))
+        self.keys: list = []
+        for a in (list(keys) if dirty.everything else dirty.keys | dirty.machines):
+            vs = keys.get(a)
+            if vs is not None and (dirty.everything or a in dirty.keys):
+                self.keys.extend((a, v, k) for v, k in vs.items())
+        self.queue: list = []
+        self.queue_gone: list = []
+        for k in (list(pend) if dirty.everything else dirty.pending):
+            b = pend.get(k)
+            chan = _blob(k[0])
+            if b is None:
+                self.queue_gone.append((chan, k[1]))
+            else:
+                self.queue.append((chan, k[1], _blob(b)))
+        self.chans_gone: list = []
+        self.chan_rows: list = []
+        for c in () if dirty.everything else dirty.chans:
+            cb = _blob(c)
+            self.chans_gone.append((cb,))
+            q = head.get(c)
+            while q is not None and (c, q) in pend:
+                self.chan_rows.append((cb, q, _blob(pend[(c, q)])))
+                q += 1
+        self.applied = [(_blob(c), head[c] - 1)
+                        for c in (list(head) if dirty.everything else dirty.heads) if c in head]
+        self.sent = [(_blob(c), sent[c])
+                     for c in (list(sent) if dirty.everything else dirty.sent) if c in sent]
+        self.random = [(_blob(r), rnd[r])
+                       for r in (list(rnd) if dirty.everything else dirty.random) if r in rnd]
+        self.failures = [(a, _blob(c), s, _blob(d), r, t) for a, c, s, d, r, t in dirty.failures]
+        self.drops = [(a, _blob(c), s, _blob(d), r) for a, c, s, d, r in dirty.drops]
+        self.history = [(a, _blob(c), s, _blob(d), int(o), n, int(r))
+                        for a, c, s, d, o, n, r in dirty.history]
+
+
+# ---------------------------------------------------------------------------------------
+# Group commit
+# ---------------------------------------------------------------------------------------
+
+
+class GroupCommitter:
+    """One writer thread; every commit request queued meanwhile joins the next commit.
+
+    :meth:`submit` hands over a network snapshot and the rows it touched since the last
+    request, and returns a future resolved once a commit holding them is durable (or
+    failed with :class:`StoreError`). After a failure every later request fails too:
+    the writer never commits a newer snapshot over a gap (a *failed* store stays failed
+    until reopened; the runtime then reloads from what was committed).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._queue: list[tuple[Network, Dirty, concurrent.futures.Future]] = []
+        self._stop = False
+        self.failed: StoreError | None = None
+        self.group_sizes: list[int] = []  # requests per commit (the last GROUP_LOG_MAX)
+        self._thread = threading.Thread(target=self._run, name="avm-store-writer", daemon=True)
+        self._thread.start()
+
+    GROUP_LOG_MAX = 1000
+
+    def submit(self, net: Network, dirty: Dirty) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self.failed is not None:
+                fut.set_exception(self.failed)
+                return fut
+            if self._stop:
+                fut.set_exception(StoreError("the store is closed"))
+                return fut
+            self._queue.append((net, dirty, fut))
+            self._cond.notify()
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if not self._queue and self._stop:
+                    return
+                work, self._queue = self._queue, []
+            merged = Dirty()
+            for _, d, _ in work:
+                merged.merge(d)
+            err: StoreError | None = None
+            if self.failed is None:
+                try:
+                    self.store.write(work[-1][0], merged)
+                except StoreError as e:
+                    err = e
+                except Exception as e:  # a bug: fail loudly, commit nothing more
+                    err = StoreError(f"commit failed: {type(e).__name__}: {e}")
+            else:
+                err = self.failed
+            if err is not None:
+                with self._cond:
+                    self.failed = err
+            if len(self.group_sizes) >= self.GROUP_LOG_MAX:
+                del self.group_sizes[: self.GROUP_LOG_MAX // 2]
+            self.group_sizes.append(len(work))
+            for _, _, fut in work:
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(err)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------
+# Operations: backup and check
+# ---------------------------------------------------------------------------------------
+
+
+def backup(path: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy a store (and its key file) with SQLite's online backup: safe while it runs."""
+    src, dst = Path(path), Path(dest)
+    if not src.exists():
+        raise StoreError(f"no store at {src}")
+    if dst.exists():
+        raise StoreError(f"{dst} exists; refusing to overwrite it")
+    for a, b in ((src, dst), (Path(str(src) + KEY_FILE_SUFFIX), Path(str(dst) + KEY_FILE_SUFFIX))):
+        if b.name.endswith(KEY_FILE_SUFFIX):
+            os.close(os.open(b, os.O_CREAT | os.O_WRONLY, KEY_FILE_MODE))
+        s = sqlite3.connect(f"file:{a}?mode=ro", uri=True)
+        d = sqlite3.connect(b)
+        try:
+            s.backup(d)
+        except sqlite3.Error as e:
+            raise StoreError(f"backup of {a} failed: {e}") from e
+        finally:
+            d.close()
+            s.close()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``avm store check`` found."""
+
+    path: str
+    schema_version: int
+    integrity: str  # "ok" or SQLite's first complaint
+    machines: int
+    queued: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == "ok" and not self.problems
+
+
+def check(path: str | os.PathLike) -> CheckReport:
+    """SQLite's integrity check on both files, then decode every state and batch."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no store at {p}")
+    problems: list[str] = []
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    try:
+        integrity = str(db.execute("PRAGMA integrity_check").fetchone()[0])
+        kp = Path(str(p) + KEY_FILE_SUFFIX)
+        if kp.exists():
+            kdb = sqlite3.connect(f"file:{kp}?mode=ro", uri=True)
+            try:
+                ki = str(kdb.execute("PRAGMA integrity_check").fetchone()[0])
+            finally:
+                kdb.close()
+            if ki != "ok":
+                problems.append(f"key file: {ki}")
+            if os.stat(kp).st_mode & 0o077:
+                problems.append(f"key file {kp} is readable by others (chmod 600 it)")
+        else:
+            problems.append(f"key file {kp} is missing")
+        version = int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        machines = 0
+        for name, state, signal in db.execute("SELECT name, state, signal FROM machines"):
+            machines += 1
+            for what, blob in (("state", state), ("signal", signal)):
+                try:
+                    decode(blob)
+                except AvmError as e:
+                    problems.append(f"machine {name!r}: its {what} does not decode: {e}")
+        queued = 0
+        for seq, blob in db.execute("SELECT seq, batch FROM queue"):
+            queued += 1
+            try:
+                if type(decode(blob)) is not Batch:
+                    problems.append(f"queued batch #{seq} is not a batch")
+            except AvmError as e:
+                problems.append(f"queued batch #{seq} does not decode: {e}")
+        row = db.execute("SELECT value FROM meta WHERE key='header'").fetchone()
+        if row is not None:
+            try:
+                decode(_upgrade_header(bytes(row[0])))
+            except AvmError as e:
+                problems.append(f"the header does not decode: {e}")
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot check {p}: {e}") from e
+    finally:
+        db.close()
+    return CheckReport(str(p), version, integrity, machines, queued, tuple(problems))
