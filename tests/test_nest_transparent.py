@@ -149,6 +149,8 @@ def test_inner_time_follows_outer_time():
             outer.send(p, "tick")
         outer.run()
         before = epoch + outer.net.now * outer.net.config.tick_ms
+        outer.send(k, ("keep", "sync"))  # routing it in asks the outer time
+        outer.run()
         outer.send(k, ("clock", p))
         outer.run()
         after = epoch + outer.net.now * outer.net.config.tick_ms
@@ -249,3 +251,17 @@ def test_a_capability_inside_a_linear_value_cannot_leave():
     assert inner_network(outer.state("box")) is before  # the inner network is as before
     assert outer.received("p") == ()
     watch.report().assert_ok()
+
+
+def test_a_message_that_fails_inside_fails_there_and_the_nest_goes_on():
+    # As at top level: the inner batch fails, the inner network counts it, and the next
+    # message goes through (a deferred message could otherwise block the queue).
+    outer, k = world()
+    p = outer.probe("p")
+    outer.send(k, ("no-such-message",))
+    outer.run()
+    assert outer.failures("box") == []
+    assert inner_network(outer.state("box")).stats.get("batch.failed", 0) == 1
+    outer.send(k, ("mint", p))
+    outer.run()
+    assert [m[0] for m in outer.received("p")] == ["key"]

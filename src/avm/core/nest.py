@@ -36,12 +36,14 @@ on the way in, such a wrapper is unwrapped, so inner machines get their own capa
 back. Outer capabilities need nothing: inside, a batch to an address the inner network
 does not know leaves through its boundary.
 
-Time: inner ``time`` answers follow the outer ``time`` service. Before an outer message is
-routed in, the nesting machine asks the outer ``time`` service (one request for however
-many messages arrive meanwhile; they wait in order in ``queue``) and moves the inner
-clock forward to the outer time, never back; between two outer messages inner time
-advances with inner steps as usual. ``follow_time=False`` routes messages in at once and
-leaves the inner clock alone.
+Time: inner ``time`` answers follow the outer ``time`` service. Routing an outer message
+in, the nesting machine also asks the outer ``time`` service (at most one request
+outstanding) and, when the answer arrives, moves the inner clock forward to it, never
+back; in between, inner time advances with inner steps as usual. So inner time lags outer
+time by at most one round trip, and messages are still routed in by the batch that
+carried them, never held back waiting for an answer (one that never comes, or a message
+that fails, would otherwise block the ones behind it). ``follow_time=False`` leaves the
+inner clock alone.
 
 Destruction: a linear value that came in and that an inner machine sends to the inner
 ``null`` is gone from the inner network, which the outer step would see as a drop. The
@@ -80,6 +82,9 @@ KEY_CONTEXT = ("nest-key-material",)
 TIME_CONTEXT = ("nest-time",)
 
 _NULLED = ("null.linear", "null.relevant")
+#: Outer messages routed in while a time request is outstanding before asking again (an
+#: answer that never comes must not stop inner time from following).
+TIME_ASKS_PATIENCE = 16
 
 
 def nest(
@@ -92,7 +97,7 @@ def nest(
     its keys: those come from the outer ``random`` service (see the module text).
     ``build`` is called once, when the key material arrives, with a fresh :class:`Sim`;
     it may spawn machines and send messages. ``follow_time``: inner time follows the
-    outer ``time`` service (one extra outer round trip per group of outer messages).
+    outer ``time`` service (one outer request per group of outer messages).
     """
     b = Behavior(name)
     behaviors: dict[str, Callable] = {}
@@ -190,9 +195,8 @@ def nest(
             out.append((state["null"], tuple(gone)))
 
     def _flush(state: Map, out: list) -> Map:
-        """Route the queued outer messages in, if the inner network exists and no time
-        request is outstanding."""
-        if "net" not in state or state.get("asking"):
+        """Route the queued outer messages in, once the inner network exists."""
+        if "net" not in state:
             return state
         queue = state["queue"]
         state = state.set("queue", ())
@@ -200,12 +204,23 @@ def nest(
             state = _route_in(state, ctx, queued, out)
         return state
 
+    def _ask_time(state: Map, out: list) -> Map:
+        """Ask the outer time service, unless a request is outstanding (but never
+        trust one lost answer for long: re-ask after ``TIME_ASKS_PATIENCE`` messages)."""
+        if not follow_time or state.get("time") is None:
+            return state
+        waiting = state.get("asking", 0)
+        if waiting and waiting < TIME_ASKS_PATIENCE:
+            return state.set("asking", waiting + 1)
+        out.append((state["time"], (state["me"](TIME_CONTEXT), None)))
+        return state.set("asking", 1)
+
     @b.init
     def _init(state: Any, seed: Any) -> tuple:
         seed = 0 if seed is None else seed
         if type(seed) is not int:
             raise AvmError("a nested network's init argument is its scheduling seed, an int")
-        return [], Map({"seed": seed, "queue": (), "asking": False})
+        return [], Map({"seed": seed, "queue": (), "asking": 0})
 
     @b.signal("self")
     def _learn_self(state: Map, me: Any) -> tuple:
@@ -222,10 +237,7 @@ def nest(
             raise AvmError(f"{name}: a nested network needs its Self and the random service")
         state = state.update(null=env.get("null"), time=env.get("time"))
         outs: list = [(ask, (me(KEY_CONTEXT), SECRET_BYTES))]
-        if follow_time and state["time"] is not None:
-            outs.append((state["time"], (me(TIME_CONTEXT), None)))
-            state = state.set("asking", True)
-        return outs, state
+        return outs, _ask_time(state, outs)
 
     @b.otherwise
     def _route(state: Map, content: Any, *, ctx: Any) -> tuple:
@@ -237,23 +249,19 @@ def nest(
                 type(ctx) is tuple and len(ctx) == 3 and ctx[0] == ROUTE)):
             raise AvmError(f"{name}: messages must come through route capabilities")
         out: list = []
-        state = state.set("queue", (*state["queue"], (ctx, content)))
-        if follow_time and state.get("time") is not None and "net" in state:
-            if not state["asking"]:  # one request for all that arrive meanwhile
-                out.append((state["time"], (state["me"](TIME_CONTEXT), None)))
-                state = state.set("asking", True)
-            return out, state
-        return out, _flush(state, out)
+        if "net" not in state:  # the key material has not arrived yet: wait in order
+            return out, state.set("queue", (*state["queue"], (ctx, content)))
+        state = _route_in(state, ctx, content, out)
+        return out, _ask_time(state, out)
 
     def _timed(state: Map, content: Any) -> tuple:
         if (type(content) is not tuple or len(content) != 2 or content[0] != "time"
                 or type(content[1]) is not int):
             raise AvmError(f"{name}: expected ('time', milliseconds) from the time service")
-        state = state.update(asking=False, outer_ms=content[1])
+        state = state.update(asking=0, outer_ms=content[1])
         if "net" in state:
             state = state.set("net", _follow(state["net"], content[1]))
-        out: list = []
-        return out, _flush(state, out)
+        return [], state
 
     def _keyed(state: Map, content: Any) -> tuple:
         if "net" in state:
