@@ -230,3 +230,70 @@ def test_linear_values_are_conserved_across_reopening(tmp_path):
 
     assert run(go(True)) == 5
     assert run(go(False)) == 5
+
+
+alarm = avm.Behavior("alarm")
+
+
+@alarm.init
+def _alarm_init(state, args):
+    return [], Map({"me": None, "env": None, "dings": 0})
+
+
+@alarm.signal("self")
+def _alarm_self(state, me):
+    return [], state.set("me", me)
+
+
+@alarm.signal("env")
+def _alarm_env(state, env):
+    return [], state.set("env", env)
+
+
+@alarm.on("set")
+def _alarm_set(state, ms):
+    me = state["me"]
+    return [(state["env"]["timer"], (me("timer"), ("after", ms, me("main"), ("ding",))))], state
+
+
+@alarm.on("timer")
+def _alarm_timer(state, cancel):
+    return [], state
+
+
+@alarm.on("ding")
+def _alarm_ding(state):
+    return [], state.set("dings", state["dings"] + 1)
+
+
+async def _until(h, name, pred, seconds=20.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not pred(await h.state(name)):
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def test_timers_fire_in_real_time_and_survive_a_restart(tmp_path):
+    path = tmp_path / "h.avm"
+    t0 = 2_000_000_000.0
+    now = [t0]
+
+    async def first():
+        async with avm.host.open(path, behaviors=[alarm], clock=lambda: now[0]) as h:
+            a = await h.spawn("a", alarm)
+            await h.send(a, ("set", 1))
+            now[0] += 0.002
+            await _until(h, "a", lambda s: s["dings"] == 1)
+            await h.send(a, ("set", 60_000))  # a minute: the clock stays before it
+            await _until(h, "a", lambda s: s["env"] is not None)
+            await h.idle()
+            assert h.network.timers  # set, committed, not fired yet
+
+    async def second():
+        async with avm.host.open(path, behaviors=[alarm], clock=lambda: t0 + 120) as h:
+            await _until(h, "a", lambda s: s["dings"] == 2)
+            assert not h.network.timers
+
+    run(first())
+    run(second())

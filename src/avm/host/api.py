@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,8 +312,9 @@ class _Opened:
     """``open(...)``: an async context manager, or awaitable for a host to close yourself."""
 
     def __init__(self, path: str | os.PathLike | None, behaviors: Any, durability: str | None,
-                 host: str) -> None:
+                 host: str, clock: Callable[[], float]) -> None:
         self._args = (path, behaviors, durability, host)
+        self._clock = clock
         self._host: Host | None = None
 
     def __await__(self) -> Any:
@@ -336,7 +338,7 @@ class _Opened:
                                  f"given: {missing}; pass them in behaviors=")
             if hostname not in net.hosts:
                 hostname = next(iter(sorted(net.hosts)))
-            rt = Runtime(store, net, env, hostname)
+            rt = Runtime(store, net, env, hostname, self._clock)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
@@ -363,7 +365,8 @@ async def close(host: Host) -> None:
 
 
 def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001 - like sqlite3
-         durability: str | None = None, host: str = "h0") -> _Opened:
+         durability: str | None = None, host: str = "h0",
+         clock: Callable[[], float] = time.time) -> _Opened:
     """Open (or create) the host whose store is ``path``; ``None`` for one in memory.
 
     ``behaviors``: the step functions its machines use, as a list of named behaviors
@@ -371,7 +374,7 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
     ``durability``: ``"full"`` (default for a path), ``"normal"`` or ``"memory"`` (the
     only mode without a path); see :mod:`avm.host.store`. Use as
     ``async with open(...) as h:``, or ``h = await open(...)`` and later
-    ``await avm.host.close(h)``.
+    ``await avm.host.close(h)``. ``clock``: seconds since the epoch (tests pass a fake).
     """
-    return _Opened(path, behaviors, durability, host)
+    return _Opened(path, behaviors, durability, host, clock)
 

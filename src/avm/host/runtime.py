@@ -26,6 +26,9 @@ and durability:
   secret is 32 bytes from ``os.urandom`` drawn when the store was created (the same
   streams as in the simulator, but with a secret nobody can derive); ``time`` is the
   clock above; ``null``, ``hash``, ``reflect`` and ``feedback`` are the core's.
+  ``timer`` (:mod:`avm.core.timers`) keeps its timers in the network value, so they are
+  committed with everything else and survive restarts; where the simulator would jump
+  its clock to the next due timer, the runtime sleeps until the wall clock gets there.
 
 A commit that fails (disk full, I/O error, a state that does not round-trip) stops the
 runtime: it refuses new work with :class:`~avm.host.store.StoreError`, and what was
@@ -84,6 +87,7 @@ class Runtime:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
         self.failed: BaseException | None = None
         #: destination address -> callback for each events.Applied to it
         self.listeners: dict[bytes, Listener] = {}
@@ -103,6 +107,8 @@ class Runtime:
     async def close(self) -> None:
         """Commit what ran, stop stepping, stop the writer."""
         self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -197,7 +203,14 @@ class Runtime:
                 env = self.env
                 dirty = self.dirty
                 while n < CHUNK_STEPS:
-                    net, evs = step(self.net, env)
+                    before = self.net
+                    net, evs = step(before, env)
+                    if not evs and net.now > before.now:
+                        # Nothing can run now; the simulator would jump its clock to
+                        # the next timer. A host waits for real time to get there.
+                        self._wake_at(net.now)
+                        idle = True
+                        break
                     self.net = net
                     if len(evs) == 1 and type(evs[0]) is idle_type:
                         idle = True
@@ -223,6 +236,13 @@ class Runtime:
                 if idle:
                     break
                 await asyncio.sleep(0)
+
+    def _wake_at(self, ms: int) -> None:
+        """Run again when the wall clock reaches ``ms`` (the next timer's due time)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, ms / 1000 - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     def _observe(self, evs: list) -> None:
         listeners, watches = self.listeners, self.watches
