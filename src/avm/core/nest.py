@@ -27,6 +27,29 @@ Outer messages that arrive before the answer wait, in order, in the state
 What this does not hide: the inner network, keys included, *is* the nesting machine's
 state, so whoever can read that state (its host, a debugger) can read the inner keys.
 
+Transparent capabilities: an inner capability that leaves in a message (an inner machine
+answers an outer reply capability with a capability of its own) would name an address
+the outer network does not know. So on the way out every inner capability in an exit's
+contents becomes the nesting machine's capability ``(INNER, inner_cap)`` (same priority,
+same substructural kind), and a message through it is delivered inside to ``inner_cap``;
+on the way in, such a wrapper is unwrapped, so inner machines get their own capabilities
+back. Outer capabilities need nothing: inside, a batch to an address the inner network
+does not know leaves through its boundary.
+
+Time: inner ``time`` answers follow the outer ``time`` service. Routing an outer message
+in, the nesting machine also asks the outer ``time`` service (at most one request
+outstanding) and, when the answer arrives, moves the inner clock forward to it, never
+back; in between, inner time advances with inner steps as usual. So inner time lags outer
+time by at most one round trip, and messages are still routed in by the batch that
+carried them, never held back waiting for an answer (one that never comes, or a message
+that fails, would otherwise block the ones behind it). ``follow_time=False`` leaves the
+inner clock alone.
+
+Destruction: a linear value that came in and that an inner machine sends to the inner
+``null`` is gone from the inner network, which the outer step would see as a drop. The
+nesting machine forwards what the inner ``null`` destroyed during a step to the outer
+``null``, so the outer census counts the destruction where it happened.
+
 What stays behind: invariants that ``build`` registers are checked while the init batch
 settles; later steps run the inner network without them (check the outer network's
 invariants instead, reading inner states with :func:`inner_state`).
@@ -37,32 +60,44 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .caps import Self
+from .caps import Capability, Keyring, Self, unseal_context
 from .errors import AvmError
 from .keys import SECRET_BYTES
 from .machine import Behavior
 from .network import Config, Network, new_network
+from .patterns import map_capabilities
 from .sim import Sim
-from .values import Map
+from .values import NO_DROP, Map, item_identity, substructural_items
 from .values import replace_fields as replace
 
-__all__ = ["nest", "inner_state", "inner_network", "ROUTE", "KEY_CONTEXT"]
+__all__ = ["nest", "inner_state", "inner_network", "ROUTE", "INNER", "KEY_CONTEXT",
+           "TIME_CONTEXT"]
 
 ROUTE = "route"
+#: First element of ``(INNER, inner_cap)``: the outer face of an inner capability.
+INNER = "inner"
 #: The context of the capability the outer ``random`` service answers the key request to.
 KEY_CONTEXT = ("nest-key-material",)
+#: The context of the capability the outer ``time`` service answers to.
+TIME_CONTEXT = ("nest-time",)
+
+_NULLED = ("null.linear", "null.relevant")
+#: Outer messages routed in while a time request is outstanding before asking again (an
+#: answer that never comes must not stop inner time from following).
+TIME_ASKS_PATIENCE = 16
 
 
 def nest(
     build: Callable[[Sim], None], *, name: str = "nest", hosts: tuple[str, ...] = ("h0",),
-    max_steps: int = 1_000_000,
+    max_steps: int = 1_000_000, follow_time: bool = True,
 ) -> Behavior:
     """A behavior whose state is the network that ``build`` sets up.
 
     The init argument is the inner network's scheduling seed (an int, default 0), not
     its keys: those come from the outer ``random`` service (see the module text).
     ``build`` is called once, when the key material arrives, with a fresh :class:`Sim`;
-    it may spawn machines and send messages.
+    it may spawn machines and send messages. ``follow_time``: inner time follows the
+    outer ``time`` service (one outer request per group of outer messages).
     """
     b = Behavior(name)
     behaviors: dict[str, Callable] = {}
@@ -86,30 +121,110 @@ def nest(
         sim.restore(net)
         return sim
 
-    def _settle(sim: Sim, out: list) -> Map:
+    def _settle(sim: Sim, state: Map, out: list) -> Map:
         report = sim.run(max_steps)
         if not report.quiescent:
             raise AvmError(f"nested network did not settle within {max_steps} steps")
-        out.extend(sim.net.exits)
-        sim.restore(replace(sim.net, exits=()))
-        return Map({"net": sim.net})
+        me = state["me"]
+        machines = sim.net.machines
 
-    def _route_in(sim: Sim, ctx: tuple, content: Any, out: list) -> Map:
-        _, target, inner_ctx = ctx
-        sim.send(sim.cap(target, inner_ctx), content, client="outer")
-        return _settle(sim, out)
+        def export(cap: Capability) -> Capability:
+            if cap.commons is not None:
+                cname, args = cap.commons
+                new = map_capabilities(args, export)
+                return cap if new is args else Capability(cap.address, commons=(cname, new))
+            if cap.address in machines:
+                return me((INNER, cap), cap.priority)
+            return cap
+
+        for cap, content in sim.net.exits:
+            out.append((cap, map_capabilities(content, export)))
+        sim.restore(replace(sim.net, exits=()))
+        return state.set("net", sim.net)
+
+    def _import(state: Map, content: Any) -> Any:
+        me: Self = state["me"]
+        ring = Keyring(me.address, me._key)  # type: ignore[arg-type]
+
+        def unwrap(cap: Capability) -> Capability:
+            if cap.commons is not None:
+                cname, args = cap.commons
+                new = map_capabilities(args, unwrap)
+                return cap if new is args else Capability(cap.address, commons=(cname, new))
+            if cap.address == me.address and not cap.kind:
+                try:
+                    ctx = unseal_context(cap, ring)
+                except AvmError:
+                    return cap
+                if _is_inner(ctx):
+                    return ctx[1]
+            return cap
+
+        return map_capabilities(content, unwrap)
+
+    def _route_in(state: Map, ctx: tuple, content: Any, out: list) -> Map:
+        sim = _sim(state["net"])
+        before = _nulled(sim.net)
+        content = _import(state, content)
+        if ctx[0] == INNER:
+            dest = ctx[1]
+        else:
+            _, target, inner_ctx = ctx
+            dest = sim.cap(target, inner_ctx)
+        sim.send(dest, content, client="outer")
+        new = _settle(sim, state, out)
+        if _nulled(new["net"]) != before:
+            _forward_destroyed(state, ctx, content, new, out)
+        return new
+
+    def _forward_destroyed(state: Map, ctx: Any, content: Any, new: Map, out: list) -> None:
+        # What the inner null consumed is gone from the inner network; tell the outer
+        # null, so the outer step (and census) sees a destruction, not a drop.
+        kept = {item_identity(x) for x in substructural_items(new["net"])}
+        for _, c in out:
+            kept.update(item_identity(x) for x in substructural_items(c))
+        gone = []
+        seen: set = set()
+        for x in (*substructural_items(ctx), *substructural_items(content),
+                  *substructural_items(state["net"])):
+            i = item_identity(x)
+            if x.kind & NO_DROP and i not in kept and i not in seen:
+                seen.add(i)
+                gone.append(x)
+        if gone:
+            out.append((state["null"], tuple(gone)))
+
+    def _flush(state: Map, out: list) -> Map:
+        """Route the queued outer messages in, once the inner network exists."""
+        if "net" not in state:
+            return state
+        queue = state["queue"]
+        state = state.set("queue", ())
+        for ctx, queued in queue:
+            state = _route_in(state, ctx, queued, out)
+        return state
+
+    def _ask_time(state: Map, out: list) -> Map:
+        """Ask the outer time service, unless a request is outstanding (but never
+        trust one lost answer for long: re-ask after ``TIME_ASKS_PATIENCE`` messages)."""
+        if not follow_time or state.get("time") is None:
+            return state
+        waiting = state.get("asking", 0)
+        if waiting and waiting < TIME_ASKS_PATIENCE:
+            return state.set("asking", waiting + 1)
+        out.append((state["time"], (state["me"](TIME_CONTEXT), None)))
+        return state.set("asking", 1)
 
     @b.init
     def _init(state: Any, seed: Any) -> tuple:
         seed = 0 if seed is None else seed
         if type(seed) is not int:
             raise AvmError("a nested network's init argument is its scheduling seed, an int")
-        return [], Map({"seed": seed, "queue": ()})
+        return [], Map({"seed": seed, "queue": (), "asking": 0})
 
     @b.signal("self")
     def _learn_self(state: Map, me: Any) -> tuple:
-        if "net" in state:
-            return [], state  # a rotated key: the nest mints no capabilities after keying
+        # A rotated key: wrappers made before stop working, new ones use the new Self.
         return [], state.set("me", me)
 
     @b.signal("env")
@@ -120,19 +235,33 @@ def nest(
         ask = env.get("random") if type(env) is Map else None
         if type(me) is not Self or ask is None:
             raise AvmError(f"{name}: a nested network needs its Self and the random service")
-        return [(ask, (me(KEY_CONTEXT), SECRET_BYTES))], state
+        state = state.update(null=env.get("null"), time=env.get("time"))
+        outs: list = [(ask, (me(KEY_CONTEXT), SECRET_BYTES))]
+        return outs, _ask_time(state, outs)
 
     @b.otherwise
     def _route(state: Map, content: Any, *, ctx: Any) -> tuple:
         if type(ctx) is tuple and ctx == KEY_CONTEXT:
             return _keyed(state, content)
-        if type(ctx) is not tuple or len(ctx) != 3 or ctx[0] != ROUTE:
+        if type(ctx) is tuple and ctx == TIME_CONTEXT:
+            return _timed(state, content)
+        if not (_is_inner(ctx) or (
+                type(ctx) is tuple and len(ctx) == 3 and ctx[0] == ROUTE)):
             raise AvmError(f"{name}: messages must come through route capabilities")
-        if "net" not in state:  # the key material has not arrived yet: wait in order
-            return [], state.set("queue", (*state["queue"], (ctx, content)))
         out: list = []
-        new = _route_in(_sim(state["net"]), ctx, content, out)
-        return out, new
+        if "net" not in state:  # the key material has not arrived yet: wait in order
+            return out, state.set("queue", (*state["queue"], (ctx, content)))
+        state = _route_in(state, ctx, content, out)
+        return out, _ask_time(state, out)
+
+    def _timed(state: Map, content: Any) -> tuple:
+        if (type(content) is not tuple or len(content) != 2 or content[0] != "time"
+                or type(content[1]) is not int):
+            raise AvmError(f"{name}: expected ('time', milliseconds) from the time service")
+        state = state.update(asking=0, outer_ms=content[1])
+        if "net" in state:
+            state = state.set("net", _follow(state["net"], content[1]))
+        return [], state
 
     def _keyed(state: Map, content: Any) -> tuple:
         if "net" in state:
@@ -141,15 +270,33 @@ def nest(
                 or type(content[1]) is not bytes or len(content[1]) < SECRET_BYTES):
             raise AvmError(f"{name}: expected ('random', {SECRET_BYTES} bytes) for its keys")
         sim = _fresh(state["seed"], content[1])
+        if state.get("outer_ms") is not None:
+            sim.restore(_follow(sim.net, state["outer_ms"]))
         build(sim)
         behaviors.update(sim.env.behaviors)
         out: list = []
-        new = _settle(sim, out)
-        for ctx, queued in state["queue"]:
-            new = _route_in(_sim(new["net"]), ctx, queued, out)
-        return out, new
+        new = _settle(sim, state, out)
+        return out, _flush(new, out)
 
     return b
+
+
+def _is_inner(ctx: Any) -> bool:
+    return (type(ctx) is tuple and len(ctx) == 2 and type(ctx[0]) is str and ctx[0] == INNER
+            and type(ctx[1]) is Capability)
+
+
+def _nulled(net: Network) -> tuple:
+    return tuple(net.stats.get(k, 0) for k in _NULLED)
+
+
+def _follow(net: Network, outer_ms: int) -> Network:
+    """``net`` with its clock moved forward so that its ``time`` answers ``outer_ms`` now."""
+    cfg = net.config
+    now_ms = cfg.epoch_ms + net.now * cfg.tick_ms
+    if outer_ms <= now_ms:
+        return net  # never back: inner time is monotonic
+    return replace(net, config=replace(cfg, epoch_ms=outer_ms - net.now * cfg.tick_ms))
 
 
 def inner_network(state: Map) -> Network:
