@@ -728,7 +728,7 @@ def run_seed(
 # ---------------------------------------------------------------------------------------
 
 #: Where the census finds values, in the order reports list them.
-PLACES = ("states", "inbox", "in transit", "returned", "dead letters", "exits")
+PLACES = ("states", "inbox", "in transit", "returned", "dead letters", "exits", "timers")
 
 
 @dataclass(frozen=True)
@@ -740,7 +740,8 @@ class Census:
     an ``inbox`` (pending), batches ``in transit`` between hosts (the sender's outbox,
     early batches held by the receiver and the wire, each channel and number counted
     once, never per transmission), ``returned`` batches (``~returned`` signals, wherever
-    they are), ``dead letters`` and ``exits`` (nested networks). ``items`` and
+    they are), ``dead letters``, ``exits`` (nested networks) and ``timers`` (the
+    target and content of each pending timer, :mod:`avm.core.timers`). ``items`` and
     ``relevant_items`` are the multisets themselves.
 
     The unit (:class:`avm.core.conserve.Tally`): a ``Linear`` or ``Relevant`` wrapper is
@@ -896,6 +897,9 @@ class _Counting:
     def batch(self, b: Any) -> Tally:
         return self.tally(b.messages, b.notify)
 
+    def _timer(self, t: Any) -> Tally:
+        return self.tally(t.target, t.content)
+
     def _cached(self, obj: Any, fresh: dict, make: Callable[[Any], Tally]) -> Tally:
         hit = self._tallies.get(id(obj))
         if hit is None or hit[0] is not obj:
@@ -943,6 +947,8 @@ class _Counting:
                 self._cached(letters, fresh, lambda ls: self.tally(*(e["values"] for e in ls))))
         if net.exits:
             put(("exits",), "exits", self._cached(net.exits, fresh, self.tally))
+        for tid, t in net.timers._m.items():
+            put(("timer", tid), "timers", self._cached(t, fresh, self._timer))
         self._tallies = fresh
         return out
 

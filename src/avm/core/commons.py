@@ -27,7 +27,7 @@ from .values import KIND_NAMES, Map, kind_of, value_type
 
 __all__ = ["SERVICES", "serve", "reflect", "RANDOM_BYTES_MAX"]
 
-SERVICES = ("random", "time", "null", "reflect", "hash", "feedback")
+SERVICES = ("random", "time", "null", "reflect", "hash", "feedback", "timer")
 RANDOM_BYTES_MAX = 1 << 16
 
 

@@ -155,6 +155,10 @@ class Network:
     # host -> (entry, ...): linear and relevant values nobody could take back (D7); each
     # entry is Map(reason, rule, values, sender, dest, seq, at)
     dead_letters: Map = field(default_factory=Map)
+    # The timer service (avm.core.timers): id -> Timer, and the keys (due, id) in order,
+    # as sorted chunks of sorted keys.
+    timers: Map = field(default_factory=Map)
+    timer_order: tuple = ()
 
 
 class events:  # noqa: N801 - a namespace
@@ -456,8 +460,8 @@ def accept(net: Network, chan: tuple, b: Batch, n: int | None = None) -> Network
 
 
 def quiescent(net: Network) -> bool:
-    """No batch pending or in flight anywhere."""
-    return not net.live and not net.wire and not net.outbox and not net.held
+    """No batch pending or in flight anywhere, and no timer waiting to fire."""
+    return not net.live and not net.wire and not net.outbox and not net.held and not net.timers
 
 
 def who(net: Network, x: Any) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from . import inbox
+from . import inbox, timers
 from .caps import (
     SEALING_KEY_BYTES,
     Capability,
@@ -467,6 +467,10 @@ def _step(net: Network, env: Env, idx: inbox.Index) -> tuple[Network, list]:
     due = idx.next_timed(net)
     if due is not None and due[0] <= now:
         return _do_timed(net, env, due)
+    # 1b. Due timers (avm.core.timers): one act of one host's timer service.
+    wake = timers.next_due(net)
+    if wake is not None and wake <= now:
+        return timers.fire(net, env)
     # Random faults that strike between actions.
     f = net.config.faults
     if f.crash or f.partition:
@@ -483,9 +487,11 @@ def _step(net: Network, env: Env, idx: inbox.Index) -> tuple[Network, list]:
             raise
         except Exception as e:  # the last line of containment: fail this batch only
             return _contain(net, env, pick, e)
-    # 3. Advance the clock to the next timed event.
+    # 3. Advance the clock to the next timed event or timer (virtual time jumps).
     if due is not None:
-        return with_(net, now=due[0]), []
+        return with_(net, now=due[0] if wake is None else min(due[0], wake)), []
+    if wake is not None:
+        return with_(net, now=wake), []
     # 4. Nothing left.
     return net, [events.Idle(now)]
 
@@ -803,6 +809,17 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
     refused = None
     for msg in b.messages:
         content = msg[1]
+        if service == timers.SERVICE:
+            net, outs, more, err = timers.handle(net, env, b, msg, host)
+            evs.extend(more)
+            if err:
+                refused = err
+                evs.append(events.Commons(service, b.sender, err, net.now))
+                net = with_(net, stats=bump(net.stats, "commons.refused"))
+                back.append(msg)
+            else:
+                outputs.extend(outs)
+            continue
         if service == "feedback":
             ok = (type(content) is tuple and len(content) == 4 and type(content[0]) is Capability
                   and type(content[2]) is Capability and capability_problem(content[0]) is None

@@ -53,8 +53,8 @@ from typing import Any
 from ..core.codec import decode, encode
 from ..core.conserve import strip
 from ..core.errors import AvmError
-from ..core.network import Batch, MachineRecord, Network, events
-from ..core.values import Map, replace_fields
+from ..core.network import Batch, Config, MachineRecord, Network, events
+from ..core.values import Map, record_fields, replace_fields
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -230,6 +230,37 @@ def _blob(v: Any) -> bytes:
     return encode(v)
 
 
+def _tag_prefix(blob: bytes) -> bytes:
+    """The CBOR tag head that starts ``blob`` (a record's tag)."""
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(blob[0] & 0x1F, 0)
+    return blob[:1 + size]
+
+
+_DEFAULT_NET = Network(config=Config(), seed=0)
+_NET_PREFIX = _tag_prefix(encode(_DEFAULT_NET))
+
+
+def _upgrade_header(blob: bytes) -> bytes:
+    """A header written before ``Network`` gained trailing fields, with their defaults.
+
+    New fields of the network record are only ever appended (the timers came this way),
+    so an older header is the same record with fewer items: its tag, a shorter array
+    header, the same item encodings. Appending the canonical encodings of the missing
+    fields' defaults gives exactly the header the current avm would have written. The
+    store is our own data (trusted); anything else is left to ``decode`` to refuse.
+    """
+    names = record_fields(Network)
+    want = len(names) + 1  # the record's name, then its fields
+    prefix = _NET_PREFIX
+    if not blob.startswith(prefix) or len(blob) < len(prefix) + 2 or blob[len(prefix)] != 0x98:
+        return blob
+    have = blob[len(prefix) + 1]
+    if not 1 < have < want:
+        return blob
+    tail = b"".join(encode(getattr(_DEFAULT_NET, f)) for f in names[have - 1:])
+    return prefix + bytes((0x98, want)) + blob[len(prefix) + 2:] + tail
+
+
 def _header(net: Network) -> bytes:
     empty = Map()
     return encode(replace_fields(net, secret=b"", **{f: empty for f in _ROW_FIELDS}))
@@ -333,7 +364,7 @@ class Store:
         if row is None:
             return None
         try:
-            net = decode(row[0])
+            net = decode(_upgrade_header(bytes(row[0])))
             srow = kdb.execute("SELECT value FROM secret WHERE id=0").fetchone()
             if type(net) is not Network or srow is None:
                 raise StoreError("the header or the network secret is missing")
@@ -680,7 +711,7 @@ def check(path: str | os.PathLike) -> CheckReport:
         row = db.execute("SELECT value FROM meta WHERE key='header'").fetchone()
         if row is not None:
             try:
-                decode(row[0])
+                decode(_upgrade_header(bytes(row[0])))
             except AvmError as e:
                 problems.append(f"the header does not decode: {e}")
     except sqlite3.Error as e:
