@@ -190,7 +190,7 @@ def spawn(
         raise AvmError(f"unknown host {host!r}; add it first")
     if name in net.names:
         raise AvmError(f"a machine named {name!r} already exists")
-    check_value(args, "$.args")
+    n_args = check_value(args, "$.args")
     if check_value(signal, "$.signal"):
         # The runtime mints the signal capability again for every life-cycle message:
         # a linear signal context would be copied each time.
@@ -200,17 +200,24 @@ def spawn(
     address = address_of(ident.resource((("name", name),)))
     raw_bytes = kdf(material, "sealing-key", address, 0, n=SEALING_KEY_BYTES)
     rec = MachineRecord(name=name, state=None, behavior=behavior, signal=signal, host=host, keyver=0)
-    net = with_(
+    net = with_(  # the record holds no substructural item: the state is None, the signal checked
         net,
-        machines=net.machines.set(address, rec),
+        machines=net.machines._set_counted(address, rec, 0),
         names=net.names.set(name, address),
-        keys=net.keys.set(address, Map({0: raw_bytes})),
+        keys=net.keys._set_plain(address, Map({0: raw_bytes})),
     )
     key = (env_obj or Env()).sealing_key(0, raw_bytes)
     sig = seal_context(address, key, signal)
-    envmap = commons_env(net, host).update(env or {})
+    envmap = commons_env(net, host)  # shared between machines: a Map is immutable
+    n_env = 0
+    if env:
+        envmap = envmap.update(env)
+        n_env = check_value(envmap)
     msgs = ((sig, ("init", args)), (sig, ("self", Self(address, 0, key))), (sig, ("env", envmap)))
-    net, evs = enqueue_local(net, ("host", host), address, msgs, host, 1.0)
+    # Checked once: the capability and the Self hold nothing substructural (the signal
+    # context was refused above if it did), the arguments and the env were counted.
+    net, evs = enqueue_local(net, ("host", host), address, msgs, host, 1.0,
+                             count=n_args + n_env)
     return net, address, [events.Spawned(name, address, host, net.now), *evs]
 
 

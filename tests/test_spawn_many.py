@@ -1,0 +1,81 @@
+"""Spawning checks each value once, shares what it can, and keeps no heavy per-key objects.
+
+A spawn counts its init batch's substructural items from the checks it already made
+(the arguments, the env) instead of walking the batch again; the inbox's count must be
+what a full walk finds. Every machine of a host gets the same commons env Map. A
+SealingKey holds its key bytes, not an AES-SIV object (2 KB of native memory each):
+those live in a bounded cache, and a key works the same after the cache was emptied.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avm import Affine, Linear, Map, Relevant
+from avm.core import caps
+from avm.core import network as nw
+from avm.core.caps import SealingKey, seal_context, unseal_context
+from avm.core.netvalue import Env
+from avm.core.values import check_value
+
+atoms = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.booleans(), st.none())
+values = st.recursive(
+    atoms,
+    lambda inner: st.one_of(
+        st.tuples(inner, inner),
+        st.builds(Linear, inner), st.builds(Relevant, inner), st.builds(Affine, inner),
+        st.dictionaries(st.text(max_size=2), inner, max_size=3).map(Map),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(args=values, extra=st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=3), values, max_size=2)))
+def test_the_init_batch_is_counted_as_a_full_walk_counts_it(args, extra):
+    net = nw.new_network(1)
+    net, addr, _ = nw.spawn(net, "m", "b", args, env=extra)
+    ((key, batch),) = [(k, v) for k, v in net.pending.items() if k[0][1] == addr]
+    assert net.pending._subs.get(key, 0) == check_value(batch)
+    if extra:
+        envmap = batch.messages[2][1][1]
+        for k, v in extra.items():
+            assert envmap[k] is v
+
+
+def test_machines_of_a_host_share_one_commons_env():
+    net = nw.new_network(1, hosts=("h0", "h1"))
+    envs = []
+    for i, host in enumerate(("h0", "h0", "h1")):
+        net, addr, _ = nw.spawn(net, f"m{i}", "b", None, host=host)
+        b = next(v for k, v in net.pending.items() if k[0][1] == addr)
+        envs.append(b.messages[2][1][1])
+    assert envs[0] is envs[1]
+    assert envs[0] is not envs[2] and set(envs[0]) == set(envs[2])
+    assert envs[0]["time"].address != envs[2]["time"].address  # each host's own commons
+
+
+def test_a_sealing_key_works_the_same_after_the_siv_cache_is_emptied(monkeypatch):
+    monkeypatch.setattr(caps, "SIV_CACHE_MAX", 2)
+    env = Env()
+    raws = [bytes([i]) * caps.SEALING_KEY_BYTES for i in range(5)]
+    addr = b"\x01" * 32
+    made = []
+    for raw in raws:
+        k = SealingKey(0, raw)
+        assert not hasattr(k, "__dict__") and type(k._raw) is bytes
+        made.append((k, seal_context(addr, k, ("ctx", raw[0]))))
+    assert len(caps._SIVS) <= 2
+    for (_k, cap), raw in zip(made, raws, strict=True):
+        ring = caps.Keyring(addr, SealingKey(0, raw))
+        assert unseal_context(cap, ring) == ("ctx", raw[0])
+    # A key of other bytes still refuses it, cache or not.
+    other = caps.Keyring(addr, SealingKey(0, b"\x09" * caps.SEALING_KEY_BYTES))
+    try:
+        unseal_context(made[0][1], other)
+    except caps.UnsealError:
+        pass
+    else:
+        raise AssertionError("a capability opened under another key")
+    assert env.sealing_key(0, raws[0])._raw is raws[0]
