@@ -10,6 +10,7 @@ are in :mod:`avm.patterns`; the test kit is :mod:`avm.testing`.
 """
 
 from .core import patterns
+from .core.ask import REPLY, ask, asking, pending_asks
 from .core.caps import (
     Capability,
     IdentityKey,
@@ -21,6 +22,9 @@ from .core.caps import (
 )
 from .core.codec import Limits, decode, encode, value_hash
 from .core.errors import (
+    AskError,
+    AskFailed,
+    AskTimeout,
     AvmError,
     CapabilityError,
     CodecError,
@@ -65,6 +69,9 @@ __all__ = [
     "RELEVANT",
     "UNRESTRICTED",
     "Affine",
+    "AskError",
+    "AskFailed",
+    "AskTimeout",
     "AvmError",
     "BatchResult",
     "Behavior",
@@ -82,6 +89,7 @@ __all__ = [
     "Map",
     "Message",
     "Network",
+    "REPLY",
     "Relevant",
     "RunReport",
     "SIGNAL",
@@ -100,6 +108,8 @@ __all__ = [
     "ValueRuleError",
     "address_of",
     "address_text",
+    "ask",
+    "asking",
     "check_value",
     "decode",
     "encode",
@@ -109,6 +119,7 @@ __all__ = [
     "nest",
     "parse_faults",
     "patterns",
+    "pending_asks",
     "record",
     "replace_fields",
     "run_batch",

@@ -78,3 +78,23 @@ class UnknownName(UsageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message as a repr
         return str(self.args[0]) if self.args else "unknown name"
+
+
+class AskError(AvmError):
+    """An ask got no answer (``Sim.ask``): the network settled without answering."""
+
+
+class AskFailed(AskError):
+    """The request could not be applied: ``reason`` is what ``feedback`` said."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the request failed: {reason}")
+
+
+class AskTimeout(AskError):
+    """No answer came within the time-out (network time)."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        super().__init__(f"no answer within {timeout_ms} ms of network time")

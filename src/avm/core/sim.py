@@ -209,6 +209,24 @@ class Sim:
         self.net, evs = nw.submit(self.net, messages, client)
         self._log(evs)
 
+    def ask(self, cap: Capability, request: Any, *, timeout_ms: int | None = None,
+            max_steps: int = 1_000_000, host: str | None = None) -> Any:
+        """Send ``request`` to ``cap`` and step until it is answered; return the answer.
+
+        ``request`` holds ``avm.REPLY`` where the reply capability goes (``("balance",
+        avm.REPLY)``), or is a function of the reply capability. It travels through
+        ``feedback`` from a machine named ``"avm.asker"`` (spawned on first use, on
+        ``host``), which keeps the first outcome of each ask. Raises
+        :class:`~avm.AskFailed` (with feedback's ``reason``) when the request batch
+        failed or could not be delivered, :class:`~avm.AskTimeout` when ``timeout_ms`` of
+        network time passed first, and :class:`~avm.AskError` when the network went idle
+        (or ``max_steps`` passed) without an answer. Other work stays queued: call
+        :meth:`run` to finish it.
+        """
+        from .ask import sim_ask
+        return sim_ask(self, cap, request, timeout_ms=timeout_ms, max_steps=max_steps,
+                       host=host)
+
     def invariant(self, fn: Callable[[Sim], Any], name: str | None = None) -> Callable:
         """Check ``fn(sim)`` after every step; it fails by raising or returning False."""
         self._invariants.append((name or str(getattr(fn, "__name__", "invariant")), fn))
