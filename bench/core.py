@@ -18,7 +18,15 @@ Then steps per second for a state Map of 1k, 10k and 100k entries updated one ke
 message, which should be roughly flat (a persistent map: O(log n) per update), next to
 copying a dict per message, which is O(n).
 
-Figures are messages per second; ratios are against Pykka's ``tell``.
+Then what a step costs against what is queued (issue 6, item 11): microseconds per step
+with 1,000 batches in flight between two hosts against 10, and per batch with 3,000
+live channels into one machine against 10 (the scheduler's indexes, avm.core.inbox,
+should keep both ratios near 1x); and N machines spawned and initialized (run to
+quiescence), in a fresh process, with the resident memory each one adds.
+
+Figures are messages per second; ratios are against Pykka's ``tell``. The last table
+lists the targets and whether this run met them: every figure in it is a ratio
+measured in this run, or a time and a size.
 """
 
 from __future__ import annotations
@@ -26,12 +34,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import os
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from avm import SIGNAL, Behavior, Linear, Map, Message, Sim, run_batch
+from avm import SIGNAL, Behavior, Config, Faults, Linear, Map, Message, Sim, run_batch
 
 
 def step(msg, n):
@@ -208,11 +220,115 @@ def bench_naive_copy(entries: int, n: int) -> float:
     return n / dt
 
 
+def _relay_behaviors() -> tuple[Behavior, Behavior]:
+    sender = Behavior("bench.sender")
+
+    @sender.on("go")
+    def go(state, target):
+        return [(target, ("n",))], state
+
+    sink = Behavior("bench.sink")
+
+    @sink.on("n")
+    def n(state):
+        return [], state + 1
+
+    return sender, sink
+
+
+def bench_in_flight(k: int, rounds: int) -> float:
+    """Microseconds per step while ``k`` batches are in flight between two hosts.
+
+    ``k`` machines on h0 each send one batch to a machine on h1; every transmission
+    takes 2,000-3,000 ticks, so all ``k`` are on the wire (and in the outbox) at once.
+    ``rounds`` repeats this, so that small ``k`` are measured over as many steps.
+    """
+    sender, sink = _relay_behaviors()
+    cfg = Config(retry_ticks=10**7, retry_ticks_max=10**7,
+                 faults=Faults(delay_min=2_000, delay_max=3_000))
+    sim = Sim(seed=5, hosts=("h0", "h1"), config=cfg, record=False)
+    sim.spawn("sink", sink, 0, host="h1")
+    for i in range(k):
+        sim.spawn(f"s{i}", sender, None, host="h0")
+    sim.run()
+    target = sim.cap("sink")
+    caps = [sim.cap(f"s{i}") for i in range(k)]
+    steps = 0
+    t = time.perf_counter()
+    for _ in range(rounds):
+        sim.submit([(c, ("go", target)) for c in caps])
+        steps += sim.run().steps
+    dt = time.perf_counter() - t
+    assert sim.state("sink") == k * rounds
+    return dt / steps * 1e6
+
+
+def bench_live_channels(k: int, rounds: int) -> float:
+    """Microseconds per batch with ``k`` live channels: ``k`` clients, one machine."""
+    _, sink = _relay_behaviors()
+    sim = Sim(seed=4, record=False)
+    sim.spawn("sink", sink, 0)
+    sim.run()
+    cap = sim.cap("sink")
+    total = 0.0
+    for _ in range(rounds):
+        for i in range(k):
+            sim.send(cap, ("n",), client=f"client{i}")
+        t = time.perf_counter()
+        sim.run()
+        total += time.perf_counter() - t
+    assert sim.state("sink") == k * rounds
+    return total / (k * rounds) * 1e6
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def many_machines(n: int) -> dict:
+    """Spawn ``n`` machines and run their init batches; time and resident bytes added."""
+    cell = Behavior("bench.cell")
+
+    @cell.init
+    def init(state, i):
+        return [], i
+
+    sim = Sim(seed=1, record=False)
+    sim.spawn("warm", cell, -1)
+    sim.run()
+    gc.collect()
+    before = _rss()
+    t = time.perf_counter()
+    for i in range(n):
+        sim.spawn(f"m{i}", cell, i)
+    spawned = time.perf_counter() - t
+    report = sim.run()
+    total = time.perf_counter() - t
+    assert report.quiescent and sim.state(f"m{n - 1}") == n - 1
+    gc.collect()
+    return {"n": n, "spawn_s": spawned, "total_s": total, "bytes": (_rss() - before) / n}
+
+
+def bench_many_machines(n: int) -> dict:
+    """:func:`many_machines` in a fresh process, so its memory figure is its own."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--many", str(n)],
+        check=True, capture_output=True, text=True, env={**os.environ})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small counts, one repetition")
     p.add_argument("-n", type=int, default=100_000, help="messages per run (default 100000)")
+    p.add_argument("--machines", type=int, default=100_000,
+                   help="machines spawned and initialized (default 100000; --quick: 10000)")
+    p.add_argument("--many", type=int, help=argparse.SUPPRESS)  # the subprocess of bench_many_machines
     args = p.parse_args(argv)
+    if args.many:
+        print(json.dumps(many_machines(args.many)))
+        return 0
     n = 10_000 if args.quick else args.n
     rep = 1 if args.quick else 3
     few = max(1_000, n // 5)  # single-message batches are slow: fewer of them
@@ -252,6 +368,42 @@ def main(argv: list[str] | None = None) -> int:
         naive = best_of(lambda e=entries, c=copies: bench_naive_copy(e, c), rep)
         base = base or rate
         print(f"{entries:>10,} {rate:>12,.0f} {rate / base:>6.2f}x {naive:>12,.0f} {rate / naive:>10.1f}x")
+
+    print()
+    print("a step's cost against what is queued (best of", rep, "runs each)")
+    few_k, many_k = 10, 1_000
+    fl_few = min(bench_in_flight(few_k, 100) for _ in range(rep))
+    fl_many = min(bench_in_flight(many_k, 1) for _ in range(rep))
+    ch_few = min(bench_live_channels(10, 300) for _ in range(rep))
+    ch_many = min(bench_live_channels(3_000, 1) for _ in range(rep))
+    print(f"  in flight between hosts: {few_k:>5} -> {fl_few:7.1f} us/step   "
+          f"{many_k:>5} -> {fl_many:7.1f} us/step   ratio {fl_many / fl_few:.2f}x")
+    print(f"  live channels:              10 -> {ch_few:7.1f} us/batch  "
+          f"3,000 -> {ch_many:7.1f} us/batch  ratio {ch_many / ch_few:.2f}x")
+
+    machines = 10_000 if args.quick and args.machines == 100_000 else args.machines
+    many = bench_many_machines(machines)
+    print(f"  {machines:,} machines spawned and initialized: {many['total_s']:.2f} s "
+          f"(spawn {many['spawn_s']:.2f} s), {many['bytes']:,.0f} bytes per machine")
+
+    rate = {name: r for name, r, _ in rows}
+    targets = [
+        ("single-message batches vs pykka tell", rate["sim N batches"] / pykka, ">= 1x", rate["sim N batches"] / pykka >= 1),
+        ("one large batch vs pykka tell", rate["sim 1 batch"] / pykka, ">= 5x", rate["sim 1 batch"] / pykka >= 5),
+        (f"step cost, {many_k:,} vs {few_k} in flight", fl_many / fl_few, "<= 1.5x", fl_many / fl_few <= 1.5),
+        ("batch cost, 3,000 vs 10 live channels", ch_many / ch_few, "<= 1.5x", ch_many / ch_few <= 1.5),
+    ]
+    print()
+    print(f"{'target (issue 6, item 11)':<42} {'measured':>12} {'wanted':>8}  met")
+    print("-" * 70)
+    for name, value, wanted, ok in targets:
+        print(f"{name:<42} {value:>11.2f}x {wanted:>8}  {'yes' if ok else 'NO'}")
+    ok_many = many["total_s"] < 10 and many["bytes"] <= 4096
+    print(f"{f'{machines:,} machines spawned + initialized':<42} {many['total_s']:>10.2f} s {'< 10 s':>8}  "
+          f"{'yes' if many['total_s'] < 10 else 'NO'}")
+    print(f"{'  bytes per machine':<42} {many['bytes']:>12,.0f} {'<= 4096':>8}  "
+          f"{'yes' if many['bytes'] <= 4096 else 'NO'}")
+    del ok_many
     return 0
 
 

@@ -79,3 +79,45 @@ def test_a_sealing_key_works_the_same_after_the_siv_cache_is_emptied(monkeypatch
     else:
         raise AssertionError("a capability opened under another key")
     assert env.sealing_key(0, raws[0])._raw is raws[0]
+
+
+def test_outputs_are_counted_once_and_as_a_full_walk_counts_them():
+    """run_batch checked a machine's outputs; the inbox takes its count (0 when plain)."""
+    from avm import Behavior, Sim
+
+    emitter = Behavior("emit")
+
+    @emitter.signal("self")
+    def keep_self(state, me):
+        return [], Map({"me": me})
+
+    @emitter.on("go")
+    def go(state, target, how):
+        if how == "plain":
+            return [(target, ("n", 1, "x", (2, 3)))], state
+        if how == "linear":
+            return [(target, ("tok", Linear(("t", 1))))], state
+        if how == "self":
+            return [(target, ("me", state["me"]))], state
+        return [(target, ("cap", state["me"](("room", 1))))], state
+
+    sink = Behavior("sink")
+
+    @sink.on("n")
+    def n(state, *a):
+        return [], state
+
+    sim = Sim(seed=3, hosts=("h0",))
+    sim.spawn("e", emitter, None)
+    sim.spawn("s", sink, 0)
+    sim.run()
+    sim.suspend("s")
+    target = sim.cap("s")
+    for how in ("plain", "linear", "self", "cap", "plain"):
+        sim.send(sim.cap("e"), ("go", target, how))
+    sim.run()
+    queued = [(k, b) for k, b in sim.net.pending.items() if k[0][1] == sim.address("s")]
+    assert len(queued) == 5
+    counts = [sim.net.pending._subs.get(k, 0) for k, _ in queued]
+    assert counts == [check_value(b) for _, b in queued]
+    assert sorted(counts) == [0, 0, 0, 0, 1]

@@ -66,12 +66,14 @@ UNREACHABLE = "unreachable: retry budget spent; not applied"
 
 
 def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
-                priority: float, notify: Any = None) -> tuple[Network, list]:
+                priority: float, notify: Any = None, count: int | None = None,
+                ) -> tuple[Network, list]:
     """Commit a batch from a machine (or the runtime) to ``dest``: local or on the wire.
 
     The messages cross as a host delivers them (item 11): a capability or sealed value
     loses the plaintext it kept in memory, and a ``Self`` arrives unbound unless ``dest``
-    is its own machine.
+    is its own machine. ``count``: the messages' substructural count, if the caller
+    checked them (run_batch did, for a machine's outputs); else they are counted here.
     """
     msgs = transit(net.keys, dest, msgs)
     dst_host = host_of_dest(net, dest) if type(dest) is bytes else src_host
@@ -81,7 +83,7 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     # was exported): a local batch must not overtake them (rule 4).
     settled = got is None or got >= net.next_seq.get(chan, 0)
     if type(dest) is not bytes or settled and (dst_host == src_host or dest not in net.machines):
-        return enqueue_local(net, sender, dest, msgs, src_host, priority, notify)
+        return enqueue_local(net, sender, dest, msgs, src_host, priority, notify, count)
     seq = net.next_seq.get(chan, 0) + 1
     net, ts = stamp(net, src_host)
     b = new_batch(sender, dest, seq, ts, priority, msgs, notify)

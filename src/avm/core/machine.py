@@ -153,6 +153,8 @@ class BatchResult(NamedTuple):
     failure: Failure | None
     steps: int
     state_items: list | None
+    #: No output holds a substructural item (so none needs counting again on its way).
+    plain_outputs: bool = False
 
 
 def _census(v: Any, out: list) -> None:
@@ -229,6 +231,7 @@ def run_batch(
             return _fail("value", "the state given to run_batch is not a value", None, "$.state")
     cur_items: Any = state_items
     atoms = _ATOMS
+    outs_plain = True
     got: Any
     out_items: Any
     new_items: Any
@@ -251,6 +254,8 @@ def run_batch(
                 if type(got) is BatchResult:
                     return got
                 out_items = got
+                if got:
+                    outs_plain = False
             # 3. the new state
             if new_state is cur:
                 new_items, same_items = cur_items, True
@@ -290,7 +295,7 @@ def run_batch(
         if got is not None:
             return got
     return BatchResult(True, cur, tuple(outputs), None, len(messages),
-                       cur_items if type(cur_items) is list else list(cur_items))
+                       cur_items if type(cur_items) is list else list(cur_items), outs_plain)
 
 
 def _check_atom_state(state: int | str, i: int) -> BatchResult | None:

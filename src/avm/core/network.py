@@ -618,7 +618,7 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
     ro = r.state is m.state or (type(r.state) in _ATOMS and r.state == m.state
                                 and type(r.state) is type(m.state))
     evs.append(events.Applied(chan, b.seq, dest, True, None, r.steps, net.now, tuple(msgs), ro, b))
-    net, more = _emit(net, dest, m.host, r.outputs)
+    net, more = _emit(net, dest, m.host, r.outputs, r.plain_outputs)
     evs.extend(more)
     net, more = notify(net, b, True, "")
     return net, evs + more
@@ -791,14 +791,21 @@ def _undelivered(net: Network, env: Env | None, b: Batch, rule: str, why: str,
     return net, evs + more
 
 
-def _emit(net: Network, sender: Any, host: str, outputs: tuple) -> tuple[Network, list]:
-    """Partition outputs by destination (rule 3) and send each group as one batch."""
+def _emit(net: Network, sender: Any, host: str, outputs: tuple,
+          plain: bool = False) -> tuple[Network, list]:
+    """Partition outputs by destination (rule 3) and send each group as one batch.
+
+    ``plain``: run_batch checked the outputs and found no substructural item in any, so
+    the inbox takes their count (0) instead of walking them again. Stripping them for
+    transit only takes plaintext and bindings away, never adds an item.
+    """
     if not outputs:
         return net, []
     evs: list = []
+    count = 0 if plain else None
     for dest, group in partition(outputs):
         prio = max(c.priority for c, _ in group)
-        net, more = send_batch(net, sender, dest, group, host, prio)
+        net, more = send_batch(net, sender, dest, group, host, prio, count=count)
         evs.extend(more)
     return net, evs
 
