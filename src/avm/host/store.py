@@ -435,7 +435,7 @@ class Store:
         db, kdb = self._db, self._keys
         try:
             if rows.keys or rows.secret is not None:
-                with kdb:
+                with kdb:  # before the main commit: a crash leaves a spare key, never a gap
                     if rows.secret is not None:
                         kdb.execute("INSERT OR REPLACE INTO secret VALUES (0, ?)", (rows.secret,))
                     kdb.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows.keys)
@@ -459,6 +459,9 @@ class Store:
                 _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
                 _append_log(db, "history", "(at, chan, seq, dest, ok, steps, read_only)",
                             rows.history, HISTORY_ROWS_MAX)
+            if rows.keys_gone:  # after the main commit: the machine is gone first
+                with kdb:
+                    kdb.executemany("DELETE FROM keys WHERE address = ?", rows.keys_gone)
         except sqlite3.Error as e:
             raise StoreError(f"commit failed: {e}") from e
         self.commits += 1
@@ -512,9 +515,12 @@ class _Rows:
             self.machines.append((a, m.name, m.behavior, m.status, m.keyver, m.host,
                                   _blob(m.signal), state))
         self.keys: list = []
-        for a in (list(keys) if dirty.everything else dirty.keys | dirty.machines):
+        self.keys_gone: list = []
+        for a in (list(keys) if dirty.everything else dirty.keys):
             vs = keys.get(a)
-            if vs is not None and (dirty.everything or a in dirty.keys):
+            if vs is None:
+                self.keys_gone.append((a,))  # a destroyed machine's keys go with it
+            else:
                 self.keys.extend((a, v, k) for v, k in vs.items())
         self.queue: list = []
         self.queue_gone: list = []

@@ -1,0 +1,380 @@
+"""The embedded API: machines in a file, like ``sqlite3`` for machines.
+
+::
+
+    async with avm.host.open("app.avm", behaviors=[counter]) as h:
+        cap = await h.spawn("counter", counter, 0)
+        await h.send(cap, ("add", 1))
+        print(await h.ask(cap, "get"))       # ('count', 1)
+        print(await h.state("counter"))      # 1
+
+Every call that changes something returns once that change is committed (in the
+durability mode the store was opened with); reads answer from committed states only.
+The process-control calls (:meth:`Host.suspend`, :meth:`Host.resume`, :meth:`Host.stop`,
+:meth:`Host.restart`, :meth:`Host.destroy`) act on one machine by name.
+
+Behaviors are code, not data: the store keeps each machine's behavior *name*, and the
+host must be opened with every behavior its machines use (``behaviors=``), or
+:func:`open` refuses with :class:`~avm.UsageError` rather than fail their batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core import network as nw
+from ..core.caps import Capability
+from ..core.errors import AvmError, UnknownName, UsageError
+from ..core.machine import Failure, Message
+from ..core.netvalue import enqueue_local, events, mint
+from ..core.network import Env, Network
+from .runtime import Runtime, host_config
+from .store import Dirty, Store, StoreError
+
+__all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "StoreError"]
+
+#: The name of the host's own machine that receives the answers to :meth:`Host.ask`.
+REPLIES = "avm.host.replies"
+ASK_SECONDS_DEFAULT = 30.0
+
+
+class AskFailed(AvmError):
+    """The request of an ``ask`` failed or was dropped; ``failure`` says why."""
+
+    def __init__(self, message: str, failure: Failure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """One machine as ``Host.machines()`` lists it."""
+
+    name: str
+    address: bytes
+    behavior: str
+    status: str  # running | suspended | stopped
+    keyver: int
+
+
+def _replies(msg: Message, state: Any) -> tuple:
+    """The replies machine: keeps nothing; the host reads what it applies."""
+    return [], state
+
+
+def _behavior_table(behaviors: Iterable[Any] | Mapping[str, Callable] | None) -> dict[str, Callable]:
+    table: dict[str, Callable] = {REPLIES: _replies}
+    if behaviors is None:
+        return table
+    if isinstance(behaviors, Mapping):
+        items = list(behaviors.items())
+    else:
+        items = []
+        for b in behaviors:
+            name = getattr(b, "name", None) or getattr(b, "__name__", None)
+            if not isinstance(name, str):
+                raise UsageError(f"behavior {b!r} has no name: pass a mapping name -> step")
+            items.append((name, b))
+    for name, fn in items:
+        if not callable(fn) or type(name) is not str:
+            raise UsageError(f"behavior {name!r} must be a callable step function")
+        if name in table and table[name] is not fn:
+            raise UsageError(f"two behaviors are named {name!r}")
+        table[name] = fn
+    return table
+
+
+class Host:
+    """A running host over one store. Make one with :func:`open`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._asks: dict[Any, asyncio.Future] = {}
+        replies = runtime.net.names.get(REPLIES)
+        self._replies_addr: bytes = replies
+        runtime.listeners[replies] = self._on_reply
+
+    # -- reading --------------------------------------------------------------------
+    @property
+    def network(self) -> Network:
+        """The last committed network (an immutable value)."""
+        return self._rt.committed
+
+    @property
+    def store(self) -> Store:
+        return self._rt.store
+
+    def address(self, name: str) -> bytes:
+        addr = self._rt.net.names.get(name) if type(name) is str else None
+        if addr is None:
+            raise UnknownName(f"no machine named {name!r}")
+        return addr
+
+    def cap(self, name: str, context: Any = None, priority: float = 0.0) -> Capability:
+        """A capability to machine ``name`` with ``context``, minted as its host may."""
+        return mint(self._rt.net, self._rt.env, self.address(name), context, priority)
+
+    async def state(self, name: str) -> Any:
+        """The committed state of machine ``name``.
+
+        Batches still queued for it may not have run yet: :meth:`ask` it, or wait for
+        :meth:`idle`, to read a state after some work.
+        """
+        net = await self._rt.durable()
+        addr = net.names.get(name)
+        if addr is None:
+            raise UnknownName(f"no machine named {name!r}")
+        return net.machines[addr].state
+
+    def machines(self) -> list[MachineInfo]:
+        net = self._rt.committed
+        return sorted((MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
+                       for a, m in net.machines.items() if m.name != REPLIES),
+                      key=lambda i: i.name)
+
+    def stats(self) -> dict[str, int]:
+        """The core's counters (committed) and the runtime's."""
+        out = dict(self._rt.committed.stats.items())
+        out.update({f"host.{k}": v for k, v in self._rt.counters.items()})
+        if self._rt.committer is not None:
+            sizes = self._rt.committer.group_sizes
+            out["host.commits"] = self._rt.store.commits
+            out["host.group_commit_last"] = sizes[-1] if sizes else 0
+        return out
+
+    # -- acting ---------------------------------------------------------------------
+    def behavior(self, fn: Callable, name: str | None = None) -> str:
+        """Register a step function under ``name`` (default: its own name)."""
+        name = name or getattr(fn, "name", None) or getattr(fn, "__name__", None)
+        if not isinstance(name, str):
+            raise UsageError("a behavior needs a name: pass name=")
+        known = self._rt.env.behaviors.get(name)
+        if known is not None and known is not fn:
+            raise UsageError(f"another behavior is already registered as {name!r}")
+        self._rt.env.behaviors[name] = fn
+        return name
+
+    async def spawn(self, name: str, behavior: Callable | str, args: Any = None, *,
+                    context: Any = None, env: Mapping[str, Any] | None = None) -> Capability:
+        """Create a machine; returns a capability to it with ``context``, once committed."""
+        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        if bname not in self._rt.env.behaviors:
+            raise UnknownName(f"no behavior named {bname!r}")
+        rt = self._rt
+
+        def act(net: Network) -> tuple[Network, list]:
+            net, _, evs = nw.spawn(net, name, bname, args, host=rt.host, env=env, env_obj=rt.env)
+            return net, evs
+
+        rt.apply(act)
+        cap = self.cap(name, context)
+        await rt.durable()
+        return cap
+
+    async def submit(self, messages: Iterable[tuple[Capability, Any]], *, client: str = "client",
+                     priority: float | None = None) -> list[tuple]:
+        """Send one batch per destination (rule 3); returns their ``(channel, seq)`` once
+        committed. A bad message refuses the whole call and queues nothing."""
+        evs = self._rt.apply(lambda net: nw.submit(net, messages, client, priority))
+        await self._rt.durable()
+        return [(e.chan, e.seq) for e in evs if type(e) is events.Created]
+
+    async def send(self, cap: Capability, content: Any, *, client: str = "client") -> None:
+        """Send one message; returns once it is committed (queued durably)."""
+        await self.submit([(cap, content)], client=client)
+
+    async def ask(self, cap: Capability, content: Any, *, timeout: float = ASK_SECONDS_DEFAULT,
+                  client: str = "client") -> Any:
+        """Send a request and return the first answer sent to its reply capability.
+
+        ``content`` is a tuple (the reply capability is appended: ``("get",)`` sends
+        ``("get", reply)``), a str (``"get"`` sends the same), or a function of the
+        reply capability that builds the content. Raises :class:`AskFailed` if the
+        request's batch fails or is dropped, ``TimeoutError`` past ``timeout`` seconds.
+        """
+        token = ("ask", os.urandom(12))  # unique across restarts: a stale answer matches nothing
+        reply = mint(self._rt.net, self._rt.env, self._replies_addr, token)
+        if callable(content):
+            msg = content(reply)
+        elif type(content) is tuple:
+            msg = (*content, reply)
+        elif type(content) is str:
+            msg = (content, reply)
+        else:
+            raise UsageError("ask takes a tuple, a str, or a function of the reply capability")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._asks[token] = fut
+        try:
+            evs = self._rt.apply(lambda net: nw.submit(net, [(cap, msg)], client))
+            def done(ev: Any) -> None:
+                _request_done(ev, fut)
+
+            for e in evs:
+                if type(e) is events.Created:
+                    self._rt.watches[(e.chan, e.seq)] = done
+            await self._rt.durable()
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._asks.pop(token, None)
+
+    def _on_reply(self, e: Any) -> None:
+        for ctx, content in e.messages:
+            fut = self._asks.get(ctx) if type(ctx) is tuple else None
+            if fut is not None and not fut.done():
+                fut.set_result(content)
+
+    async def _control(self, name: str, act: Callable[[Network, bytes], tuple[Network, list]],
+                       keys: bool = False) -> None:
+        addr = self.address(name)
+        if addr == self._replies_addr:
+            raise UsageError(f"{REPLIES} is the host's own machine")
+        d = Dirty(machines={addr}, keys={addr} if keys else set())
+        self._rt.apply(lambda net: act(net, addr), d)
+        await self._rt.durable()
+
+    async def suspend(self, name: str) -> None:
+        """Stop running ``name``'s batches; what arrives is queued (not dropped)."""
+        await self._control(name, lambda net, a: (nw.set_status(net, a, "suspended"), []))
+
+    async def resume(self, name: str) -> None:
+        """Run ``name`` again, its queue first."""
+        await self._control(name, lambda net, a: (nw.set_status(net, a, "running"), []))
+
+    async def stop(self, name: str) -> None:
+        """Stop ``name``: batches to it are dropped (counted, and returned to senders)."""
+        await self._control(name, lambda net, a: (nw.set_status(net, a, "stopped"), []))
+
+    async def restart(self, name: str, info: Any = None) -> None:
+        """Run ``name`` again and send it the life-cycle signal ``("restart", info)``."""
+        rt = self._rt
+
+        def act(net: Network, a: bytes) -> tuple[Network, list]:
+            net = nw.set_status(net, a, "running")
+            m = net.machines[a]
+            sig = mint(net, rt.env, a, m.signal)
+            return enqueue_local(net, ("host", rt.host), a, ((sig, ("restart", info)),),
+                                 rt.host, 1.0)
+
+        await self._control(name, act)
+
+    async def destroy(self, name: str) -> None:
+        """Remove ``name``, its state and its keys. Batches to it are dropped from now on.
+
+        Its state goes with it: linear values it held leave the census (an operator's
+        act, like ``export_machine`` in the simulator).
+        """
+        await self._control(name, lambda net, a: (nw.export_machine(net, a)[0], []), keys=True)
+
+    async def flush(self) -> None:
+        """Wait until everything done so far is committed."""
+        await self._rt.durable()
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until no batch can run (everything queued has run or is suspended),
+        and that is committed. For tests and scripts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._rt.check_ok()
+            await self._rt.durable()
+            if not self._rt._wake.is_set() and not _runnable(self._rt.net):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError("the host did not become idle")
+            await asyncio.sleep(0.001)
+
+
+def _runnable(net: Network) -> bool:
+    for chan in net.live:
+        dest = chan[1]
+        m = net.machines.get(dest) if type(dest) is bytes else None
+        if m is None or m.status != "suspended":
+            return True
+    return False
+
+
+def _request_done(e: Any, fut: asyncio.Future) -> None:
+    if fut.done():
+        return
+    if type(e) is events.Dropped:
+        fut.set_exception(AskFailed(f"the request was dropped: {e.reason}"))
+    elif not e.ok:
+        fut.set_exception(AskFailed(f"the request failed: {e.failure}", e.failure))
+
+
+class _Opened:
+    """``open(...)``: an async context manager, or awaitable for a host to close yourself."""
+
+    def __init__(self, path: str | os.PathLike | None, behaviors: Any, durability: str | None,
+                 host: str, clock: Callable[[], float]) -> None:
+        self._args = (path, behaviors, durability, host)
+        self._clock = clock
+        self._host: Host | None = None
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def _open(self) -> Host:
+        path, behaviors, durability, hostname = self._args
+        mode = durability or ("memory" if path is None else "full")
+        table = _behavior_table(behaviors)
+        store = await asyncio.to_thread(Store, None if path is None else Path(path), mode)
+        try:
+            net = await asyncio.to_thread(store.load)
+            env = Env(table)
+            fresh = net is None
+            if net is None:
+                net = nw.new_network(0, host_config(), (hostname,), secret=os.urandom(32))
+                net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
+            missing = sorted({m.behavior for m in net.machines.values()} - set(table))
+            if missing:
+                raise UsageError(f"the store's machines use behaviors this host was not "
+                                 f"given: {missing}; pass them in behaviors=")
+            if hostname not in net.hosts:
+                hostname = next(iter(sorted(net.hosts)))
+            rt = Runtime(store, net, env, hostname, self._clock)
+            if fresh:
+                rt.dirty = Dirty(everything=True)
+                await rt.durable()
+            rt.start()
+        except BaseException:
+            store.close()
+            raise
+        return Host(rt)
+
+    async def __aenter__(self) -> Host:
+        self._host = await self._open()
+        return self._host
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._host is not None:
+            await close(self._host)
+
+
+async def close(host: Host) -> None:
+    """Commit what ran and close the store."""
+    rt = host._rt
+    await rt.close()
+    rt.store.close()
+
+
+def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001 - like sqlite3
+         durability: str | None = None, host: str = "h0",
+         clock: Callable[[], float] = time.time) -> _Opened:
+    """Open (or create) the host whose store is ``path``; ``None`` for one in memory.
+
+    ``behaviors``: the step functions its machines use, as a list of named behaviors
+    (``avm.Behavior`` objects or functions) or a mapping name -> step.
+    ``durability``: ``"full"`` (default for a path), ``"normal"`` or ``"memory"`` (the
+    only mode without a path); see :mod:`avm.host.store`. Use as
+    ``async with open(...) as h:``, or ``h = await open(...)`` and later
+    ``await avm.host.close(h)``. ``clock``: seconds since the epoch (tests pass a fake).
+    """
+    return _Opened(path, behaviors, durability, host, clock)
+

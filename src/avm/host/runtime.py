@@ -1,0 +1,267 @@
+"""The host runtime: the core's network stepped on an asyncio loop, committed to a store.
+
+    "A host is one OS process that runs many machines on an asyncio event loop."
+    (DESIGN section 8)
+
+The runtime holds one :class:`~avm.core.network.Network` value (one host, named
+``h0`` unless told otherwise) and applies the core's own :func:`~avm.core.network.step`
+to it, so every rule of DESIGN section 4 (atomic batches, order, partitioning, per-pair
+order, fairness and aging by the core's scores, priorities, interrupts, drops,
+conservation) is the core's, never a second copy. What the runtime adds is real time
+and durability:
+
+* **Real time.** The network's clock counts milliseconds since the Unix epoch
+  (``Config(epoch_ms=0, tick_ms=1)``): before each run of steps it is moved up to the
+  wall clock, so batch timestamps (hybrid logical clocks), aging and the ``time``
+  commons follow real time. The core also advances the clock by one tick per batch it
+  applies, so under a load above 1,000 batches per second the clock runs ahead of the
+  wall clock (it never goes back); ``time`` then answers the logical time.
+* **Durability.** The rows every step touches (:func:`~avm.host.store.dirty_from_events`)
+  accumulate until the next commit; the :class:`~avm.host.store.GroupCommitter` writes
+  them from the newest snapshot, many batches in one SQLite transaction. An outside
+  caller is answered only after the commit holding its effects (:meth:`Runtime.durable`),
+  and reads are served from the last *committed* snapshot, never from steps not yet
+  durable.
+* **Commons for real.** ``random`` answers come from the network's keyed streams, whose
+  secret is 32 bytes from ``os.urandom`` drawn when the store was created (the same
+  streams as in the simulator, but with a secret nobody can derive); ``time`` is the
+  clock above; ``null``, ``hash``, ``reflect`` and ``feedback`` are the core's.
+  ``timer`` (:mod:`avm.core.timers`) keeps its timers in the network value, so they are
+  committed with everything else and survive restarts; where the simulator would jump
+  its clock to the next due timer, the runtime sleeps until the wall clock gets there.
+
+A commit that fails (disk full, I/O error, a state that does not round-trip) stops the
+runtime: it refuses new work with :class:`~avm.host.store.StoreError`, and what was
+committed stays what a restart loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core import network as nw
+from ..core.network import Env, Network, events
+from ..core.values import replace_fields
+from .store import Dirty, GroupCommitter, Store, StoreError, dirty_from_events
+
+__all__ = ["Runtime", "CHUNK_STEPS", "host_config"]
+
+#: Steps run before the loop yields to other tasks and hands the rows to the writer.
+CHUNK_STEPS = 2_000
+#: ... or this much time, whichever comes first.
+CHUNK_SECONDS = 0.005
+
+
+def host_config() -> nw.Config:
+    """The core's configuration for a host: the clock counts Unix milliseconds."""
+    return nw.Config(epoch_ms=0, tick_ms=1)
+
+
+Listener = Callable[[Any], None]
+
+
+class Runtime:
+    """Steps one network with the core's rules and commits it; see the module docstring.
+
+    Everything runs on one event loop thread except the store's writer thread, which
+    only ever reads immutable snapshots.
+    """
+
+    def __init__(self, store: Store, net: Network, env: Env, host: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.net = net
+        self.env = env
+        self.host = host
+        self.clock = clock
+        self.committed = net  # the newest snapshot known to be durable
+        self._committed_gen = 0
+        self._gen = 0
+        self.dirty = Dirty()
+        self.committer = GroupCommitter(store) if store.durable else None
+        self._last: tuple[int, Network, concurrent.futures.Future] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.failed: BaseException | None = None
+        #: destination address -> callback for each events.Applied to it
+        self.listeners: dict[bytes, Listener] = {}
+        #: (chan, seq) -> callback for the events.Applied or events.Dropped of that batch
+        self.watches: dict[tuple, Listener] = {}
+        #: called with every step's events (tests feed avm.testing.Checker with it)
+        self.tap: Callable[[list], None] | None = None
+        self.counters = {"steps": 0, "batches": 0, "failures": 0, "drops": 0,
+                         "interrupts": 0, "commits_requested": 0}
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="avm-host")
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Commit what ran, stop stepping, stop the writer."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self.failed is None:
+            try:
+                await self.durable()
+            except StoreError:
+                pass
+        if self.committer is not None:
+            await asyncio.to_thread(self.committer.close)
+
+    def check_ok(self) -> None:
+        """Refuse work once a commit failed or the host is closing."""
+        if self.failed is not None:
+            raise StoreError(f"this host stopped after a failed commit: {self.failed}")
+        if self.committer is not None and self.committer.failed is not None:
+            self.failed = self.committer.failed
+            raise StoreError(f"this host stopped after a failed commit: {self.failed}")
+        if self._closing:
+            raise StoreError("this host is closed")
+
+    # -- acting on the network ----------------------------------------------------------
+    def apply(self, act: Callable[[Network], tuple[Network, list]], dirty: Dirty | None = None) -> list:
+        """Apply an act of the core (submit, spawn, set_status...) to the network now.
+
+        ``dirty`` names rows the act touches that its events do not tell (a status
+        change, a machine destroyed). Raises what the act raises, and then changed
+        nothing.
+        """
+        self.check_ok()
+        net, evs = act(self.net)
+        self.net = net
+        dirty_from_events(evs, self.dirty)
+        if self.tap is not None:
+            self.tap(evs)
+        if dirty is not None:
+            self.dirty.merge(dirty)
+        self._observe(evs)
+        self._wake.set()
+        return evs
+
+    def _flush(self) -> tuple[int, Network, concurrent.futures.Future] | None:
+        """Hand the rows touched since the last flush to the writer (group commit)."""
+        if not self.dirty and self._last is not None:
+            return self._last
+        self._gen += 1
+        d, self.dirty = self.dirty, Dirty()
+        snap = self.net
+        fut: concurrent.futures.Future
+        if self.committer is None:
+            self.store.write(snap, d)
+            fut = concurrent.futures.Future()
+            fut.set_result(None)
+        else:
+            fut = self.committer.submit(snap, d)
+        self.counters["commits_requested"] += 1
+        self._last = (self._gen, snap, fut)
+        return self._last
+
+    async def durable(self) -> Network:
+        """Wait until everything done so far is committed; returns that snapshot."""
+        last = self._flush()
+        if last is None:
+            return self.committed
+        gen, snap, fut = last
+        if not fut.done():
+            await asyncio.wrap_future(fut)
+        else:
+            fut.result()  # raises the StoreError of a failed commit
+        if gen > self._committed_gen:
+            self._committed_gen, self.committed = gen, snap
+        return self.committed
+
+    # -- the loop -----------------------------------------------------------------------
+    def _tick_clock(self) -> None:
+        ms = int(self.clock() * 1000)
+        if ms > self.net.now:
+            self.net = replace_fields(self.net, now=ms)
+
+    async def _loop(self) -> None:
+        step = nw.step
+        idle_type = events.Idle
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._closing:
+                self._tick_clock()
+                t_end = time.perf_counter() + CHUNK_SECONDS
+                n = 0
+                idle = False
+                env = self.env
+                dirty = self.dirty
+                while n < CHUNK_STEPS:
+                    before = self.net
+                    net, evs = step(before, env)
+                    if not evs and net.now > before.now:
+                        # Nothing can run now; the simulator would jump its clock to
+                        # the next timer. A host waits for real time to get there.
+                        self._wake_at(net.now)
+                        idle = True
+                        break
+                    self.net = net
+                    if len(evs) == 1 and type(evs[0]) is idle_type:
+                        idle = True
+                        break
+                    dirty_from_events(evs, dirty)
+                    if self.tap is not None:
+                        self.tap(evs)
+                    if self.listeners or self.watches:
+                        self._observe(evs)
+                    n += 1
+                    if not n & 63 and time.perf_counter() > t_end:
+                        break
+                self.counters["steps"] += n
+                if n:
+                    try:
+                        self._flush()
+                    except StoreError as e:  # memory store: cannot fail; durable: async
+                        self.failed = e
+                        return
+                if self.committer is not None and self.committer.failed is not None:
+                    self.failed = self.committer.failed
+                    return
+                if idle:
+                    break
+                await asyncio.sleep(0)
+
+    def _wake_at(self, ms: int) -> None:
+        """Run again when the wall clock reaches ``ms`` (the next timer's due time)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, ms / 1000 - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    def _observe(self, evs: list) -> None:
+        listeners, watches = self.listeners, self.watches
+        for e in evs:
+            t = type(e)
+            if t is events.Applied:
+                self.counters["batches"] += 1
+                if not e.ok:
+                    self.counters["failures"] += 1
+                fn = listeners.get(e.dest) if type(e.dest) is bytes else None
+                if fn is not None:
+                    fn(e)
+                w = watches.pop((e.chan, e.seq), None) if watches else None
+                if w is not None:
+                    w(e)
+            elif t is events.Dropped:
+                self.counters["drops"] += 1
+                w = watches.pop((e.chan, e.seq), None) if watches else None
+                if w is not None:
+                    w(e)
+            elif t is events.Interrupted:
+                self.counters["interrupts"] += 1
