@@ -555,3 +555,16 @@ def test_map_capabilities_refuses_what_it_cannot_rebuild():
         pass
     else:
         raise AssertionError("a map lost a key")
+
+
+def test_relevant_and_affine_capabilities_get_wrappers_of_their_kind():
+    sim, use, _, watch = linear_world()
+    rel = sim.cap("vault", avm.Relevant("rel"))
+    aff = sim.cap("vault", avm.Affine("aff"))
+    sim.send(use, ("keep", rel, aff))
+    sim.run()
+    w_rel, w_aff = sim.state("server")["kept"]
+    assert (w_rel.kind, w_aff.kind) == (rel.kind, aff.kind) == (avm.RELEVANT, avm.AFFINE)
+    assert {w_rel.address, w_aff.address} == {sim.address("m")}
+    assert failed_at(sim, "m") == []
+    watch.report().assert_ok()

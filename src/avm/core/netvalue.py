@@ -159,6 +159,8 @@ class Network:
     # as sorted chunks of sorted keys.
     timers: Map = field(default_factory=Map)
     timer_order: tuple = ()
+    # The spawner service (avm.core.spawner): ("grant", id) -> Map, ("revoke", id) -> id.
+    spawners: Map = field(default_factory=Map)
 
 
 class events:  # noqa: N801 - a namespace

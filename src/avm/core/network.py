@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from . import inbox, timers
+from . import inbox, spawner, timers
 from .caps import (
     SEALING_KEY_BYTES,
     Capability,
@@ -823,8 +823,9 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
     refused = None
     for msg in b.messages:
         content = msg[1]
-        if service == timers.SERVICE:
-            net, outs, more, err = timers.handle(net, env, b, msg, host)
+        handler = _NETWORK_SERVICES.get(service)
+        if handler is not None:  # services that keep state in the network value
+            net, outs, more, err = handler(net, env, b, msg, host)
             evs.extend(more)
             if err:
                 refused = err
@@ -875,6 +876,10 @@ def _run_commons(net: Network, env: Env, chan: tuple, b: Batch) -> tuple[Network
         net, more = give_back(net, b, "refused", f"refused by ~{service}", host, env, tuple(back))
         evs.extend(more)
     return net, evs
+
+
+#: Commons-style services whose state is part of the network value (their own modules).
+_NETWORK_SERVICES = {timers.SERVICE: timers.handle, spawner.SERVICE: spawner.handle}
 
 
 def _drops(content: Any, outs: list) -> bool:

@@ -209,6 +209,23 @@ class Sim:
         self.net, evs = nw.submit(self.net, messages, client)
         self._log(evs)
 
+    def spawner(self, behaviors: Iterable[str] | str | None = None,
+                host: str | None = None) -> tuple[Capability, Capability]:
+        """Grant a spawner on ``host`` (default the first): ``(spawner, revoke)``.
+
+        Hand ``spawner`` to a machine (``sim.spawn(..., env={"spawner": spawner})`` or in
+        a message); it creates machines of the named ``behaviors`` (default any
+        registered one) on request. Sending ``"revoke"`` to ``revoke`` disables it and
+        every spawner attenuated from it. See ``avm.core.spawner``.
+        """
+        from .spawner import grant
+
+        names = None if behaviors is None else (
+            (behaviors,) if isinstance(behaviors, str) else tuple(behaviors))
+        h = self._host(host) or next(iter(sorted(self.net.hosts)))
+        self.net, cap, revoke = grant(self.net, h, names)
+        return cap, revoke
+
     def ask(self, cap: Capability, request: Any, *, timeout_ms: int | None = None,
             max_steps: int = 1_000_000, host: str | None = None) -> Any:
         """Send ``request`` to ``cap`` and step until it is answered; return the answer.
