@@ -19,23 +19,31 @@ Four kinds of machine:
     A subscriber. It subscribes itself when it starts, records the events it gets, and
     fetches the detail of each one through the capability the item carried.
 
+``registrar``
+    Makes a door for each reader *as it joins*: ``("join", label, reply)`` asks the
+    ``spawner`` capability (from the registrar's ``env``; the operator granted it, for
+    membranes only) for a new membrane in front of the topic, and hands its use capability
+    to the reader; the registrar keeps the admin capability, so ``("revoke", label)``
+    (through its ``operator`` capability) revokes that reader's door.
+
 membranes
     Nobody holds the topic's own capability but membranes (``avm.core.patterns``): the
     press publishes through ``press.door`` (allow ``publish``, and ``detail`` for the
-    press's answers coming back in), and each reader has its own, ``reader.N.door`` (allow
-    ``subscribe``, ``cancel`` and ``fetch``). A membrane wraps every capability that
+    press's answers coming back in), and each reader has its own door, spawned for it
+    when it joined (allow ``subscribe``, ``cancel`` and ``fetch``). A membrane wraps every capability that
     crosses it, so the detail capability a reader holds is *its own door's* wrapper of the
     press door's wrapper of the press's capability, and the reader's inbox, as the topic
-    holds it, is its door's wrapper too. Revoking ``reader.N.door`` therefore cuts that
+    holds it, is its door's wrapper too. Revoking a reader's door therefore cuts that
     reader off completely: its inbox (the topic's batches to it fail at the door), its
     cancel capability, and every detail capability it received through the topic. The
     other readers are untouched: each holds only its own door's wrappers.
 
 The membranes are made in ``build``, one per reader known up front (the seed has no
 spawner capability to make one as a reader arrives). The run: three readers on two hosts
-subscribe, the press publishes five items, and the operator revokes ``reader.3.door``
-at some moment of the run (often before ``reader.3`` subscribed at all: nothing orders
-the operator's batch against the others); ``reader.3`` then holds a prefix of the log,
+subscribe, the press publishes five items, and the operator revokes ``reader.3``'s door at
+some moment of the run (often before ``reader.3`` subscribed at all: nothing orders the
+operator's batch against the others; a door revoked before it exists is never handed
+over); ``reader.3`` then holds a prefix of the log,
 the others all of it, with every detail fetched. ``tests/test_pubsub.py`` revokes the
 door mid-run, after the reader holds events and their capabilities, over many seeds.
 """
@@ -121,15 +129,21 @@ reader = avm.Behavior("pubsub.reader")
 
 @reader.init
 def start_reader(_state, args):
-    """Init argument: ``Map(topic=this reader's door to the topic)``."""
-    return [], Map(me=None, topic=args["topic"], number=None, cancel=None, got=(),
-                   details=Map())
+    """Init argument: ``Map(registrar=its desk capability, label=this reader's name)``."""
+    return [], Map(me=None, registrar=args["registrar"], label=args["label"], topic=None,
+                   number=None, cancel=None, got=(), details=Map())
 
 
 @reader.signal("self")
 def reader_self(state, me):
+    # Ask for a door of its own; it comes back as ("door", use) through "setup".
+    return [(state["registrar"], ("join", state["label"], me("setup")))], state.set("me", me)
+
+
+@reader.on("door", "setup")
+def got_door(state, use):
     # Subscribe at once: the inbox capability crosses the door, wrapped.
-    return [(state["topic"], ("subscribe", me("inbox")))], state.set("me", me)
+    return [(use, ("subscribe", state["me"]("inbox")))], state.set("topic", use)
 
 
 @reader.on("subscribed", "inbox")
@@ -161,6 +175,63 @@ def unsubscribe(state):
     return [(state["cancel"], "cancel")], state
 
 
+# -- the registrar: a door per reader, made as it joins --------------------------------
+
+registrar = avm.Behavior("pubsub.registrar")
+
+#: The behavior name the registrar's spawner creates doors from.
+DOOR_BEHAVIOR = "pubsub.door"
+
+
+@registrar.init
+def open_registrar(_state, args):
+    """Init argument: ``Map(topic=the topic's own capability)``."""
+    return [], Map(me=None, spawner=None, topic=args["topic"], next=0, joining=Map(),
+                   doors=Map(), revoked=())
+
+
+@registrar.signal("self")
+def registrar_self(state, me):
+    return [], state.set("me", me)
+
+
+@registrar.signal("env")
+def registrar_env(state, env):
+    return [], state.set("spawner", env["spawner"])
+
+
+@registrar.on("join", "desk")
+def join(state, label, reply):
+    n = state["next"]
+    me = state["me"]
+    # The new membrane sends ("membrane", use, admin) to ("door", n) once it starts.
+    args = membrane_args(state["topic"], READER_ALLOW, reply=me(("door", n)))
+    ask = (state["spawner"], (me(("spawned", n)), ("spawn", DOOR_BEHAVIOR, args)))
+    return [ask], state.update(next=n + 1, joining=state["joining"].set(n, (label, reply)))
+
+
+@registrar.on("spawned", "spawned")
+def spawned(state, cap, *, ctx):
+    return [], state  # the door tells its capabilities itself, to ("door", n)
+
+
+@registrar.on("membrane", "door")
+def door_ready(state, use, admin, *, ctx):
+    label, reply = state["joining"][ctx[1]]
+    state = state.update(joining=state["joining"].delete(ctx[1]),
+                         doors=state["doors"].set(label, Map(use=use, admin=admin)))
+    if label in state["revoked"]:  # revoked before it existed: never handed over
+        return [(admin, "revoke")], state
+    return [(reply, ("door", use))], state
+
+
+@registrar.on("revoke", "operator")
+def revoke_reader(state, label):
+    door_caps = state["doors"].get(label)
+    state = state.set("revoked", (*state["revoked"], label))
+    return ([(door_caps["admin"], "revoke")] if door_caps is not None else []), state
+
+
 # -- the network ---------------------------------------------------------------------------
 
 HOSTS = ("h0", "h1", "h2")
@@ -170,21 +241,34 @@ PRESS_ALLOW = ("publish", "detail")
 READER_ALLOW = ("subscribe", "cancel", "fetch")
 
 
-def door(name: str) -> str:
-    return f"{name}.door"
+PRESS_DOOR = "press.door"
+
+
+def door_address(sim, label: str) -> bytes | None:
+    """The address of reader ``label``'s door, once the registrar has it."""
+    doors = (sim.state("registrar") or Map()).get("doors", Map())
+    return doors[label]["use"].address if label in doors else None
+
+
+def revoke(sim, label: str) -> None:
+    """The operator revokes reader ``label``'s door (through the registrar)."""
+    sim.send(sim.cap("registrar", "operator"), ("revoke", label), client="operator")
 
 
 def spawn_world(sim) -> None:
-    """The machines and their doors, without the workload."""
+    """The machines, without the workload; readers' doors are made as they join."""
     for h in HOSTS:
         sim.add_host(h, exist_ok=True)
+    sim.behavior(membrane(DOOR_BEHAVIOR), DOOR_BEHAVIOR)
+    spawner, _ = sim.spawner((DOOR_BEHAVIOR,), host="h0")  # it may make doors only
     sim.spawn("topic", topic, None, host="h0")
     main = sim.cap("topic", "main")
-    sim.spawn(door("press"), membrane(), membrane_args(main, PRESS_ALLOW), host="h0")
-    sim.spawn("press", press, Map(topic=forwarder_caps(sim, door("press"))[0]), host="h1")
+    sim.spawn(PRESS_DOOR, membrane(), membrane_args(main, PRESS_ALLOW), host="h0")
+    sim.spawn("press", press, Map(topic=forwarder_caps(sim, PRESS_DOOR)[0]), host="h1")
+    sim.spawn("registrar", registrar, Map(topic=main), host="h0", env={"spawner": spawner})
+    desk = sim.cap("registrar", "desk")
     for name, host in READERS.items():
-        sim.spawn(door(name), membrane(), membrane_args(main, READER_ALLOW), host="h0")
-        sim.spawn(name, reader, Map(topic=forwarder_caps(sim, door(name))[0]), host=host)
+        sim.spawn(name, reader, Map(registrar=desk, label=name), host=host)
 
 
 def build(sim):
@@ -193,7 +277,7 @@ def build(sim):
     desk = sim.cap("press", "desk")
     for _ in ITEMS:
         sim.send(desk, "next", client="editor")
-    sim.send(sim.cap(door(REVOKED), "admin"), "revoke", client="operator")
+    revoke(sim, REVOKED)
 
     def readers_see_the_log_in_order(s):
         log = (s.state("topic") or Map()).get("log", ())

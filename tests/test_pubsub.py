@@ -1,4 +1,5 @@
-"""examples/pubsub.py: a topic behind membranes, one membrane (door) per subscriber.
+"""examples/pubsub.py: a topic behind membranes, one membrane (door) per subscriber,
+spawned for it as it joins.
 
 Revoking one reader's door must cut that reader off completely (its inbox, its cancel
 capability, and the detail capabilities it received through the topic), and nobody
@@ -40,7 +41,7 @@ def fetches_served(sim: avm.Sim) -> int:
     press = sim.address("press")
     return sum(e.steps for e in sim.trace
                if type(e) is events.Applied and e.dest == press and e.ok
-               and e.chan[0] == sim.address(pubsub.door("press")))
+               and e.chan[0] == sim.address(pubsub.PRESS_DOOR))
 
 
 def headlines(sim: avm.Sim, name: str) -> tuple:
@@ -80,7 +81,7 @@ def test_the_example_over_many_seeds(seed):
             assert dict(st["details"]) == dict(enumerate(pubsub.DETAILS))
     bad = [(e.dest, e.failure.error_type) for e in sim.trace
            if type(e) is events.Applied and not e.ok]
-    assert {d for d, _ in bad} <= {sim.address(pubsub.door(pubsub.REVOKED))}
+    assert {d for d, _ in bad} <= {pubsub.door_address(sim, pubsub.REVOKED)}
     assert {t for _, t in bad} <= {"Revoked"}
     if faults:
         assert sim.stats().get("wire.sent", 0) > 0  # the readers really are on other hosts
@@ -97,13 +98,13 @@ def test_revoking_one_reader_cuts_it_off_including_what_it_got_through_the_topic
         assert headlines(sim, name) == pubsub.ITEMS[:3]
         assert len(sim.state(name)["details"]) == 3
     cut = pubsub.REVOKED
-    cut_door = sim.address(pubsub.door(cut))
+    cut_door = pubsub.door_address(sim, cut)
     # Every capability the reader holds from the topic is its own door's wrapper.
     st = sim.state(cut)
     assert st["cancel"].address == cut_door
     assert all(d.address == cut_door for _, _, _, d in st["got"])
 
-    sim.send(sim.cap(pubsub.door(cut), "admin"), "revoke", client="operator")
+    pubsub.revoke(sim, cut)
     sim.run()
     publish(sim, 2)
     sim.run()
@@ -137,7 +138,7 @@ def test_a_revocation_at_any_moment_under_faults(seed):
     for _ in range(seed * 7):
         sim.step()
     cut = pubsub.REVOKED
-    sim.send(sim.cap(pubsub.door(cut), "admin"), "revoke", client="operator")
+    pubsub.revoke(sim, cut)
     heal(sim)
     assert sim.run(max_steps=50_000).quiescent
     log = sim.state("topic")["log"]
@@ -165,7 +166,7 @@ def test_some_seed_revokes_a_reader_that_already_holds_capabilities():
         publish(sim, N)
         for _ in range(seed * 7):
             sim.step()
-        sim.send(sim.cap(pubsub.door(pubsub.REVOKED), "admin"), "revoke", client="operator")
+        pubsub.revoke(sim, pubsub.REVOKED)
         heal(sim)
         sim.run(max_steps=50_000)
         counts.add(len(sim.state(pubsub.REVOKED)["got"]))
@@ -179,13 +180,14 @@ def test_each_reader_and_the_topic_hold_only_door_wrappers():
     sim = world()
     publish(sim, 2)
     sim.run()
-    doors = {n: sim.address(pubsub.door(n)) for n in READERS}
+    doors = {n: pubsub.door_address(sim, n) for n in READERS}
+    assert len(set(doors.values())) == len(READERS)  # one door each
     for name in READERS:
         st = sim.state(name)
         assert {d.address for _, _, _, d in st["got"]} == {doors[name]}
     inboxes = sim.state("topic")["subs"]
     assert {c.address for c in inboxes.values()} == set(doors.values())
-    press_door = sim.address(pubsub.door("press"))
+    press_door = sim.address(pubsub.PRESS_DOOR)
     assert {item[3].address for item in sim.state("topic")["log"]} == {press_door}
 
 
@@ -204,8 +206,9 @@ def test_unsubscribing_through_the_cancel_capability():
 
 def test_doors_let_through_only_their_names():
     sim = world()
-    reader_door, _ = avm.patterns.forwarder_caps(sim, pubsub.door("reader.1"))
-    press_door, _ = avm.patterns.forwarder_caps(sim, pubsub.door("press"))
+    sim.run()
+    reader_door = sim.state("registrar")["doors"]["reader.1"]["use"]
+    press_door, _ = avm.patterns.forwarder_caps(sim, pubsub.PRESS_DOOR)
     sim.send(reader_door, ("publish", ("news", 9, "forged", reader_door)))
     sim.send(press_door, ("subscribe", sim.probe("spy")))
     sim.run()
@@ -214,16 +217,49 @@ def test_doors_let_through_only_their_names():
     assert [f.error_type for f in sim.failures()] == ["Refused", "Refused"]
 
 
-def test_a_late_subscriber_gets_the_whole_log_in_order():
+def test_a_late_subscriber_gets_a_door_of_its_own_and_the_whole_log():
     sim = world()
     publish(sim, N)
     sim.run()
-    # A new reader with a new door (made here, as build makes them: no spawner).
-    sim.spawn("late.door", avm.patterns.membrane(),
-              avm.patterns.membrane_args(sim.cap("topic", "main"), pubsub.READER_ALLOW),
-              host="h0")
+    doors_before = set(sim.net.names)
+    # A reader that arrives while the application runs: the registrar spawns its door.
     sim.spawn("late", pubsub.reader,
-              avm.Map(topic=avm.patterns.forwarder_caps(sim, "late.door")[0]), host="h1")
+              avm.Map(registrar=sim.cap("registrar", "desk"), label="late"), host="h1")
     sim.run()
+    [new_door] = set(sim.net.names) - doors_before - {"late"}
+    assert pubsub.door_address(sim, "late") == sim.address(new_door)
     assert headlines(sim, "late") == pubsub.ITEMS
     assert len(sim.state("late")["details"]) == N
+    pubsub.revoke(sim, "late")
+    sim.run()
+    served = fetches_served(sim)
+    sim.send(admin(sim, "late"), "refetch")
+    sim.run()
+    assert fetches_served(sim) == served
+    assert headlines(sim, "reader.1") == pubsub.ITEMS
+
+
+def test_the_registrar_spawner_makes_doors_only():
+    sim = world()
+    sim.run()
+    spawner = sim.state("registrar")["spawner"]
+    p = sim.probe("p")
+    sim.send(spawner, (p, ("spawn", "pubsub.topic", None)))
+    sim.run()
+    assert sim.received("p") == ()
+    assert sim.stats().get("commons.refused", 0) >= 1
+
+
+def test_a_door_revoked_before_it_exists_is_never_handed_over():
+    sim = world()
+    sim.run()
+    pubsub.revoke(sim, "late")  # the operator is first: no door for "late" yet
+    sim.run()
+    sim.spawn("late", pubsub.reader,
+              avm.Map(registrar=sim.cap("registrar", "desk"), label="late"), host="h1")
+    publish(sim, 2)
+    sim.run()
+    st = sim.state("late")
+    assert st["topic"] is None and st["got"] == ()
+    assert "late" in sim.state("registrar")["doors"]  # made, revoked, kept by the registrar
+    assert headlines(sim, "reader.1") == pubsub.ITEMS[:2]
