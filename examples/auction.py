@@ -184,7 +184,7 @@ def build_with(sim, bidders=BIDDERS, deadline_ms=DEADLINE_MS):
     def accepted_bids_rise(s):
         st = s.state(name)
         amounts = [a for _, a in (st["accepted"] if st else ())]
-        return all(x < y for x, y in zip(amounts, amounts[1:]))
+        return all(x < y for x, y in zip(amounts, amounts[1:], strict=False))
 
     def the_winner_is_the_highest_accepted_bid(s):
         st = s.state(name)
