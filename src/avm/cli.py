@@ -61,10 +61,12 @@ examples:
   avm sim examples.bank --seed 7 --quiet         same, by module name, summary only
   avm sim examples/bank.py --faults all --seed 3 with loss, duplication, delay, crashes
   avm sim --help                                 everything about the simulator
+  avm demo                                       a durable host with the examples running
+  avm host run --store app.avm --app examples/counter.py
+  avm store check app.avm                        integrity check, decode every state
   avm version
 
-Only the simulator exists so far: durable hosts, the network between them and the web
-page are not built yet.
+The network between hosts and the web page are not built yet.
 """
 
 _SIM_DESCRIPTION = """\

@@ -1,0 +1,197 @@
+"""``avm demo`` and ``avm host run``: a real host with applications and clients.
+
+The demo opens a host on an embedded store (a fresh temporary folder, or ``--dir``),
+builds the example applications on it the first time (the same ``build`` functions the
+simulator runs), and starts clients that send work: the counter is incremented and
+asked for its count, the bank moves money between accounts through a teller. Every few
+seconds it prints what ran, what was committed, and the figures that must hold (the
+bank's total is conserved). Run it again on the same folder: the machines and their
+states come back from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+from ..core.errors import UsageError
+from ..core.values import Map
+from .api import Host, open
+from .apps import BuildOnHost, behaviors_of, load_module
+
+__all__ = ["DEMO_APPS", "demo", "host_run"]
+
+#: Example applications the demo runs (module, machine-name prefix).
+DEMO_APPS = (("examples.counter", "counter."), ("examples.bank", "bank."),
+             ("examples.chat", "chat."))
+REPORT_SECONDS = 2.0
+
+
+def _import_examples() -> list[tuple[ModuleType, str]]:
+    root = Path(__file__).resolve().parents[3]  # a source checkout: examples/ beside src/
+    if (root / "examples").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return [(load_module(name), prefix) for name, prefix in DEMO_APPS]
+    except ImportError as e:
+        raise UsageError(f"the demo runs the examples/ folder of a source checkout of avm "
+                         f"(run it from the checkout): {e}") from e
+
+
+async def _build(h: Host, apps: list[tuple[ModuleType, str]]) -> None:
+    for mod, prefix in apps:
+        if any(m.name.startswith(prefix) for m in h.machines()):
+            continue  # built on an earlier run: its machines came back from the store
+        build = getattr(mod, "build", None)
+        if build is not None:
+            build(BuildOnHost(h, prefix))
+    await h.flush()
+
+
+async def _counter_client(h: Host, stop: asyncio.Event) -> None:
+    c = h.cap("counter.counter", "main")
+    while not stop.is_set():
+        await h.send(c, ("add", 1), client="demo.counter")
+        await h.ask(c, "get", client="demo.counter")
+        await _pause(stop, 0.05)
+
+
+async def _bank_client(h: Host, stop: asyncio.Event, bank: ModuleType) -> None:
+    rng = random.Random()
+    teller = h.cap("bank.teller.1", "desk")
+    names = list(bank.BRANCHES["branch.north"][1])
+    while not stop.is_set():
+        a, b = rng.sample(names, 2)
+        await h.send(teller, bank.Transfer(a, b, rng.randint(1, 40)), client="demo.bank")
+        await _pause(stop, 0.1)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def _report(h: Host, out: TextIO, bank: ModuleType | None) -> None:
+    s = h.stats()
+    line = (f"batches {s.get('batch.ok', 0)} ok, {s.get('batch.failed', 0)} failed; "
+            f"commits {s.get('host.commits', 0)}")
+    try:
+        line += f"; counter = {await h.state('counter.counter')}"
+    except Exception:  # noqa: BLE001 - the demo's report must never stop the demo
+        pass
+    if bank is not None:
+        total = 0
+        for bname, (_, opening) in bank.BRANCHES.items():
+            st = await h.state("bank." + bname)
+            total += sum((st or Map(opening)).values())
+        line += f"; bank total {total} (always {bank.TOTAL})"
+    print(line, file=out, flush=True)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Ctrl-C and SIGTERM stop the host cleanly; returns what puts the handlers back."""
+    loop = asyncio.get_running_loop()
+    done = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            done.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+
+    def restore() -> None:
+        for sig in done:
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+async def _serve(h: Host, stop: asyncio.Event, seconds: float | None, out: TextIO,
+                 report: Callable[[], Any]) -> None:
+    end = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set():
+        wait = REPORT_SECONDS if end is None else max(0.0, min(REPORT_SECONDS, end - time.monotonic()))
+        await _pause(stop, wait)
+        await report()
+        if end is not None and time.monotonic() >= end:
+            stop.set()
+
+
+async def demo(folder: str | None = None, seconds: float | None = None,
+               out: TextIO | None = None) -> Path:
+    """Run the demo; returns the store's path. ``seconds=None`` runs until Ctrl-C."""
+    out = out or sys.stdout
+    base = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="avm-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "demo.avm"
+    apps = _import_examples()
+    bank = next(m for m, p in apps if p == "bank.")
+    async with open(path, behaviors=behaviors_of(m for m, _ in apps)) as h:
+        fresh = not h.machines()
+        await _build(h, apps)
+        print(f"""avm demo: a host with {len(h.machines())} machines, store {path}
+  {'created' if fresh else 'reopened'}; durability: full (every commit is fsynced)
+  running: the counter (incremented and asked by a client), the bank (a client moves
+  money between accounts through a teller), the chat room.
+
+What to type, in another terminal:
+  avm store check {path}            # integrity check, decode every state
+  avm store backup {path} copy.avm  # online backup while the demo runs
+  kill -9 the demo, run the line below: nothing committed is lost (docs/host.md)
+Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store.
+""", file=out, flush=True)
+        stop = asyncio.Event()
+        restore = _stop_on_signals(stop)
+        clients = [asyncio.create_task(_counter_client(h, stop)),
+                   asyncio.create_task(_bank_client(h, stop, bank))]
+        try:
+            await _serve(h, stop, seconds, out, lambda: _report(h, out, bank))
+        finally:
+            stop.set()
+            restore()
+            await asyncio.gather(*clients, return_exceptions=True)
+            await _report(h, out, bank)
+    print(f"stopped; everything is committed in {path}", file=out, flush=True)
+    return path
+
+
+async def host_run(store: str, apps: list[str], seconds: float | None = None,
+                   durability: str = "full", out: TextIO | None = None) -> None:
+    """``avm host run``: serve a store, building each ``--app`` module the first time."""
+    out = out or sys.stdout
+    mods = [load_module(a) for a in apps]
+    async with open(store, behaviors=behaviors_of(mods), durability=durability) as h:
+        if not h.machines():  # a new store: build every app once
+            for m in mods:
+                build = getattr(m, "build", None)
+                if build is not None:
+                    build(BuildOnHost(h))
+            await h.flush()
+        for m in mods:
+            main = getattr(m, "host_main", None)
+            if main is not None:
+                asyncio.get_running_loop().create_task(main(h))
+        print(f"avm host: serving {store} ({len(h.machines())} machines, durability "
+              f"{durability}); Ctrl-C to stop", file=out, flush=True)
+        stop = asyncio.Event()
+        restore = _stop_on_signals(stop)
+
+        async def report() -> None:
+            s = h.stats()
+            print(f"batches {s.get('batch.ok', 0)} ok, {s.get('batch.failed', 0)} failed; "
+                  f"commits {s.get('host.commits', 0)}", file=out, flush=True)
+
+        try:
+            await _serve(h, stop, seconds, out, report)
+        finally:
+            restore()
