@@ -1,6 +1,6 @@
 """Publish and subscribe: a topic behind membranes, one membrane per subscriber.
 
-Four kinds of machine:
+Five kinds of machine:
 
 ``topic``
     Keeps the log of what was published and the inboxes of its subscribers.
@@ -16,8 +16,9 @@ Four kinds of machine:
     ``("detail", i, text)``. So items carry *capabilities*, not only data.
 
 ``reader.N``
-    A subscriber. It subscribes itself when it starts, records the events it gets, and
-    fetches the detail of each one through the capability the item carried.
+    A subscriber. It joins when it starts (below), subscribes through its door, records
+    the events it gets, and fetches the detail of each one through the capability the
+    item carried.
 
 ``registrar``
     Makes a door for each reader *as it joins*: ``("join", label, reply)`` asks the
@@ -30,22 +31,26 @@ membranes
     Nobody holds the topic's own capability but membranes (``avm.core.patterns``): the
     press publishes through ``press.door`` (allow ``publish``, and ``detail`` for the
     press's answers coming back in), and each reader has its own door, spawned for it
-    when it joined (allow ``subscribe``, ``cancel`` and ``fetch``). A membrane wraps every capability that
-    crosses it, so the detail capability a reader holds is *its own door's* wrapper of the
-    press door's wrapper of the press's capability, and the reader's inbox, as the topic
-    holds it, is its door's wrapper too. Revoking a reader's door therefore cuts that
-    reader off completely: its inbox (the topic's batches to it fail at the door), its
-    cancel capability, and every detail capability it received through the topic. The
-    other readers are untouched: each holds only its own door's wrappers.
+    when it joined (allow ``subscribe``, ``cancel`` and ``fetch``). A membrane wraps every
+    capability that crosses it, so the detail capability a reader holds is *its own
+    door's* wrapper of the press door's wrapper of the press's capability, and the
+    reader's inbox, as the topic holds it, is its door's wrapper too. Revoking a
+    reader's door therefore cuts that reader off completely: its inbox (the topic's
+    batches to it fail at the door), its cancel capability, and every detail capability
+    it received through the topic. The other readers are untouched: each holds only its
+    own door's wrappers.
 
-The membranes are made in ``build``, one per reader known up front (the seed has no
-spawner capability to make one as a reader arrives). The run: three readers on two hosts
-subscribe, the press publishes five items, and the operator revokes ``reader.3``'s door at
-some moment of the run (often before ``reader.3`` subscribed at all: nothing orders the
-operator's batch against the others; a door revoked before it exists is never handed
-over); ``reader.3`` then holds a prefix of the log,
-the others all of it, with every detail fetched. ``tests/test_pubsub.py`` revokes the
-door mid-run, after the reader holds events and their capabilities, over many seeds.
+The topic is not told of a revocation: what it sends to a revoked door keeps failing
+there, one failed batch per item (visible in the failures), which is the price of
+keeping revocation out of the topic's code.
+
+The run: three readers on two hosts join and subscribe, the press publishes five
+items, and the operator revokes ``reader.3``'s door at some moment of the run (often
+before ``reader.3`` subscribed at all: nothing orders the operator's batch against the
+others; a door revoked before it exists is never handed over); ``reader.3`` then holds a
+prefix of the log, the others all of it, with every detail fetched.
+``tests/test_pubsub.py`` revokes the door mid-run, after the reader holds events and
+their capabilities, over many seeds with every fault kind.
 """
 
 import avm

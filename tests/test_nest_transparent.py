@@ -28,7 +28,7 @@ def _self(s, me):
 
 @keeper.signal("env")
 def _env(s, env):
-    return [], s.update(time=env["time"], null=env["null"])
+    return [], s.update(time=env["time"], null=env["null"], timer=env["timer"])
 
 
 @keeper.on("mint")
@@ -69,6 +69,22 @@ def _burn(s, token):
 @keeper.on("spend")
 def _spend(s, *, ctx):
     return [(s["null"], ctx)], s.set("burnt", s["burnt"] + 1)
+
+
+@keeper.on("alarm")
+def _alarm(s, ms, reply):
+    # Wake in ms of network time, then tell reply what the inner time said on waking.
+    return [(s["timer"], (s["me"]("set"), ("after", ms, s["me"](("rang", reply)), "ring")))], s
+
+
+@keeper.on("ring", "rang")
+def _ring(s, *, ctx):
+    return [(s["time"], (s["me"](("tick", ctx[1])), None))], s.set("rung", s.get("rung", 0) + 1)
+
+
+@keeper.on("timer", "set")
+def _timer_set(s, cancel):
+    return [], s
 
 
 @keeper.on("wrap_linear")
@@ -265,3 +281,36 @@ def test_a_message_that_fails_inside_fails_there_and_the_nest_goes_on():
     outer.send(k, ("mint", p))
     outer.run()
     assert [m[0] for m in outer.received("p")] == ["key"]
+
+
+HOUR_MS = 3_600_000
+
+
+def test_an_inner_timer_fires_when_outer_time_reaches_it():
+    outer, k = world()
+    p = outer.probe("p")
+    outer.send(k, ("clock", p))
+    outer.run()
+    start = outer.received("p")[-1][1]
+    outer.send(k, ("alarm", HOUR_MS, p))
+    report = outer.run()
+    assert report.quiescent and report.steps < 100  # no polling: virtual time jumps
+    [(_, rang)] = outer.received("p")[1:]
+    outer_ms = outer.net.config.epoch_ms + outer.net.now * outer.net.config.tick_ms
+    assert start + HOUR_MS <= rang <= outer_ms + 50  # not before the hour, outer or inner
+    assert inner_state(outer.state("box"), "k")["rung"] == 1
+    assert outer_ms >= start + HOUR_MS  # the outer clock went through the hour too
+
+
+def test_an_inner_timer_does_not_run_ahead_of_outer_time():
+    # The outer network has other work: the nest is not woken before the hour, however
+    # many outer steps run meanwhile.
+    outer, k = world()
+    p = outer.probe("p")
+    outer.send(k, ("alarm", HOUR_MS, p))
+    for _ in range(50):
+        outer.send(p, "busy")
+        outer.step()
+    assert inner_state(outer.state("box"), "k").get("rung", 0) == 0
+    outer.run()
+    assert inner_state(outer.state("box"), "k")["rung"] == 1

@@ -45,6 +45,15 @@ carried them, never held back waiting for an answer (one that never comes, or a 
 that fails, would otherwise block the ones behind it). ``follow_time=False`` leaves the
 inner clock alone.
 
+Timers: the inner network has timers of its own (``avm.core.timers``). A top-level
+simulator jumps its clock to the next timer when nothing else can run; inside a nest
+that jump would run inner time ahead of outer time (a one-hour inner deadline would
+expire within one outer step). So the nest runs its inner network until only inner
+timers are left, asks the outer ``timer`` service to wake it when the earliest is due
+(``("at", due_ms, ...)``, one wake outstanding at a time), and on waking moves the inner
+clock to that tick and lets the timers fire. An answer from the outer ``time`` service
+that reaches an inner timer fires it too.
+
 Destruction: a linear value that came in and that an inner machine sends to the inner
 ``null`` is gone from the inner network, which the outer step would see as a drop. The
 nesting machine forwards what the inner ``null`` destroyed during a step to the outer
@@ -60,18 +69,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from . import timers
 from .caps import Capability, Keyring, Self, unseal_context
 from .errors import AvmError
 from .keys import SECRET_BYTES
 from .machine import Behavior
-from .network import Config, Network, new_network
+from .network import Config, Network, events, new_network, quiescent
 from .patterns import map_capabilities
 from .sim import Sim
 from .values import NO_DROP, Map, item_identity, substructural_items
 from .values import replace_fields as replace
 
 __all__ = ["nest", "inner_state", "inner_network", "ROUTE", "INNER", "KEY_CONTEXT",
-           "TIME_CONTEXT"]
+           "TIME_CONTEXT", "WAKE_CONTEXT", "TIMER_SET_CONTEXT"]
 
 ROUTE = "route"
 #: First element of ``(INNER, inner_cap)``: the outer face of an inner capability.
@@ -80,6 +90,10 @@ INNER = "inner"
 KEY_CONTEXT = ("nest-key-material",)
 #: The context of the capability the outer ``time`` service answers to.
 TIME_CONTEXT = ("nest-time",)
+#: The context the outer ``timer`` service wakes the nest through, when an inner timer
+#: is due; and the one its ``("timer", cancel)`` answers come to.
+WAKE_CONTEXT = ("nest-wake",)
+TIMER_SET_CONTEXT = ("nest-timer-set",)
 
 _NULLED = ("null.linear", "null.relevant")
 #: Outer messages routed in while a time request is outstanding before asking again (an
@@ -121,10 +135,50 @@ def nest(
         sim.restore(net)
         return sim
 
-    def _settle(sim: Sim, state: Map, out: list) -> Map:
-        report = sim.run(max_steps)
-        if not report.quiescent:
+    def _paced(state: Map) -> bool:
+        return follow_time and state.get("timer") is not None
+
+    def _run_inner(sim: Sim, paced: bool) -> None:
+        """Run the inner network until it is quiescent, or (``paced``) until all that is
+        left is inner timers: jumping the inner clock to them would run inner time ahead
+        of outer time, so the outer ``timer`` service wakes the nest instead."""
+        if not paced:
+            if not sim.run(max_steps).quiescent:
+                raise AvmError(f"nested network did not settle within {max_steps} steps")
+            return
+        for _ in range(max_steps):
+            prev = sim.net
+            evs = sim.step()
+            if len(evs) == 1 and type(evs[0]) is events.Idle:
+                break
+            if not evs and sim.net.now > prev.now:
+                wake = timers.next_due(prev)
+                if wake is not None and sim.net.now >= wake:
+                    sim.restore(prev)  # a jump to an inner timer: outer time decides
+                    break
+        else:
             raise AvmError(f"nested network did not settle within {max_steps} steps")
+        net = sim.net
+        if not quiescent(net) and (net.live or net.wire or net.outbox or net.held):
+            raise AvmError("nested network is stuck: batches wait that nothing can run")
+
+    def _wake_later(state: Map, out: list) -> Map:
+        """Ask the outer timer service to wake the nest when its next inner timer is due."""
+        net = state["net"]
+        due = timers.next_due(net)
+        if due is None or not _paced(state):
+            return state
+        asked = state.get("wake")
+        if asked is not None and asked <= due:
+            return state  # an earlier (or the same) wake is already set
+        me = state["me"]
+        due_ms = net.config.epoch_ms + due * net.config.tick_ms
+        out.append((state["timer"], (me(TIMER_SET_CONTEXT),
+                                     ("at", due_ms, me(WAKE_CONTEXT), ("wake", due)))))
+        return state.set("wake", due)
+
+    def _settle(sim: Sim, state: Map, out: list) -> Map:
+        _run_inner(sim, _paced(state))
         me = state["me"]
         machines = sim.net.machines
 
@@ -140,7 +194,7 @@ def nest(
         for cap, content in sim.net.exits:
             out.append((cap, map_capabilities(content, export)))
         sim.restore(replace(sim.net, exits=()))
-        return state.set("net", sim.net)
+        return _wake_later(state.set("net", sim.net), out)
 
     def _import(state: Map, content: Any) -> Any:
         me: Self = state["me"]
@@ -235,7 +289,8 @@ def nest(
         ask = env.get("random") if type(env) is Map else None
         if type(me) is not Self or ask is None:
             raise AvmError(f"{name}: a nested network needs its Self and the random service")
-        state = state.update(null=env.get("null"), time=env.get("time"))
+        state = state.update(null=env.get("null"), time=env.get("time"),
+                             timer=env.get("timer"))
         outs: list = [(ask, (me(KEY_CONTEXT), SECRET_BYTES))]
         return outs, _ask_time(state, outs)
 
@@ -245,6 +300,10 @@ def nest(
             return _keyed(state, content)
         if type(ctx) is tuple and ctx == TIME_CONTEXT:
             return _timed(state, content)
+        if type(ctx) is tuple and ctx == WAKE_CONTEXT:
+            return _woken(state, content)
+        if type(ctx) is tuple and ctx == TIMER_SET_CONTEXT:
+            return [], state  # ("timer", cancel): a wake is never cancelled, only ignored
         if not (_is_inner(ctx) or (
                 type(ctx) is tuple and len(ctx) == 3 and ctx[0] == ROUTE)):
             raise AvmError(f"{name}: messages must come through route capabilities")
@@ -259,9 +318,37 @@ def nest(
                 or type(content[1]) is not int):
             raise AvmError(f"{name}: expected ('time', milliseconds) from the time service")
         state = state.update(asking=0, outer_ms=content[1])
-        if "net" in state:
-            state = state.set("net", _follow(state["net"], content[1]))
-        return [], state
+        if "net" not in state:
+            return [], state
+        out: list = []
+        state = state.set("net", _follow(state["net"], content[1]))
+        if timers.next_due(state["net"]) is not None and _paced(state):
+            # Inner timers the new time has reached fire now.
+            sim = _sim(state["net"])
+            before = _nulled(sim.net)
+            new = _settle(sim, state, out)
+            if _nulled(new["net"]) != before:
+                _forward_destroyed(state, (), (), new, out)
+            state = new
+        return out, state
+
+    def _woken(state: Map, content: Any) -> tuple:
+        if (type(content) is not tuple or len(content) != 2 or content[0] != "wake"
+                or type(content[1]) is not int):
+            raise AvmError(f"{name}: expected ('wake', tick) from the timer service")
+        state = state.set("wake", None)
+        if "net" not in state:
+            return [], state
+        net = state["net"]
+        if content[1] > net.now:  # outer time has reached the inner timer: move to it
+            net = replace(net, now=content[1])
+        out: list = []
+        sim = _sim(net)
+        before = _nulled(sim.net)
+        new = _settle(sim, state, out)
+        if _nulled(new["net"]) != before:
+            _forward_destroyed(state, (), (), new, out)
+        return out, new
 
     def _keyed(state: Map, content: Any) -> tuple:
         if "net" in state:
@@ -271,7 +358,7 @@ def nest(
             raise AvmError(f"{name}: expected ('random', {SECRET_BYTES} bytes) for its keys")
         sim = _fresh(state["seed"], content[1])
         if state.get("outer_ms") is not None:
-            sim.restore(_follow(sim.net, state["outer_ms"]))
+            sim.restore(_follow(sim.net, state["outer_ms"], at_start=True))
         build(sim)
         behaviors.update(sim.env.behaviors)
         out: list = []
@@ -290,13 +377,20 @@ def _nulled(net: Network) -> tuple:
     return tuple(net.stats.get(k, 0) for k in _NULLED)
 
 
-def _follow(net: Network, outer_ms: int) -> Network:
-    """``net`` with its clock moved forward so that its ``time`` answers ``outer_ms`` now."""
+def _follow(net: Network, outer_ms: int, at_start: bool = False) -> Network:
+    """``net`` with its clock moved forward so that its ``time`` answers ``outer_ms`` now.
+
+    A fresh network takes the outer time as its epoch. Later the clock moves by whole
+    ticks, never back: inner timers are kept in ticks, so moving the epoch instead would
+    shift every timer already set."""
     cfg = net.config
-    now_ms = cfg.epoch_ms + net.now * cfg.tick_ms
+    tick = cfg.tick_ms if cfg.tick_ms > 0 else 1
+    now_ms = cfg.epoch_ms + net.now * tick
     if outer_ms <= now_ms:
         return net  # never back: inner time is monotonic
-    return replace(net, config=replace(cfg, epoch_ms=outer_ms - net.now * cfg.tick_ms))
+    if at_start:
+        return replace(net, config=replace(cfg, epoch_ms=outer_ms - net.now * tick))
+    return replace(net, now=net.now + (outer_ms - now_ms) // tick)
 
 
 def inner_network(state: Map) -> Network:
