@@ -297,3 +297,57 @@ def test_timers_fire_in_real_time_and_survive_a_restart(tmp_path):
 
     run(first())
     run(second())
+
+
+maker = avm.Behavior("maker")
+
+
+@maker.init
+def _maker_init(state, args):
+    return [], Map({"env": None, "me": None, "made": None})
+
+
+@maker.signal("self")
+def _maker_self(state, me):
+    return [], state.set("me", me)
+
+
+@maker.signal("env")
+def _maker_env(state, env):
+    return [], state.set("env", env)
+
+
+@maker.on("make")
+def _maker_make(state, start):
+    return [(state["env"]["spawner"], (state["me"]("made"), ("spawn", "counter", start)))], state
+
+
+@maker.on("spawned")
+def _maker_spawned(state, cap):
+    return [(cap, ("add", 1))], state.set("made", cap)
+
+
+@maker.on("ask")
+def _maker_ask(state, reply):
+    return [(state["made"], ("get", reply))], state
+
+
+def test_a_spawner_makes_machines_that_are_stored(tmp_path):
+    path = tmp_path / "h.avm"
+
+    async def first():
+        async with avm.host.open(path, behaviors=[maker, counter]) as h:
+            sp, _revoke = await h.spawner(["counter"])
+            m = await h.spawn("maker", maker, env={"spawner": sp})
+            await h.send(m, ("make", 41))
+            await _until(h, "maker", lambda s: s["made"] is not None)
+            assert await h.ask(m, "ask") == ("count", 42)
+            return len(h.machines())
+
+    async def second():
+        async with avm.host.open(path, behaviors=[maker, counter]) as h:
+            assert len(h.machines()) == 2
+            assert await h.ask(h.cap("maker"), "ask") == ("count", 42)
+
+    assert run(first()) == 2
+    run(second())

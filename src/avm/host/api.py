@@ -271,6 +271,28 @@ class Host:
         """
         await self._control(name, lambda net, a: (nw.export_machine(net, a)[0], []), keys=True)
 
+    async def spawner(self, behaviors: Iterable[str] | str | None = None) -> tuple[Capability, Capability]:
+        """Grant a spawner (:mod:`avm.core.spawner`): ``(spawner, revoke)``, committed.
+
+        Hand ``spawner`` to a machine (``env={"spawner": spawner}`` at spawn, or in a
+        message): it creates machines of the named ``behaviors`` (default: any this host
+        knows) on request. Machines it makes are stored like any other.
+        """
+        from ..core.spawner import grant
+
+        names = None if behaviors is None else (
+            (behaviors,) if isinstance(behaviors, str) else tuple(behaviors))
+        got: list = []
+
+        def act(net: Network) -> tuple[Network, list]:
+            net, cap, revoke = grant(net, self._rt.host, names)
+            got.extend((cap, revoke))
+            return net, []
+
+        self._rt.apply(act)
+        await self._rt.durable()
+        return got[0], got[1]
+
     async def flush(self) -> None:
         """Wait until everything done so far is committed."""
         await self._rt.durable()
