@@ -1,0 +1,199 @@
+"""Host throughput beside its peers, in one run: ``python bench/host.py [--hops N]``.
+
+* durable, one message per batch between machines (a ring of machines passing tokens),
+  in durability ``full`` and ``normal``: batches/s, with the commits that carried them;
+* durable, ten messages per batch: messages/s;
+* in memory (no store), one message per batch;
+* beside them: raw SQLite (WAL, ``synchronous=FULL``, one row per transaction), Pykka
+  actors passing the same tokens with ``tell``, and plain asyncio queues.
+
+Ratios are printed against raw SQLite commits and against Pykka ``tell``. Numbers vary
+with the machine's load; run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+import avm  # noqa: E402
+import avm.host  # noqa: E402
+
+ring = avm.Behavior("bench.ring")
+
+
+@ring.init
+def _init(state, args):
+    return [], None
+
+
+@ring.on("next")
+def _next(state, cap):
+    return [], cap
+
+
+@ring.on("hop")
+def _hop(state, k, width=1):
+    if k <= 0:
+        return [], state
+    return [(state, ("hop", k - 1, width))] * width, state
+
+
+MACHINES = 8
+TOKENS = 8
+
+
+async def host_ring(mode: str, hops: int, width: int) -> tuple[float, int]:
+    """Batches/s (or messages/s with width > 1) and commits, for ``hops`` batches."""
+    d = tempfile.mkdtemp(prefix="avm-bench-")
+    path = None if mode == "memory" else os.path.join(d, "b.avm")
+    async with avm.host.open(path, behaviors=[ring], durability=mode) as h:
+        caps = [await h.spawn(f"m{i}", ring) for i in range(MACHINES)]
+        await h.submit([(caps[i], ("next", caps[(i + 1) % MACHINES])) for i in range(MACHINES)])
+        await h.idle()
+        c0 = h.store.commits
+        t = time.perf_counter()
+        if width == 1:
+            await h.submit([(caps[i % MACHINES], ("hop", hops // TOKENS, 1)) for i in range(TOKENS)])
+        else:
+            # one token whose every hop is a batch of `width` messages; each message but
+            # the first ends its line (k=0), so the ring carries one batch at a time
+            await h.submit([(caps[0], ("hop", hops, 1))])
+        await h.idle(timeout=600)
+        dt = time.perf_counter() - t
+        return hops / dt, h.store.commits - c0
+
+
+@ring.on("wide")
+def _wide(state, k, width):
+    if k <= 0:
+        return [], state
+    return [(state, ("wide", k - 1, width))] + [(state, ("hop", 0, 1))] * (width - 1), state
+
+
+async def host_wide(mode: str, batches: int, width: int) -> float:
+    d = tempfile.mkdtemp(prefix="avm-bench-")
+    path = os.path.join(d, "b.avm")
+    async with avm.host.open(path, behaviors=[ring], durability=mode) as h:
+        caps = [await h.spawn(f"m{i}", ring) for i in range(MACHINES)]
+        await h.submit([(caps[i], ("next", caps[(i + 1) % MACHINES])) for i in range(MACHINES)])
+        await h.idle()
+        t = time.perf_counter()
+        await h.submit([(caps[i], ("wide", batches // TOKENS, width)) for i in range(TOKENS)])
+        await h.idle(timeout=600)
+        return batches * width / (time.perf_counter() - t)
+
+
+def raw_sqlite(n: int) -> float:
+    d = tempfile.mkdtemp(prefix="avm-bench-")
+    db = sqlite3.connect(os.path.join(d, "raw.db"))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    t = time.perf_counter()
+    for i in range(n):
+        with db:
+            db.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 64))
+    return n / (time.perf_counter() - t)
+
+
+def pykka_ring(hops: int) -> float:
+    import pykka
+
+    done = threading.Event()
+    left = [TOKENS]
+    lock = threading.Lock()
+
+    class Node(pykka.ThreadingActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next = None
+
+        def on_receive(self, msg):
+            if msg[0] == "next":
+                self.next = msg[1]
+            elif msg[1] > 0:
+                self.next.tell(("hop", msg[1] - 1))
+            else:
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+    nodes = [Node.start() for _ in range(MACHINES)]
+    for i, n in enumerate(nodes):
+        n.ask(("next", nodes[(i + 1) % MACHINES]))
+    t = time.perf_counter()
+    for i in range(TOKENS):
+        nodes[i % MACHINES].tell(("hop", hops // TOKENS))
+    done.wait()
+    dt = time.perf_counter() - t
+    pykka.ActorRegistry.stop_all()
+    return hops / dt
+
+
+async def asyncio_ring(hops: int) -> float:
+    queues = [asyncio.Queue() for _ in range(MACHINES)]
+    done = asyncio.Event()
+    left = [TOKENS]
+
+    async def node(i: int) -> None:
+        q, nxt = queues[i], queues[(i + 1) % MACHINES]
+        while True:
+            k = await q.get()
+            if k > 0:
+                nxt.put_nowait(k - 1)
+            else:
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+    tasks = [asyncio.create_task(node(i)) for i in range(MACHINES)]
+    t = time.perf_counter()
+    for i in range(TOKENS):
+        queues[i].put_nowait(hops // TOKENS)
+    await done.wait()
+    dt = time.perf_counter() - t
+    for x in tasks:
+        x.cancel()
+    return hops / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hops", type=int, default=40_000)
+    a = ap.parse_args()
+    n = a.hops
+    raw = raw_sqlite(2000)
+    rows: list[tuple[str, float, str]] = []
+    for mode in ("full", "normal"):
+        rate, commits = asyncio.run(host_ring(mode, n, 1))
+        rows.append((f"host {mode}, 1 message/batch (batches/s)", rate,
+                     f"{n / max(commits, 1):.0f} batches per commit"))
+    for mode in ("full", "normal"):
+        rate = asyncio.run(host_wide(mode, n // 4, 10))
+        rows.append((f"host {mode}, 10 messages/batch (messages/s)", rate, ""))
+    mem, _ = asyncio.run(host_ring("memory", n, 1))
+    rows.append(("host in memory, 1 message/batch (batches/s)", mem, ""))
+    try:
+        pyk = pykka_ring(n)
+    except ImportError:
+        pyk = float("nan")
+    rows.append(("Pykka actors, tell (messages/s)", pyk, ""))
+    rows.append(("plain asyncio queues (messages/s)", asyncio.run(asyncio_ring(n)), ""))
+    rows.append(("raw SQLite, WAL + FULL, 1 row/commit (commits/s)", raw, ""))
+    print(f"{'contender':<52} {'rate':>12} {'/ raw SQLite':>13} {'/ Pykka':>9}")
+    for name, rate, note in rows:
+        print(f"{name:<52} {rate:>12,.0f} {rate / raw:>12.1f}x {rate / pyk:>8.2f}x  {note}")
+
+
+if __name__ == "__main__":
+    main()
