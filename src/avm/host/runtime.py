@@ -226,8 +226,9 @@ class Runtime:
                 self.counters["steps"] += n
                 if n:
                     try:
+                        await self._one_commit_in_flight()
                         self._flush()
-                    except StoreError as e:  # memory store: cannot fail; durable: async
+                    except StoreError as e:
                         self.failed = e
                         return
                 if self.committer is not None and self.committer.failed is not None:
@@ -236,6 +237,20 @@ class Runtime:
                 if idle:
                     break
                 await asyncio.sleep(0)
+
+    async def _one_commit_in_flight(self) -> None:
+        """Wait for the commit in flight before handing over the next one (back-pressure).
+
+        The writer thread needs the GIL for every row it binds; a loop that steps
+        without pause starves it (each hand-over waits for the interpreter's switch
+        interval), so commits fell minutes behind and callers waiting in ``durable``
+        never returned. Waiting here idles the loop, which frees the GIL for the
+        writer: at most one commit is being written while the next chunk of steps
+        accumulates.
+        """
+        last = self._last
+        if last is not None and not last[2].done():
+            await asyncio.wrap_future(last[2])
 
     def _wake_at(self, ms: int) -> None:
         """Run again when the wall clock reaches ``ms`` (the next timer's due time)."""
