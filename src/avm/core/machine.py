@@ -29,6 +29,7 @@ from .caps import Capability, _check_cap_fields
 from .codec import encode
 from .errors import (
     CapabilityError,
+    CodecError,
     SignalError,
     StepContractError,
     SubstructuralError,
@@ -39,13 +40,18 @@ from .values import (
     _BIG,
     _FREE,
     _NBIG,
+    BYTES_MAX,
     DEPTH_MAX,
+    ITEMS_MAX,
     Map,
     ValueLimitError,
     _Invalid,
     _walk,
+    _weigh,
     check_conservation,
+    check_size,
     check_value,
+    exact_size,
 )
 
 _IMap = immutables.Map
@@ -294,8 +300,65 @@ def run_batch(
         got = _check_atom_state(cur, len(messages) - 1)
         if got is not None:
             return got
+    # The size limits of the encoding, once per batch (only what a batch commits is
+    # stored): O(1) for a map state, which carries its bounds.
+    if tc is Map:
+        if cur._b > BYTES_MAX or cur._i > ITEMS_MAX:
+            got = _check_sizes(cur, (), len(messages) - 1)
+            if type(got) is BatchResult:
+                return got
+            cur = got
+    elif tc is not int and tc not in _SMALL:
+        got = _check_sizes(cur, (), len(messages) - 1)
+        if type(got) is BatchResult:
+            return got
+        cur = got
+    if outputs:
+        got = _check_sizes(cur, outputs, len(messages) - 1, of_state=False)
+        if type(got) is BatchResult:
+            return got
     return BatchResult(True, cur, tuple(outputs), None, len(messages),
                        cur_items if type(cur_items) is list else list(cur_items), outs_plain)
+
+
+_SMALL = frozenset({type(None), bool, float})
+#: Room left in a batch's encoding for what the host adds to the messages (addresses,
+#: sequence numbers, timestamps): the outputs of one batch, together, fit the rest.
+BATCH_SLACK_BYTES = 64 * 1024
+BATCH_SLACK_ITEMS = 1024
+
+
+def _check_sizes(state: Any, outputs: Sequence, i: int, of_state: bool = True) -> Any:
+    """Can the encoding store the batch's final state, or its outputs together?
+
+    Returns the state (a map with exact bounds if it had to be measured) or the failure.
+    """
+    try:
+        if of_state:
+            return check_size(state, "$.state")
+        b = n = 0
+        for pair in outputs:
+            pb, pi = _weigh(pair)
+            b += pb
+            n += pi
+        if b <= BYTES_MAX - BATCH_SLACK_BYTES and n <= ITEMS_MAX - BATCH_SLACK_ITEMS:
+            return state
+        b = n = 0
+        for j, (_, content) in enumerate(outputs):
+            check_size(content, f"$.outputs[{j}].content")
+        for pair in outputs:
+            pb, pi = exact_size(pair)
+            b += pb
+            n += pi
+        if b > BYTES_MAX - BATCH_SLACK_BYTES or n > ITEMS_MAX - BATCH_SLACK_ITEMS:
+            return _fail("value", (
+                f"the batch's {len(outputs)} outputs together take {b} bytes and {n} items "
+                f"to encode; one batch carries at most {BYTES_MAX - BATCH_SLACK_BYTES} bytes "
+                f"and {ITEMS_MAX - BATCH_SLACK_ITEMS} items: send large data over several "
+                "batches"), i, "$.outputs")
+        return state
+    except (ValueLimitError, CodecError) as e:
+        return _fail("value", e, i)
 
 
 def _check_atom_state(state: int | str, i: int) -> BatchResult | None:
