@@ -127,10 +127,9 @@ def test_a_map_of_many_plain_entries_is_bounded_without_measuring(monkeypatch):
         check_size(m.set(-1, 0).set(-2, 0))  # two entries more: over the item limit
 
 
-def test_a_measured_map_gets_exact_bounds_so_the_next_batches_are_o1(monkeypatch):
-    """A map whose float entries inflate its bound past the byte limit is measured once;
-    the state the batch commits then carries exact bounds, and later one-key updates
-    are judged from them without measuring again."""
+def test_a_map_near_the_limit_is_measured_and_kept_not_refused(monkeypatch):
+    """Bounds may pass the limit while the encoding fits (here floats, weighed at 9
+    bytes, encode in 3): the batch measures the state, and commits it."""
     filler = b"\0" * (BYTES_MAX - 3_000_000)
     state = Map({"blob": filler, **{f"f{k}": 0.5 for k in range(200_000)}})
     assert _weigh(state)[0] > BYTES_MAX >= exact_size(state)[0]
@@ -139,13 +138,40 @@ def test_a_measured_map_gets_exact_bounds_so_the_next_batches_are_o1(monkeypatch
     monkeypatch.setattr(values, "_exact_measure", lambda v: calls.append(1) or real(v))
 
     def step(msg, s):
-        return [], s.set("n", msg[1])
+        return [], s.set("n", msg[1][1])
 
-    for k in range(1000):
+    for k in range(3):
         r = run_batch(step, state, [Message("in", ("n", k))])
-        assert r.ok
+        assert r.ok and r.state["n"] == k
         state = r.state
-    assert len(calls) == 1
+    assert len(calls) == 3
+
+
+def test_updates_give_back_exactly_what_they_took():
+    """No drift: setting a key and setting it back, or adding a text key and deleting
+    it, restores the bounds exactly (a bound that crept down would one day pass a value
+    the encoding refuses; one that crept up would measure for nothing)."""
+    base = Map({"a": 1, "blob": b"x" * 100, "t": (1, 2, "three"), 5: 2.5})
+    heavy = [(1, 2, (3, "four")), "a longer text value", b"bytes" * 9, Map({"x": (1,)}),
+             Linear((1, 2)), 2**70, 7, "short", None]
+    for key in ("a", "blob", "t", 5, "new text key", b"new bytes key"):
+        for v in heavy:
+            m = base.set(key, v)
+            for w in heavy:
+                m = m.set(key, w)
+            back = m.set(key, base[key]) if key in base else m.delete(key)
+            assert (back._b, back._i) == (base._b, base._i), (key, v)
+    grown = base
+    for k in range(1000):  # int keys give back at least 0: they may only creep up
+        grown = grown.set(k, (k, "x" * 20)).delete(k)
+    _bound_holds(grown)
+    assert grown._b >= base._b
+
+
+def test_a_map_state_over_the_item_limit_but_small_in_bytes_fails():
+    state = Map((k, None) for k in range(ITEMS_MAX // 2 + 1))  # 1,000,003 items, ~3 MB
+    r = run_batch(_set_step(state), 0, [Message("in", "go")])
+    assert not r.ok and r.failure.path == "$.state" and "items" in r.failure.detail
 
 
 def test_an_output_too_large_fails_the_batch_and_names_it():

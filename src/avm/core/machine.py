@@ -52,6 +52,7 @@ from .values import (
     check_size,
     check_value,
     exact_size,
+    map_fits,
 )
 
 _IMap = immutables.Map
@@ -303,7 +304,7 @@ def run_batch(
     # The size limits of the encoding, once per batch (only what a batch commits is
     # stored): O(1) for a map state, which carries its bounds.
     if tc is Map:
-        if cur._b > BYTES_MAX or cur._i > ITEMS_MAX:
+        if not map_fits(cur):
             got = _check_sizes(cur, (), len(messages) - 1)
             if type(got) is BatchResult:
                 return got

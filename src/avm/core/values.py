@@ -404,12 +404,16 @@ class Map(TupleValue):
     ``DEPTH_MAX - depth`` levels down; deeper down (or when the core updated it without
     measuring, ``_DEPTH_UNKNOWN``) the checker descends into it to count exactly.
 
-    ``bytes`` and ``items`` are upper bounds on the size of the map's encoding (see
-    :func:`check_size`): each entry adds its key's and value's bounds, an overwrite or
-    ``delete`` subtracts the old entry's, so they never drift, and a map of plain
-    entries is bounded within a few bytes per float. :func:`check_size` therefore
-    decides in O(1) that a map state can be stored, however large, and measures the
-    encoding only when a bound passes a limit.
+    The last two fields bound the size of the map's encoding (see :func:`check_size`):
+    it takes at most ``9 + 18 * len + bytes`` bytes and ``1 + 2 * len + items`` items,
+    ``bytes`` and ``items`` being what its keys and values weigh beyond 9 bytes and one
+    item each. A plain int, short ASCII text, a float, ``None`` or a bool weighs no
+    more, so updating a map of such entries only reads the two fields (a counter's
+    update stays cheap); heavier entries add their excess, an overwrite or ``delete``
+    subtracts the old one's, so the bounds do not drift. The 18 bytes per entry stay
+    below the byte limit as long as the item limit holds, so plain entries never make
+    :func:`check_size` measure a map: it decides in O(1) that a map state can be
+    stored, however large, and measures the encoding only near a limit.
     """
 
     __slots__ = ()
@@ -417,8 +421,8 @@ class Map(TupleValue):
     _subs: immutables.Map = _field(1, "Key -> substructural count, for keys that hold any.")
     _tok: object = _field(2, "Identity of the substructural entries.")
     _d: int = _field(3, "Upper bound on the nesting depth of the map's encoding.")
-    _b: int = _field(4, "Upper bound on the bytes of the map's encoding.")
-    _i: int = _field(5, "Upper bound on the data items of the map's encoding.")
+    _b: int = _field(4, "Bytes of the entries' encodings beyond 9 per key and value.")
+    _i: int = _field(5, "Data items of the entries beyond 1 per key and value.")
 
     def __new__(cls, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> Map:
         m: immutables.Map = _EMPTY_IMAP
@@ -446,7 +450,7 @@ class Map(TupleValue):
                 why = _collision_problem(m.keys())
                 if why is not None:
                     raise ValueLimitError("$", why)
-        b, i = _weigh_entries(m)
+        b, i = _excess_of_entries(m)
         return _new(Map, (m, subs, _new_tok(subs), d, b, i))
 
     @staticmethod
@@ -502,18 +506,24 @@ class Map(TupleValue):
         else:
             dk = _key_depth(key)
         tv = type(value)
+        light = True  # the value weighs at most 9 bytes and one item (see _excess)
         if tv is int:
             if _NBIG <= value < _BIG:
                 n = dv = 0
             else:
                 n, dv = _entry(value, key)
-        elif (tv is str and value.isascii()) or tv in _FREE:
+                light = False
+        elif tv is str and value.isascii():
             n = dv = 0
+            light = len(value) <= 8
+        elif tv in _FREE:
+            n = dv = 0
+            light = tv is not bytes or len(value) <= 8
         else:
             n, dv = _entry(value, key)
+            light = False
         m0 = self._m
-        old = m0.get(key, _MISSING)
-        if old is _MISSING and len(m0) >= KEY_HASH_COLLISIONS_MAX:  # a new key, a big map
+        if len(m0) >= KEY_HASH_COLLISIONS_MAX and key not in m0:  # a new key, a big map
             why = _collision_problem_at(m0, key, 1)
             if why is not None:
                 raise ValueLimitError("$", why)
@@ -522,40 +532,28 @@ class Map(TupleValue):
         d = self._d
         if dv >= d:
             d = dv + 1
+        # The size bounds: the new entry's excess in, the old one's out. A map of light
+        # entries (excess 0) that gets a light value under a light key stays at 0: a
+        # counter's update costs these two reads and tests.
         b, i = self._b, self._i
-        if b < _WEIGHT_UNKNOWN:  # the size bounds: + the new entry - the old one
-            # (the weights of _weigh, inlined for plain ints and ASCII text)
-            if tv is int and _NBIG <= value < _BIG:
-                b += 1 if -24 <= value < 24 else 9
-            elif tv is str and value.isascii():
-                b += len(value) + (1 if len(value) < 24 else 9)
-            else:
-                vb, vi = _weigh(value)
-                b += vb
-                i += vi - 1
-            i += 1
+        if b < _WEIGHT_UNKNOWN and (b or i or not light or not (
+                (tk is str and len(key) <= 8 and key.isascii())
+                or (tk is int and _NBIG <= key < _BIG))):
+            old = m0.get(key, _MISSING)
             if old is _MISSING:
-                if tk is str and key.isascii():
-                    b += len(key) + (1 if len(key) < 24 else 9)
-                    i += 1
-                elif tk is int and _NBIG <= key < _BIG:
-                    b += 1 if -24 <= key < 24 else 9
-                    i += 1
-                else:
-                    kb, ki = _weigh(key)
-                    b += kb
-                    i += ki
+                xb, xi = (0, 0) if light else _excess(value)
+                kb, ki = _excess(key)
+                b += xb + kb
+                i += xi + ki
             else:
                 to = type(old)
-                if to is int and _NBIG <= old < _BIG:
-                    b -= 1 if -24 <= old < 24 else 9
-                elif to is str and old.isascii():
-                    b -= len(old) + (1 if len(old) < 24 else 9)
-                else:
-                    ob, oi = _weigh(old)
-                    b -= ob
-                    i -= oi - 1
-                i -= 1
+                if not (light and (  # a light value over a light one: nothing changes
+                        (to is int and _NBIG <= old < _BIG) or to is float or to is bool
+                        or old is None or (to is str and len(old) <= 8 and old.isascii()))):
+                    xb, xi = (0, 0) if light else _excess(value)
+                    ob, oi = _excess(old)
+                    b += xb - ob
+                    i += xi - oi
         subs = self._subs
         if n:
             subs = subs.set(key, n)
@@ -611,21 +609,11 @@ class Map(TupleValue):
         """A new map without ``key`` (KeyError if absent, as ``del d[k]``)."""
         m0 = self._m
         b, i = self._b, self._i
-        if b < _WEIGHT_UNKNOWN:
-            old = m0[key]
-            to = type(old)
-            if to is int and _NBIG <= old < _BIG:
-                b -= 1 if -24 <= old < 24 else 9
-                i -= 1
-            else:
-                xb, xi = _weigh(old)
-                b -= xb
-                i -= xi
-            if type(key) is str:
-                b -= len(key) + 1 if key.isascii() and len(key) < 24 else _weigh(key)[0]
-            else:
-                b -= 1  # see _stored_key_floor
-            i -= 1  # a key's weight in items is at least 1
+        if (b or i) and b < _WEIGHT_UNKNOWN:
+            xb, xi = _excess(m0[key])
+            kb, ki = _stored_key_floor(key)
+            b -= xb + kb
+            i -= xi + ki
         m = m0.delete(key)
         if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
             _carry_depth(m0, m)
@@ -655,13 +643,13 @@ class Map(TupleValue):
                 n, dv = _entry(v, k)
                 if b < _WEIGHT_UNKNOWN:
                     old = mm.get(k, _MISSING)
-                    vb, vi = _weigh(v)
+                    vb, vi = _excess(v)
                     if old is _MISSING:
-                        kb, ki = _weigh(k)
+                        kb, ki = _excess(k)
                         b += kb + vb
                         i += ki + vi
                     else:
-                        ob, oi = _weigh(old)
+                        ob, oi = _excess(old)
                         b += vb - ob
                         i += vi - oi
                 size = len(mm)
@@ -856,24 +844,35 @@ def _weigh(v: Any) -> tuple[int, int]:
     return b + _head(row.tag), i + 1
 
 
+def _excess(v: Any) -> tuple[int, int]:
+    """What ``v`` weighs beyond 9 bytes and one item (a Map's size fields sum these)."""
+    b, i = _weigh(v)
+    return (b - 9 if b > 9 else 0), i - 1
+
+
 def _stored_key_floor(key: Any) -> tuple[int, int]:
     """What a delete may subtract for ``key``: the map keeps the *first* of equal keys
     (``1``, ``1.0`` and ``True`` are equal, their encodings are not), so only text and
-    bytes keys, equal exactly when their encodings are, give back their full weight."""
+    bytes keys, equal exactly when their encodings are, give back their full excess."""
     t = type(key)
     if t is str or t is bytes:
-        return _weigh(key)
-    return 1, 1
+        return _excess(key)
+    return 0, 0
 
 
-def _weigh_entries(m: immutables.Map) -> tuple[int, int]:
-    b, i = 9, 1
+def _excess_of_entries(m: immutables.Map) -> tuple[int, int]:
+    b = i = 0
     for k, x in m.items():
-        kb, ki = _weigh(k)
-        xb, xi = _weigh(x)
+        kb, ki = _excess(k)
+        xb, xi = _excess(x)
         b += kb + xb
         i += ki + xi
     return b, i
+
+
+def _weigh_entries(m: immutables.Map) -> tuple[int, int]:
+    b, i = _excess_of_entries(m)
+    return 9 + 18 * len(m) + b, 1 + 2 * len(m) + i
 
 
 # Size bounds learnt for maps whose own bounds are unknown (the core's bookkeeping maps),
@@ -884,9 +883,9 @@ _MAP_WEIGHTS: dict[int, tuple[immutables.Map, int, int]] = {}
 
 def _map_weight(v: Map) -> tuple[int, int]:
     b = v._b
-    if b < _WEIGHT_UNKNOWN:
-        return b, v._i
     m = v._m
+    if b < _WEIGHT_UNKNOWN:
+        return 9 + 18 * len(m) + b, 1 + 2 * len(m) + v._i
     e = _MAP_WEIGHTS.get(id(m))
     if e is not None and e[0] is m:
         return e[1], e[2]
@@ -953,8 +952,7 @@ def exact_size(v: Any) -> tuple[int, int]:
 
 def check_size(v: Any, path: str = "$") -> Any:
     """Raise :class:`ValueLimitError` unless ``v``'s encoding fits :data:`BYTES_MAX` bytes
-    and :data:`ITEMS_MAX` items; returns ``v``, or for a map an equal one whose bounds
-    are the exact measure (so the next check of its successors is O(1) again).
+    and :data:`ITEMS_MAX` items; returns ``v``.
 
     Why a step's result is checked and not only the encoding when it is stored: a host
     that found an unstorable state at commit time could only stop; failing the batch
@@ -973,9 +971,16 @@ def check_size(v: Any, path: str = "$") -> Any:
     if i > ITEMS_MAX:
         raise ValueLimitError(path, f"the encoding would hold {i} items, more than the "
                               f"limit of {ITEMS_MAX}; split the value over several machines")
-    if type(v) is Map:
-        return _new(Map, (v._m, v._subs, v._tok, v._d, b, i))
     return v
+
+
+def map_fits(m: Map) -> bool:
+    """Whether a map's bounds alone prove its encoding within both limits (O(1))."""
+    b = m._b
+    if b >= _WEIGHT_UNKNOWN:
+        return False
+    n = len(m._m)
+    return 9 + 18 * n + b <= BYTES_MAX and 1 + 2 * n + m._i <= ITEMS_MAX
 
 
 def _map_shape(v: Any) -> str | None:
@@ -1143,7 +1148,7 @@ def map_from_checked_pairs(pairs: Iterable[tuple[Any, Any]]) -> Map:
                 d = dv + 1
         subs = ms.finish()
         m = mm.finish()
-        b, i = _weigh_entries(m)
+        b, i = _excess_of_entries(m)
         return _new(Map, (m, subs, _new_tok(subs), d, b, i))
     raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
