@@ -147,20 +147,33 @@ def test_a_map_near_the_limit_is_measured_and_kept_not_refused(monkeypatch):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("n", [8, 9, 23, 24, 255, 256, 65535, 65536])
+def test_long_atoms_are_bounded(n):
+    for v in ("x" * n, "é" * n, b"x" * n, ("x" * n,), Map({"x" * n: b"y" * n})):
+        _bound_holds(v)
+
+
 def test_updates_give_back_exactly_what_they_took():
     """No drift: setting a key and setting it back, or adding a text key and deleting
     it, restores the bounds exactly (a bound that crept down would one day pass a value
     the encoding refuses; one that crept up would measure for nothing)."""
-    base = Map({"a": 1, "blob": b"x" * 100, "t": (1, 2, "three"), 5: 2.5})
-    heavy = [(1, 2, (3, "four")), "a longer text value", b"bytes" * 9, Map({"x": (1,)}),
-             Linear((1, 2)), 2**70, 7, "short", None]
-    for key in ("a", "blob", "t", 5, "new text key", b"new bytes key"):
-        for v in heavy:
-            m = base.set(key, v)
-            for w in heavy:
-                m = m.set(key, w)
-            back = m.set(key, base[key]) if key in base else m.delete(key)
-            assert (back._b, back._i) == (base._b, base._i), (key, v)
+    light = Map({"a": 1, "b": "eight ch", 5: 2.5, 6: None})  # nothing heavy: (0, 0)
+    base = light.update({"blob": b"x" * 100, "t": (1, 2, "three")})
+    assert (light._b, light._i) == (0, 0) and base._b > 0
+    values_ = [(1, 2, (3, "four")), "a longer text value", 7, "ninechars", None,
+               b"bytes" * 9, 8, Map({"x": (1,)}), Linear((1, 2)), 2**70, 7, "short",
+               "ninechars", b"ninebytes", 2.5, None]
+    for m0 in (light, base):
+        for key in ("a", "blob", "t", 5, "new text key", "ninechars", "eight ch",
+                    b"new bytes key"):
+            for v in values_:
+                m = m0.set(key, v)
+                _bound_holds(m)
+                for w in values_:
+                    m = m.set(key, w)
+                    _bound_holds(m)
+                back = m.set(key, m0[key]) if key in m0 else m.delete(key)
+                assert (back._b, back._i) == (m0._b, m0._i), (key, v)
     grown = base
     for k in range(1000):  # int keys give back at least 0: they may only creep up
         grown = grown.set(k, (k, "x" * 20)).delete(k)
