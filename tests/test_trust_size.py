@@ -153,6 +153,31 @@ def test_long_atoms_are_bounded(n):
         _bound_holds(v)
 
 
+@pytest.mark.parametrize("make", [
+    lambda k: (f"k{k:07d}", 2**40 + k),  # 9 + 9 bytes: exactly the light budget
+    lambda k: (f"k{k:08d}", "v" * 9),  # 10 + 10 bytes: each just over it
+    lambda k: (f"key number {k:06d}", 1.5),  # a long key
+    lambda k: (k, (2**40, 2**41, -(2**42))),  # plain ints at their longest in a tuple
+])
+def test_many_entries_at_the_edge_of_light_are_bounded(make):
+    """Per-entry slack hides small errors in one entry; a thousand entries do not."""
+    built = Map(make(k) for k in range(1000))
+    _bound_holds(built)
+    grown = Map({"x": 0})  # all light: the fast path that reads only the two numbers
+    for k in range(1000):
+        grown = grown.set(*make(k))
+    _bound_holds(grown)
+
+
+def test_core_overwrites_of_a_text_key_keep_the_learnt_bound():
+    m = Map({"seed": 1})._set_plain("a long text key", 0)
+    _weigh(m)
+    for k in range(200):
+        m = m._set_plain("a long text key", (k, "v" * 30))
+    _bound_holds(m)
+    assert _weigh(m)[0] - exact_size(m)[0] < 64  # and it did not creep up either
+
+
 def test_updates_give_back_exactly_what_they_took():
     """No drift: setting a key and setting it back, or adding a text key and deleting
     it, restores the bounds exactly (a bound that crept down would one day pass a value
