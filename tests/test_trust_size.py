@@ -157,12 +157,14 @@ def test_long_atoms_are_bounded(n):
     lambda k: (f"k{k:07d}", 2**40 + k),  # 9 + 9 bytes: exactly the light budget
     lambda k: (f"k{k:08d}", "v" * 9),  # 10 + 10 bytes: each just over it
     lambda k: (f"key number {k:06d}", 1.5),  # a long key
+    lambda k: (f"k{k:010d}", 2**40 + k),  # a key just too long to be light
     lambda k: (k, (2**40, 2**41, -(2**42))),  # plain ints at their longest in a tuple
 ])
 def test_many_entries_at_the_edge_of_light_are_bounded(make):
     """Per-entry slack hides small errors in one entry; a thousand entries do not."""
     built = Map(make(k) for k in range(1000))
     _bound_holds(built)
+    _bound_holds(built._set_plain("extra", 0))  # unknown bounds: measured from the entries
     grown = Map({"x": 0})  # all light: the fast path that reads only the two numbers
     for k in range(1000):
         grown = grown.set(*make(k))
