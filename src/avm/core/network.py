@@ -374,6 +374,18 @@ def submit(
                 checked.add(id(cap))
             last_cap = cap
             cap_strips = bool(cap._held) or cap.commons is not None and needs_transit(cap.commons[1])
+            # The group of this capability's destination, found once per run of
+            # messages with the same capability (as is its priority's share).
+            key = destination(cap)
+            found = groups.get(key)
+            if found is None:
+                g = groups[key] = []
+                group_counts[key] = 0
+                group_prio[key] = cap.priority
+            else:
+                g = found
+                if cap.priority > group_prio[key]:
+                    group_prio[key] = cap.priority
         n = 1 if cap.kind or cap._held else 0
         strips = cap_strips
         tc = type(content)
@@ -413,18 +425,9 @@ def submit(
                             break
                 else:
                     strips = needs(content)
-        key = destination(cap)
-        g = groups.get(key)
-        if g is None:
-            groups[key] = [o]
-            group_counts[key] = n
-            group_prio[key] = cap.priority
-        else:
-            g.append(o)
-            if n:
-                group_counts[key] += n
-            if cap.priority > group_prio[key]:
-                group_prio[key] = cap.priority
+        g.append(o)
+        if n:
+            group_counts[key] += n
         if n or strips:
             strip.add(key)
         if n:
