@@ -1,6 +1,6 @@
 """Throughput of the pure core against the obvious alternatives, in one run.
 
-    python bench/core.py            # full run (about a minute on 2 cores)
+    python bench/core.py            # full run (about two minutes on 2 cores)
     python bench/core.py --quick    # smaller counts, for a smoke test
 
 Every contender runs the *same* step function, a counter ``(msg, n) -> ((), n + k)``:
