@@ -335,6 +335,10 @@ class Env:
         return ring
 
     def _build_ring(self, address: bytes, versions: Map) -> Keyring | None:
+        vm = versions._m
+        if len(vm) == 1:  # the usual case: one key version (no sort, no cached order)
+            for v, raw in vm.items():
+                return Keyring(address, self.sealing_key(v, raw))
         ring = None
         for v in sorted(versions, reverse=True):
             k = self.sealing_key(v, versions[v])

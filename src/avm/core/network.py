@@ -37,6 +37,7 @@ from .caps import (
     address_of,
     address_text,
     kdf,
+    name_address,
     seal_context,
 )
 from .commons import serve
@@ -174,6 +175,9 @@ def add_host(net: Network, name: str, material: bytes | None = None) -> Network:
     return with_(net, hosts=net.hosts._set_plain(name, HostRecord(name, addr)))
 
 
+_NO_KEYS = Map()
+
+
 def spawn(
     net: Network, name: str, behavior: str, args: Any = None, *, host: str | None = None,
     signal: Any = SIGNAL, env: Mapping[str, Any] | None = None, env_obj: Env | None = None,
@@ -185,7 +189,10 @@ def spawn(
     secret (in the simulator: the same seed) gives the same addresses and capabilities,
     and spawning a name again after it was exported gives new keys.
     """
-    host = host or next(iter(sorted(net.hosts)))
+    if not host:
+        if not net.hosts:
+            raise AvmError("the network has no host; add one first")
+        host = min(net.hosts._m)  # the first in sorted order: host names are text
     if host not in net.hosts:
         raise AvmError(f"unknown host {host!r}; add it first")
     if name in net.names:
@@ -197,14 +204,14 @@ def spawn(
         raise AvmError("a signal context may not hold linear, affine or relevant values")
     net, material = _draw(net, "machine", name)
     ident = IdentityKey.from_seed(kdf(material, "machine-identity"))
-    address = address_of(ident.resource((("name", name),)))
+    address = name_address(ident, name)
     raw_bytes = kdf(material, "sealing-key", address, 0, n=SEALING_KEY_BYTES)
     rec = MachineRecord(name=name, state=None, behavior=behavior, signal=signal, host=host, keyver=0)
     net = with_(  # the record holds no substructural item: the state is None, the signal checked
         net,
         machines=net.machines._set_counted(address, rec, 0),
         names=net.names.set(name, address),
-        keys=net.keys._set_plain(address, Map({0: raw_bytes})),
+        keys=net.keys._set_plain(address, _NO_KEYS.set(0, raw_bytes)),
     )
     key = (env_obj or Env()).sealing_key(0, raw_bytes)
     sig = seal_context(address, key, signal)
@@ -367,6 +374,18 @@ def submit(
                 checked.add(id(cap))
             last_cap = cap
             cap_strips = bool(cap._held) or cap.commons is not None and needs_transit(cap.commons[1])
+            # The group of this capability's destination, found once per run of
+            # messages with the same capability (as is its priority's share).
+            key = destination(cap)
+            found = groups.get(key)
+            if found is None:
+                g = groups[key] = []
+                group_counts[key] = 0
+                group_prio[key] = cap.priority
+            else:
+                g = found
+                if cap.priority > group_prio[key]:
+                    group_prio[key] = cap.priority
         n = 1 if cap.kind or cap._held else 0
         strips = cap_strips
         tc = type(content)
@@ -406,18 +425,9 @@ def submit(
                             break
                 else:
                     strips = needs(content)
-        key = destination(cap)
-        g = groups.get(key)
-        if g is None:
-            groups[key] = [o]
-            group_counts[key] = n
-            group_prio[key] = cap.priority
-        else:
-            g.append(o)
-            if n:
-                group_counts[key] += n
-            if cap.priority > group_prio[key]:
-                group_prio[key] = cap.priority
+        g.append(o)
+        if n:
+            group_counts[key] += n
         if n or strips:
             strip.add(key)
         if n:

@@ -12,7 +12,9 @@ it, so the same script with the same seed prints the same trace. It keeps the ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import gc
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import network as nw
@@ -100,6 +102,36 @@ def parse_faults(spec: str) -> Faults:
 SNAPSHOTS_KEPT = 64
 
 
+#: The cyclic collector's first threshold while the simulator loops (Python's default is
+#: 700). See :func:`paced_gc`.
+GC_GEN0_THRESHOLD = 50_000
+
+
+@contextmanager
+def paced_gc() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while the simulator loops.
+
+    A network is a persistent value: every machine, batch and index entry is a container
+    the collector tracks, and Python's full collection (all generations) runs each time
+    the objects that survived grow by a quarter. With the default thresholds a network of
+    100,000 machines spent more than half of its build and run in full collections that
+    free nothing (bench/core.py, docs/performance.md). So the simulator raises the first
+    threshold while it loops (collections are rarer, not off: cycles that step functions
+    make are still collected) and puts back the caller's thresholds afterwards. A caller who disabled the collector, or set
+    a higher threshold, is left alone.
+    """
+    old = gc.get_threshold()
+    if not gc.isenabled() or old[0] == 0 or old[0] >= GC_GEN0_THRESHOLD:
+        yield
+        return
+    gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[0] == GC_GEN0_THRESHOLD:  # nobody changed it meanwhile
+            gc.set_threshold(*old)
+
+
 class Sim:
     """A deterministic network of machines on simulated hosts."""
 
@@ -171,6 +203,33 @@ class Sim:
                                        env=env, env_obj=self.env)
         self._log(evs)
         return addr
+
+    def spawn_many(
+        self, behavior: Callable | str, args: Iterable[tuple[str, Any]], *,
+        host: str | None = None, env: dict[str, Any] | None = None, signal: Any = SIGNAL,
+    ) -> list[bytes]:
+        """Create one machine per ``(name, init argument)`` pair, all of one behavior.
+
+        The same as calling :meth:`spawn` for each pair, in order (the same addresses,
+        batches and trace), with the collector paced as in :meth:`run`
+        (:func:`paced_gc`): building a network of many thousands of machines otherwise
+        spends most of its time in full collections. A pair that cannot be spawned
+        raises as :meth:`spawn` does; the machines before it stay spawned.
+        """
+        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        self._host(host)
+        if bname not in self.env.behaviors:
+            raise UnknownName(f"no behavior named {bname!r}; known: {sorted(self.env.behaviors)}")
+        out: list[bytes] = []
+        with paced_gc():
+            for pair in args:
+                if type(pair) is not tuple or len(pair) != 2:
+                    raise UsageError(f"spawn_many takes (name, init argument) pairs, got {pair!r:.60}")
+                self.net, addr, evs = nw.spawn(self.net, pair[0], bname, pair[1], host=host,
+                                               signal=signal, env=env, env_obj=self.env)
+                self._log(evs)
+                out.append(addr)
+        return out
 
     def address(self, name: str) -> bytes:
         """The address of machine ``name``; :class:`UnknownName` if there is none."""
@@ -266,6 +325,10 @@ class Sim:
 
     def run(self, max_steps: int = 1_000_000, on_event: Callable[[Any], None] | None = None) -> RunReport:
         """Step until the network is quiescent (or ``max_steps``)."""
+        with paced_gc():
+            return self._run(max_steps, on_event)
+
+    def _run(self, max_steps: int, on_event: Callable[[Any], None] | None) -> RunReport:
         n = 0
         count = 0
         while n < max_steps:
