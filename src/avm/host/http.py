@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
@@ -211,8 +211,6 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
         docs_url=None, redoc_url=None,
         responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
     )
-    bearer = HTTPBearer(auto_error=False, description="The read token (GET routes) or the "
-                        "admin token (any route), from the host's token file.")
     where = f" (in {token_file})" if token_file is not None else ""
     admin_b, read_b = tokens.admin.encode(), tokens.read.encode()
 
@@ -221,14 +219,14 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
             raise _Denied(401, f"this route needs a token: send Authorization: Bearer TOKEN{where}")
         return cred.credentials.encode()
 
-    def reader(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def reader(cred: _Credentials) -> None:
         t = _given(cred)
         ok_admin = hmac.compare_digest(t, admin_b)
         ok_read = hmac.compare_digest(t, read_b)
         if not (ok_admin or ok_read):
             raise _Denied(401, f"wrong token: use the read or admin token{where}")
 
-    def admin(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def admin(cred: _Credentials) -> None:
         t = _given(cred)
         if hmac.compare_digest(t, admin_b):
             return
@@ -352,6 +350,12 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     return app
 
 
+_BEARER = HTTPBearer(auto_error=False, description="The read token (GET routes) or the admin "
+                     "token (any route), from the host's token file.")
+# At module level: FastAPI resolves the (string) annotations of routes in their globals.
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
 class _Denied(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -399,7 +403,7 @@ _LOG_COLUMNS = {
 def _log_route(app: FastAPI, host: Host, table: str, doc: str, deps: list, names: Any) -> None:
     cols = _LOG_COLUMNS[table]
 
-    async def route(limit: int = Query(100, ge=1, le=LOG_LIMIT_MAX)) -> JSONResponse:
+    async def route(limit: Annotated[int, Query(ge=1, le=LOG_LIMIT_MAX)] = 100) -> JSONResponse:
         path = host.store.path
         if path is None:
             return JSONResponse({"rows": [], "note": "an in-memory store keeps no logs"})
