@@ -211,7 +211,7 @@ def test_an_invariant_of_two_parameters_sees_the_network_before_and_after():
 
     @sim.invariant
     def never_down(prev, net):
-        seen.append((prev is not net))
+        seen.append(prev is not net)
         if "c" not in prev.names:
             return True
         return nw.state_of(net, "c") >= (nw.state_of(prev, "c") or 0)
