@@ -1,6 +1,6 @@
 """Throughput of the pure core against the obvious alternatives, in one run.
 
-    python bench/core.py            # full run (about a minute on 2 cores)
+    python bench/core.py            # full run (about two minutes on 2 cores)
     python bench/core.py --quick    # smaller counts, for a smoke test
 
 Every contender runs the *same* step function, a counter ``(msg, n) -> ((), n + k)``:
@@ -22,7 +22,9 @@ Then what a step costs against what is queued (issue 6, item 11): microseconds p
 with 1,000 batches in flight between two hosts against 10, and per batch with 3,000
 live channels into one machine against 10 (the scheduler's indexes, avm.core.inbox,
 should keep both ratios near 1x); and N machines spawned and initialized (run to
-quiescence), in a fresh process, with the resident memory each one adds.
+quiescence), in a fresh process, with the resident memory each one adds: by
+``Sim.spawn_many`` (which paces the garbage collector as ``Sim.run`` does), and a fifth
+as many by ``Sim.spawn`` in a loop (Python's default collector thresholds).
 
 Figures are messages per second; ratios are against Pykka's ``tell``. The last table
 lists the targets and whether this run met them: every figure in it is a ratio
@@ -286,8 +288,11 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def many_machines(n: int) -> dict:
-    """Spawn ``n`` machines and run their init batches; time and resident bytes added."""
+def many_machines(n: int, loop: bool = False) -> dict:
+    """Spawn ``n`` machines and run their init batches; time and resident bytes added.
+
+    By ``Sim.spawn_many`` (the collector paced, as in ``Sim.run``), or with ``loop`` by
+    calling ``Sim.spawn`` ``n`` times (the collector at Python's default thresholds)."""
     cell = Behavior("bench.cell")
 
     @cell.init
@@ -300,8 +305,11 @@ def many_machines(n: int) -> dict:
     gc.collect()
     before = _rss()
     t = time.perf_counter()
-    for i in range(n):
-        sim.spawn(f"m{i}", cell, i)
+    if loop:
+        for i in range(n):
+            sim.spawn(f"m{i}", cell, i)
+    else:
+        sim.spawn_many(cell, ((f"m{i}", i) for i in range(n)))
     spawned = time.perf_counter() - t
     report = sim.run()
     total = time.perf_counter() - t
@@ -310,10 +318,11 @@ def many_machines(n: int) -> dict:
     return {"n": n, "spawn_s": spawned, "total_s": total, "bytes": (_rss() - before) / n}
 
 
-def bench_many_machines(n: int) -> dict:
+def bench_many_machines(n: int, loop: bool = False) -> dict:
     """:func:`many_machines` in a fresh process, so its memory figure is its own."""
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--many", str(n)],
+        [sys.executable, str(Path(__file__).resolve()), "--many", str(n),
+         *(["--loop"] if loop else [])],
         check=True, capture_output=True, text=True, env={**os.environ})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -325,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machines", type=int, default=100_000,
                    help="machines spawned and initialized (default 100000; --quick: 10000)")
     p.add_argument("--many", type=int, help=argparse.SUPPRESS)  # the subprocess of bench_many_machines
+    p.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.many:
-        print(json.dumps(many_machines(args.many)))
+        print(json.dumps(many_machines(args.many, args.loop)))
         return 0
     n = 10_000 if args.quick else args.n
     rep = 1 if args.quick else 3
@@ -383,8 +393,14 @@ def main(argv: list[str] | None = None) -> int:
 
     machines = 10_000 if args.quick and args.machines == 100_000 else args.machines
     many = bench_many_machines(machines)
-    print(f"  {machines:,} machines spawned and initialized: {many['total_s']:.2f} s "
+    print(f"  {machines:,} machines, Sim.spawn_many + run: {many['total_s']:.2f} s "
           f"(spawn {many['spawn_s']:.2f} s), {many['bytes']:,.0f} bytes per machine")
+    looped = max(1_000, machines // 5)
+    loop = bench_many_machines(looped, loop=True)
+    print(f"  {looped:,} machines, Sim.spawn in a loop + run: {loop['total_s']:.2f} s "
+          f"(spawn {loop['spawn_s']:.2f} s), {loop['bytes']:,.0f} bytes per machine "
+          f"(us per machine: loop {loop['total_s'] / looped * 1e6:.0f}, "
+          f"spawn_many {many['total_s'] / machines * 1e6:.0f})")
 
     rate = {name: r for name, r, _ in rows}
     targets = [

@@ -121,3 +121,93 @@ def test_outputs_are_counted_once_and_as_a_full_walk_counts_them():
     counts = [sim.net.pending._subs.get(k, 0) for k, _ in queued]
     assert counts == [check_value(b) for _, b in queued]
     assert sorted(counts) == [0, 0, 0, 0, 1]
+
+
+@settings(max_examples=120, deadline=None)
+@given(name=st.one_of(st.text(max_size=12), st.text(min_size=250, max_size=300)))
+def test_a_machine_address_is_the_hash_of_its_resource(name):
+    # spawn writes the identity resource's encoding directly (caps.name_address): the
+    # address must be the one the general path (build the Map, encode it, hash) gives.
+    ident = caps.IdentityKey.from_seed(b"x" * 32)
+    try:
+        want = caps.address_of(ident.resource((("name", name),)))
+    except Exception as e:  # a name the codec refuses: the fast path refuses it alike
+        try:
+            caps.name_address(ident, name)
+        except Exception as e2:
+            assert type(e2) is type(e)
+        else:
+            raise AssertionError("name_address accepted what address_of refused") from e
+        return
+    assert caps.name_address(ident, name) == want
+
+
+def _cell_sim():
+    from avm import Behavior, Sim
+
+    cell = Behavior("test.cell")
+
+    @cell.init
+    def init(state, i):
+        return [], i
+
+    return Sim(seed=3), cell
+
+
+def test_spawn_many_is_spawn_in_a_loop():
+    a, cell = _cell_sim()
+    b, _ = _cell_sim()
+    pairs = [(f"m{i}", i) for i in range(25)]
+    got = a.spawn_many(cell, iter(pairs))
+    want = [b.spawn(name, cell, arg) for name, arg in pairs]
+    assert got == want
+    assert [type(e) for e in a.trace] == [type(e) for e in b.trace]
+    a.run()
+    b.run()
+    assert all(a.state(n) == b.state(n) == i for n, i in pairs)
+    assert a.net.machines.keys() == b.net.machines.keys()
+
+
+def test_spawn_many_refuses_what_spawn_refuses_and_keeps_what_came_before():
+    import pytest
+
+    from avm.core.errors import AvmError, UsageError
+
+    sim, cell = _cell_sim()
+    with pytest.raises(AvmError, match="already exists"):
+        sim.spawn_many(cell, [("a", 1), ("b", 2), ("a", 3)])
+    assert sim.address("a") and sim.address("b")
+    with pytest.raises(UsageError, match="pairs"):
+        sim.spawn_many(cell, [("c", 1, 2)])
+
+
+def test_the_collector_is_paced_while_the_simulator_loops_and_restored_after():
+    import gc
+
+    from avm.core import sim as simmod
+
+    seen = []
+    sim, cell = _cell_sim()
+    cell_probe = sim.behavior(lambda msg, state: (seen.append(gc.get_threshold()[0]) or [], state),
+                              name="probe")
+    before = gc.get_threshold()
+    sim.spawn("p", cell_probe)
+    sim.run()
+    assert gc.get_threshold() == before  # put back
+    assert seen and all(t == max(before[0], simmod.GC_GEN0_THRESHOLD) for t in seen)
+    # A caller's own higher threshold, or a disabled collector, is left alone.
+    gc.set_threshold(10 * simmod.GC_GEN0_THRESHOLD, *before[1:])
+    try:
+        seen.clear()
+        sim.spawn("q", cell_probe)
+        sim.run()
+        assert set(seen) == {10 * simmod.GC_GEN0_THRESHOLD}
+    finally:
+        gc.set_threshold(*before)
+    gc.disable()
+    try:
+        sim.spawn("r", cell_probe)
+        sim.run()
+        assert not gc.isenabled() and gc.get_threshold() == before
+    finally:
+        gc.enable()

@@ -77,6 +77,7 @@ PUBLIC_API = [
     "address_text",
     "ask",
     "asking",
+    "check_size",
     "check_value",
     "decode",
     "encode",

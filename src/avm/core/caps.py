@@ -66,6 +66,7 @@ __all__ = [
     "IdentityKey",
     "identity_resource",
     "address_of",
+    "name_address",
     "verify_identity",
     "SealingKey",
     "Keyring",
@@ -282,6 +283,25 @@ def address_of(resource: Map) -> bytes:
     value hashes and every other hash of the same bytes.
     """
     return _address_hash(codec.encode(resource))
+
+
+def name_address(ident: IdentityKey, name: Any) -> bytes:
+    """``address_of(ident.resource((("name", name),)))``, the address of a named machine.
+
+    Spawning computes one per machine: for a short text name, the resource's canonical
+    encoding is written directly (a map of three text keys, as ``encode`` writes a
+    ``Map``: cbor2 sorts them) instead of building and checking a ``Map`` first; the
+    bytes are the same (tests/test_spawn_many.py compares the two on generated names).
+    """
+    if type(name) is str and len(name) <= 256:
+        try:
+            data = codec._dumps({"key": ident.public_bytes, "alg": ident.alg,
+                                 "meta": (("name", name),)})
+        except codec.CodecError:
+            pass  # (a lone surrogate, say) the general path raises its own error
+        else:
+            return _address_hash(data)
+    return address_of(ident.resource((("name", name),)))
 
 
 def verify_identity(resource_bytes: bytes, address: bytes) -> Map:

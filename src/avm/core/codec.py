@@ -64,9 +64,11 @@ import cbor2
 
 from .errors import CodecError, ValueRuleError
 from .values import (  # the project's tags and limits live with the table of value types
+    BYTES_MAX,
     CBOR_ENCODERS,
     DEPTH_MAX,
     INT_BYTES_MAX,
+    ITEMS_MAX,
     KEY_HASH_COLLISIONS_MAX,
     TAG_AFFINE,
     TAG_CAPABILITY,
@@ -85,6 +87,7 @@ from .values import (  # the project's tags and limits live with the table of va
     _collision_problem,
     _nan_inside,
     check_value,
+    set_exact_measure,
     value_type_for_tag,
 )
 
@@ -133,9 +136,9 @@ class Limits:
     value and tag is one.
     """
 
-    bytes_max: int = 16 * 1024 * 1024
+    bytes_max: int = BYTES_MAX
     depth_max: int = DEPTH_MAX
-    items_max: int = 1_000_000
+    items_max: int = ITEMS_MAX
 
 
 DEFAULT_LIMITS = Limits()
@@ -329,6 +332,15 @@ def _check_children(xs: Iterable[Any], room: int) -> None:
             _check_int(x, room)
         else:
             _check_nesting(x, room)
+
+
+def _exact_measure(value: Any) -> tuple[int, int]:
+    """The bytes and data items of a checked value's encoding (for ``check_size``)."""
+    data = _dumps(value)
+    return len(data), _count_items(data)
+
+
+set_exact_measure(_exact_measure)
 
 
 def _count_items(data: bytes) -> int:

@@ -29,6 +29,7 @@ from .caps import Capability, _check_cap_fields
 from .codec import encode
 from .errors import (
     CapabilityError,
+    CodecError,
     SignalError,
     StepContractError,
     SubstructuralError,
@@ -39,13 +40,19 @@ from .values import (
     _BIG,
     _FREE,
     _NBIG,
+    BYTES_MAX,
     DEPTH_MAX,
+    ITEMS_MAX,
     Map,
     ValueLimitError,
     _Invalid,
     _walk,
+    _weigh,
     check_conservation,
+    check_size,
     check_value,
+    exact_size,
+    map_fits,
 )
 
 _IMap = immutables.Map
@@ -294,8 +301,65 @@ def run_batch(
         got = _check_atom_state(cur, len(messages) - 1)
         if got is not None:
             return got
+    # The size limits of the encoding, once per batch (only what a batch commits is
+    # stored): O(1) for a map state, which carries its bounds.
+    if tc is Map:
+        if not map_fits(cur):
+            got = _check_sizes(cur, (), len(messages) - 1)
+            if type(got) is BatchResult:
+                return got
+            cur = got
+    elif tc is not int and tc not in _SMALL:
+        got = _check_sizes(cur, (), len(messages) - 1)
+        if type(got) is BatchResult:
+            return got
+        cur = got
+    if outputs:
+        got = _check_sizes(cur, outputs, len(messages) - 1, of_state=False)
+        if type(got) is BatchResult:
+            return got
     return BatchResult(True, cur, tuple(outputs), None, len(messages),
                        cur_items if type(cur_items) is list else list(cur_items), outs_plain)
+
+
+_SMALL = frozenset({type(None), bool, float})
+#: Room left in a batch's encoding for what the host adds to the messages (addresses,
+#: sequence numbers, timestamps): the outputs of one batch, together, fit the rest.
+BATCH_SLACK_BYTES = 64 * 1024
+BATCH_SLACK_ITEMS = 1024
+
+
+def _check_sizes(state: Any, outputs: Sequence, i: int, of_state: bool = True) -> Any:
+    """Can the encoding store the batch's final state, or its outputs together?
+
+    Returns the state (a map with exact bounds if it had to be measured) or the failure.
+    """
+    try:
+        if of_state:
+            return check_size(state, "$.state")
+        b = n = 0
+        for pair in outputs:
+            pb, pi = _weigh(pair)
+            b += pb
+            n += pi
+        if b <= BYTES_MAX - BATCH_SLACK_BYTES and n <= ITEMS_MAX - BATCH_SLACK_ITEMS:
+            return state
+        b = n = 0
+        for j, (_, content) in enumerate(outputs):
+            check_size(content, f"$.outputs[{j}].content")
+        for pair in outputs:
+            pb, pi = exact_size(pair)
+            b += pb
+            n += pi
+        if b > BYTES_MAX - BATCH_SLACK_BYTES or n > ITEMS_MAX - BATCH_SLACK_ITEMS:
+            return _fail("value", (
+                f"the batch's {len(outputs)} outputs together take {b} bytes and {n} items "
+                f"to encode; one batch carries at most {BYTES_MAX - BATCH_SLACK_BYTES} bytes "
+                f"and {ITEMS_MAX - BATCH_SLACK_ITEMS} items: send large data over several "
+                "batches"), i, "$.outputs")
+        return state
+    except (ValueLimitError, CodecError) as e:
+        return _fail("value", e, i)
 
 
 def _check_atom_state(state: int | str, i: int) -> BatchResult | None:
@@ -648,10 +712,18 @@ class Behavior:
             for want, fn, wants in entries:
                 if want is ANY or same_value(ctx, want) or (
                         type(ctx) is tuple and ctx and same_value(ctx[0], want)):
-                    return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
+                    try:
+                        return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
+                    except TypeError as e:
+                        _misfit(self.name, fn, (state, *args), wants, content, e)
+                        raise
         if self._fallback is not None:
             fn, wants = self._fallback
-            return fn(state, content, ctx=ctx) if wants else fn(state, content)
+            try:
+                return fn(state, content, ctx=ctx) if wants else fn(state, content)
+            except TypeError as e:
+                _misfit(self.name, fn, (state, content), wants, content, e)
+                raise
         if entries is not None:
             # Neither the capability's context nor the contexts the handlers want are
             # quoted: both are the receiver's secrets (contexts are sealed for a reason).
@@ -669,7 +741,11 @@ class Behavior:
         name, args = content
         fn = self._signals.get(name)
         if fn is not None:
-            return fn(state, args)
+            try:
+                return fn(state, args)
+            except TypeError as e:
+                _misfit(self.name, fn, (state, args), False, content, e)
+                raise
         if name == "init":
             return [], args
         if name in self.KNOWN_SIGNALS or name.startswith("~"):
@@ -678,3 +754,29 @@ class Behavior:
             f"{self.name} got the strong signal {name!r}, which it does not handle; add "
             f"@{self.name}.signal({name!r}) or make the sender use a weak signal '~{name}'")
 
+
+
+def _misfit(behavior: str, fn: Callable, args: tuple, wants_ctx: bool, content: Any,
+            e: TypeError) -> None:
+    """Raise StepContractError if ``fn`` could not even be called with ``args``.
+
+    A handler whose parameters do not fit the message raises a bare ``TypeError`` from
+    the call itself, which says nothing of which handler or which message; a TypeError
+    raised inside the handler's body is its own and goes through unchanged.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **({"ctx": None} if wants_ctx else {}))
+    except TypeError as why:
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "handler"
+        given = len(args) - 1
+        raise StepContractError(
+            f"{behavior}: handler {name}{sig} cannot take message {_short(content)}: {why}. "
+            f"It is called as {getattr(fn, '__name__', 'handler')}(state"
+            + "".join(f", {_short(a)}" for a in args[1:])
+            + (", ctx=...)" if wants_ctx else ")")
+            + f" ({given} argument{'s' if given != 1 else ''} after the state); change its "
+            "parameters or what the sender sends") from e

@@ -279,7 +279,14 @@ class events:  # noqa: N801 - a namespace
 
     @dataclass(frozen=True)
     class Idle:
+        """Nothing can run now and nothing is due: the network waits for the outside.
+
+        ``quiescent`` says whether nothing is left at all; an idle network that is not
+        quiescent holds work that cannot run (a suspended machine's queue).
+        """
+
         at: int
+        quiescent: bool = True
 
     @dataclass(frozen=True)
     class Commons:
@@ -335,6 +342,10 @@ class Env:
         return ring
 
     def _build_ring(self, address: bytes, versions: Map) -> Keyring | None:
+        vm = versions._m
+        if len(vm) == 1:  # the usual case: one key version (no sort, no cached order)
+            for v, raw in vm.items():
+                return Keyring(address, self.sealing_key(v, raw))
         ring = None
         for v in sorted(versions, reverse=True):
             k = self.sealing_key(v, versions[v])

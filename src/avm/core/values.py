@@ -121,6 +121,9 @@ __all__ = [
     "register_value_type",
     "CBOR_ENCODERS",
     "check_value",
+    "check_size",
+    "BYTES_MAX",
+    "ITEMS_MAX",
     "DEPTH_MAX",
     "INT_BYTES_MAX",
     "KEY_HASH_COLLISIONS_MAX",
@@ -192,6 +195,13 @@ INT_BYTES_MAX = 1024
 #: Equal to ``codec.KEY_HASH_COLLISIONS_MAX``.
 KEY_HASH_COLLISIONS_MAX = 16
 
+#: The canonical encoding of one value (a state, a message's content) is at most this
+#: many bytes. Equal to ``codec.DEFAULT_LIMITS.bytes_max``.
+BYTES_MAX = 16 * 1024 * 1024
+#: ... and at most this many CBOR data items (every int, string, float, array, map, key,
+#: value and tag is one). Equal to ``codec.DEFAULT_LIMITS.items_max``.
+ITEMS_MAX = 1_000_000
+
 _INT_LIMIT = 1 << (8 * INT_BYTES_MAX)  # _NINT_LIMIT <= n < _INT_LIMIT fits the size limit
 _NINT_LIMIT = -_INT_LIMIT
 _BIG = 1 << 64  # _NBIG <= n < _BIG is a plain CBOR int; beyond, a bignum: a tag, one level
@@ -199,6 +209,8 @@ _NBIG = -_BIG
 #: The depth bound of a map the core updated without measuring (``_set_plain``,
 #: ``_set_counted``): no bound, so a check descends into it.
 _DEPTH_UNKNOWN = 1 << 30
+#: The size bounds of such a map: unknown, so a size check measures it.
+_WEIGHT_UNKNOWN = 1 << 62
 _FOLD_MASK = 0xFFFFFFFF
 
 
@@ -391,6 +403,17 @@ class Map(TupleValue):
     most ``DEPTH_MAX`` deep, so it is trusted in O(1) wherever it sits at most
     ``DEPTH_MAX - depth`` levels down; deeper down (or when the core updated it without
     measuring, ``_DEPTH_UNKNOWN``) the checker descends into it to count exactly.
+
+    The last two fields bound the size of the map's encoding (see :func:`check_size`):
+    it takes at most ``9 + 18 * len + bytes`` bytes and ``1 + 2 * len + items`` items,
+    ``bytes`` and ``items`` being what its keys and values weigh beyond 9 bytes and one
+    item each. A plain int, short ASCII text, a float, ``None`` or a bool weighs no
+    more, so updating a map of such entries only reads the two fields (a counter's
+    update stays cheap); heavier entries add their excess, an overwrite or ``delete``
+    subtracts the old one's, so the bounds do not drift. The 18 bytes per entry stay
+    below the byte limit as long as the item limit holds, so plain entries never make
+    :func:`check_size` measure a map: it decides in O(1) that a map state can be
+    stored, however large, and measures the encoding only near a limit.
     """
 
     __slots__ = ()
@@ -398,6 +421,8 @@ class Map(TupleValue):
     _subs: immutables.Map = _field(1, "Key -> substructural count, for keys that hold any.")
     _tok: object = _field(2, "Identity of the substructural entries.")
     _d: int = _field(3, "Upper bound on the nesting depth of the map's encoding.")
+    _b: int = _field(4, "Bytes of the entries' encodings beyond 9 per key and value.")
+    _i: int = _field(5, "Data items of the entries beyond 1 per key and value.")
 
     def __new__(cls, items: Mapping | Iterable[tuple[Any, Any]] | None = None, **kw: Any) -> Map:
         m: immutables.Map = _EMPTY_IMAP
@@ -425,12 +450,13 @@ class Map(TupleValue):
                 why = _collision_problem(m.keys())
                 if why is not None:
                     raise ValueLimitError("$", why)
-        return _new(Map, (m, subs, _new_tok(subs), d))
+        b, i = _excess_of_entries(m)
+        return _new(Map, (m, subs, _new_tok(subs), d, b, i))
 
     @staticmethod
     def _make(m: immutables.Map, subs: immutables.Map, tok: object,
               depth: int = _DEPTH_UNKNOWN) -> Map:
-        return _new(Map, (m, subs, tok, depth))
+        return _new(Map, (m, subs, tok, depth, _WEIGHT_UNKNOWN, _WEIGHT_UNKNOWN))
 
     # -- reading --------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
@@ -480,15 +506,22 @@ class Map(TupleValue):
         else:
             dk = _key_depth(key)
         tv = type(value)
+        light = True  # the value weighs at most 9 bytes and one item (see _excess)
         if tv is int:
             if _NBIG <= value < _BIG:
                 n = dv = 0
             else:
                 n, dv = _entry(value, key)
-        elif (tv is str and value.isascii()) or tv in _FREE:
+                light = False
+        elif tv is str and value.isascii():
             n = dv = 0
+            light = len(value) <= 8
+        elif tv in _FREE:
+            n = dv = 0
+            light = tv is not bytes or len(value) <= 8
         else:
             n, dv = _entry(value, key)
+            light = False
         m0 = self._m
         if len(m0) >= KEY_HASH_COLLISIONS_MAX and key not in m0:  # a new key, a big map
             why = _collision_problem_at(m0, key, 1)
@@ -499,14 +532,36 @@ class Map(TupleValue):
         d = self._d
         if dv >= d:
             d = dv + 1
+        # The size bounds: the new entry's excess in, the old one's out. A map of light
+        # entries (excess 0) that gets a light value under a light key stays at 0: a
+        # counter's update costs these two reads and tests.
+        b, i = self._b, self._i
+        if b < _WEIGHT_UNKNOWN and (b or i or not light or not (
+                (tk is str and len(key) <= 8 and key.isascii())
+                or (tk is int and _NBIG <= key < _BIG))):
+            old = m0.get(key, _MISSING)
+            if old is _MISSING:
+                xb, xi = (0, 0) if light else _excess(value)
+                kb, ki = _excess(key)
+                b += xb + kb
+                i += xi + ki
+            else:
+                to = type(old)
+                if not (light and (  # a light value over a light one: nothing changes
+                        (to is int and _NBIG <= old < _BIG) or to is float or to is bool
+                        or old is None or (to is str and len(old) <= 8 and old.isascii()))):
+                    xb, xi = (0, 0) if light else _excess(value)
+                    ob, oi = _excess(old)
+                    b += xb - ob
+                    i += xi - oi
         subs = self._subs
         if n:
             subs = subs.set(key, n)
         elif subs and key in subs:
             subs = subs.delete(key)
         else:
-            return _new(Map, (m0.set(key, value), subs, self._tok, d))
-        return _new(Map, (m0.set(key, value), subs, _new_tok(subs), d))
+            return _new(Map, (m0.set(key, value), subs, self._tok, d, b, i))
+        return _new(Map, (m0.set(key, value), subs, _new_tok(subs), d, b, i))
 
     def _set_counted(self, key: Any, value: Any, n: int) -> Map:
         """Set a value the core has already validated, whose substructural count is ``n``.
@@ -520,14 +575,18 @@ class Map(TupleValue):
         m = m0.set(key, value)
         if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
             _carry_depth(m0, m, key, value)
+        if _MAP_WEIGHTS and id(m0) in _MAP_WEIGHTS:
+            _carry_weight(m0, m, key, value)
         subs = self._subs
         if n:
             subs = subs.set(key, n)
-            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN, _WEIGHT_UNKNOWN,
+                              _WEIGHT_UNKNOWN))
         if subs and key in subs:
             subs = subs.delete(key)
-            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
-        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN, _WEIGHT_UNKNOWN,
+                              _WEIGHT_UNKNOWN))
+        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN, _WEIGHT_UNKNOWN, _WEIGHT_UNKNOWN))
 
     def _set_plain(self, key: Any, value: Any) -> Map:
         """Set without validation: only for the core's own bookkeeping maps, whose keys
@@ -537,23 +596,34 @@ class Map(TupleValue):
         m = m0.set(key, value)
         if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
             _carry_depth(m0, m, key, value)
+        if _MAP_WEIGHTS and id(m0) in _MAP_WEIGHTS:
+            _carry_weight(m0, m, key, value)
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN))
-        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN))
+            return _new(Map, (m, subs, _new_tok(subs), _DEPTH_UNKNOWN, _WEIGHT_UNKNOWN,
+                              _WEIGHT_UNKNOWN))
+        return _new(Map, (m, subs, self._tok, _DEPTH_UNKNOWN, _WEIGHT_UNKNOWN, _WEIGHT_UNKNOWN))
 
     def delete(self, key: Any) -> Map:
         """A new map without ``key`` (KeyError if absent, as ``del d[k]``)."""
         m0 = self._m
+        b, i = self._b, self._i
+        if (b or i) and b < _WEIGHT_UNKNOWN:
+            xb, xi = _excess(m0[key])
+            kb, ki = _stored_key_floor(key)
+            b -= xb + kb
+            i -= xi + ki
         m = m0.delete(key)
         if _MAP_DEPTHS and id(m0) in _MAP_DEPTHS:
             _carry_depth(m0, m)
+        if _MAP_WEIGHTS and id(m0) in _MAP_WEIGHTS:
+            _carry_weight(m0, m, key)
         subs = self._subs
         if key in subs:
             subs = subs.delete(key)
-            return _new(Map, (m, subs, _new_tok(subs), self._d))
-        return _new(Map, (m, subs, self._tok, self._d))
+            return _new(Map, (m, subs, _new_tok(subs), self._d, b, i))
+        return _new(Map, (m, subs, self._tok, self._d, b, i))
 
     def discard(self, key: Any) -> Map:
         """A new map without ``key``; the same map if it was absent."""
@@ -565,11 +635,23 @@ class Map(TupleValue):
         pairs.extend(kw.items())
         touched = False
         d = self._d
+        b, i = self._b, self._i
         new_keys: list = []
         with self._m.mutate() as mm, self._subs.mutate() as ms:
             for k, v in pairs:
                 dk = _key_depth(k)
                 n, dv = _entry(v, k)
+                if b < _WEIGHT_UNKNOWN:
+                    old = mm.get(k, _MISSING)
+                    vb, vi = _excess(v)
+                    if old is _MISSING:
+                        kb, ki = _excess(k)
+                        b += kb + vb
+                        i += ki + vi
+                    else:
+                        ob, oi = _excess(old)
+                        b += vb - ob
+                        i += vi - oi
                 size = len(mm)
                 mm[k] = v
                 if len(mm) != size:
@@ -593,7 +675,7 @@ class Map(TupleValue):
                 why = _collision_problem(m.keys())
             if why is not None:
                 raise ValueLimitError("$", why)
-        return _new(Map, (m, subs, _new_tok(subs) if touched else self._tok, d))
+        return _new(Map, (m, subs, _new_tok(subs) if touched else self._tok, d, b, i))
 
     # -- identity -------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -690,10 +772,223 @@ def _carry_depth(old: immutables.Map, new: immutables.Map, key: Any = None,
     _cache_depth(new, d, e[2] - 1)
 
 
+# ---------------------------------------------------------------------------------------
+# Size bounds: what the encoding of a value costs at most (bytes, data items)
+# ---------------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _head(n: int) -> int:
+    """The bytes of a CBOR head whose argument is ``n`` (a length, an int, a tag)."""
+    return 1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 4294967296 else 9
+
+
+def _weigh(v: Any) -> tuple[int, int]:
+    """Upper bounds on the bytes and data items of ``v``'s canonical encoding.
+
+    Exact for short atoms (a head of 1 byte); longer ones and floats count the longest
+    head, 9 bytes (so ``Map.set`` can inline the same weights); a container adds its
+    head, at most 9 bytes, and its children; a map contributes the bounds it carries,
+    so the walk stops at maps (O(the tuples and records above them)). ``v`` must be a
+    checked value. tests/test_trust_size.py checks the bound against the encoding.
+    """
+    t = type(v)
+    if t is int:
+        if _NBIG <= v < _BIG:
+            return (1 if -24 <= v < 24 else 9), 1
+        a = v if v >= 0 else -1 - v
+        n = (a.bit_length() + 7) // 8
+        return 1 + _head(n) + n, 2  # a bignum: a tag over a byte string
+    if t is str:
+        n = len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass"))
+        return n + (1 if n < 24 else 9), 1
+    if t is bytes:
+        return len(v) + (1 if len(v) < 24 else 9), 1
+    if t is float:
+        return 9, 1
+    if t is bool or v is None:
+        return 1, 1
+    if t is Map:
+        return _map_weight(v)
+    if t is tuple:  # atoms inline, at their longest encodings (9-byte heads)
+        b = 9
+        i = 1 + len(v)
+        for x in v:
+            tx = type(x)
+            if tx is int:
+                if _NBIG <= x < _BIG:
+                    b += 9
+                    continue
+            elif tx is str:
+                if x.isascii():
+                    b += 9 + len(x)
+                    continue
+            elif tx is float:
+                b += 9
+                continue
+            elif tx is bytes:
+                b += 9 + len(x)
+                continue
+            elif tx is bool or x is None:
+                b += 1
+                continue
+            xb, xi = _weigh(x)
+            b += xb
+            i += xi - 1
+        return b, i
+    row = VALUE_TYPES.get(t)
+    if row is None or row.tag is None or row.to_items is None:
+        raise ValueRuleError("$", f"a {t.__name__} is not a value")
+    b, i = _weigh(row.to_items(v))
+    return b + _head(row.tag), i + 1
+
+
+def _excess(v: Any) -> tuple[int, int]:
+    """What ``v`` weighs beyond 9 bytes and one item (a Map's size fields sum these)."""
+    b, i = _weigh(v)
+    return (b - 9 if b > 9 else 0), i - 1
+
+
+def _stored_key_floor(key: Any) -> tuple[int, int]:
+    """What a delete may subtract for ``key``: the map keeps the *first* of equal keys
+    (``1``, ``1.0`` and ``True`` are equal, their encodings are not), so only text and
+    bytes keys, equal exactly when their encodings are, give back their full excess."""
+    t = type(key)
+    if t is str or t is bytes:
+        return _excess(key)
+    return 0, 0
+
+
+def _excess_of_entries(m: immutables.Map) -> tuple[int, int]:
+    b = i = 0
+    for k, x in m.items():
+        kb, ki = _excess(k)
+        xb, xi = _excess(x)
+        b += kb + xb
+        i += ki + xi
+    return b, i
+
+
+def _weigh_entries(m: immutables.Map) -> tuple[int, int]:
+    b, i = _excess_of_entries(m)
+    return 9 + 18 * len(m) + b, 1 + 2 * len(m) + i
+
+
+# Size bounds learnt for maps whose own bounds are unknown (the core's bookkeeping maps),
+# keyed and carried forward like _MAP_DEPTHS: a nested network, whose state is size-checked
+# after every outer step, pays O(what its step changed), not O(its size).
+_MAP_WEIGHTS: dict[int, tuple[immutables.Map, int, int]] = {}
+
+
+def _map_weight(v: Map) -> tuple[int, int]:
+    b = v._b
+    m = v._m
+    if b < _WEIGHT_UNKNOWN:
+        return 9 + 18 * len(m) + b, 1 + 2 * len(m) + v._i
+    e = _MAP_WEIGHTS.get(id(m))
+    if e is not None and e[0] is m:
+        return e[1], e[2]
+    b, i = _weigh_entries(m)
+    _cache_weight(m, b, i)
+    return b, i
+
+
+def _cache_weight(m: immutables.Map, b: int, i: int) -> None:
+    if len(_MAP_WEIGHTS) >= _MAP_DEPTHS_MAX:
+        try:
+            del _MAP_WEIGHTS[next(iter(_MAP_WEIGHTS))]
+        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - threads
+            pass
+    _MAP_WEIGHTS[id(m)] = (m, b, i)
+
+
+def _carry_weight(old: immutables.Map, new: immutables.Map, key: Any,
+                  value: Any = _MISSING) -> None:
+    """A core update made ``new`` from ``old`` (``value`` missing: a delete): move the
+    learnt bounds forward by the entry's change."""
+    e = _MAP_WEIGHTS.pop(id(old), None)
+    if e is None or e[0] is not old:
+        return
+    b, i = e[1], e[2]
+    prev = old.get(key, _MISSING)
+    if prev is not _MISSING:
+        pb, pi = _weigh(prev)
+        b -= pb
+        i -= pi
+        if value is _MISSING:
+            kb, ki = _stored_key_floor(key)
+            b -= kb
+            i -= ki
+    elif value is not _MISSING:
+        kb, ki = _weigh(key)
+        b += kb
+        i += ki
+    if value is not _MISSING:
+        vb, vi = _weigh(value)
+        b += vb
+        i += vi
+    _cache_weight(new, b, i)
+
+
+#: Set by the codec: the exact (bytes, items) of a value's encoding, or CodecError.
+_exact_measure: Callable[[Any], tuple[int, int]] | None = None
+
+
+def set_exact_measure(fn: Callable[[Any], tuple[int, int]]) -> None:
+    """The codec registers how to measure an encoding exactly (values cannot import it)."""
+    global _exact_measure
+    _exact_measure = fn
+
+
+def exact_size(v: Any) -> tuple[int, int]:
+    """The exact bytes and data items of a checked value's encoding (CodecError if it
+    cannot be encoded at all). O(the value): :func:`check_size` calls it only when the
+    bounds pass a limit."""
+    if _exact_measure is None:  # pragma: no cover - the codec is always imported
+        raise ValueLimitError("$", "no codec to measure the value with")
+    return _exact_measure(v)
+
+
+def check_size(v: Any, path: str = "$") -> Any:
+    """Raise :class:`ValueLimitError` unless ``v``'s encoding fits :data:`BYTES_MAX` bytes
+    and :data:`ITEMS_MAX` items; returns ``v``.
+
+    Why a step's result is checked and not only the encoding when it is stored: a host
+    that found an unstorable state at commit time could only stop; failing the batch
+    that made it leaves everything else running. The check costs O(1) for a map state
+    (its bounds) and O(the tuples above the maps) otherwise; the encoding is measured
+    only when a bound passes a limit.
+    """
+    b, i = _weigh(v)
+    if b <= BYTES_MAX and i <= ITEMS_MAX:
+        return v
+    b, i = exact_size(v)
+    if b > BYTES_MAX:
+        raise ValueLimitError(path, f"the encoding would take {b} bytes, more than the "
+                              f"limit of {BYTES_MAX}; keep large data in several machines "
+                              "or outside (an adapter), not in one value")
+    if i > ITEMS_MAX:
+        raise ValueLimitError(path, f"the encoding would hold {i} items, more than the "
+                              f"limit of {ITEMS_MAX}; split the value over several machines")
+    return v
+
+
+def map_fits(m: Map) -> bool:
+    """Whether a map's bounds alone prove its encoding within both limits (O(1))."""
+    b = m._b
+    if b >= _WEIGHT_UNKNOWN:
+        return False
+    n = len(m._m)
+    return 9 + 18 * n + b <= BYTES_MAX and 1 + 2 * n + m._i <= ITEMS_MAX
+
+
 def _map_shape(v: Any) -> str | None:
-    if (_tuple_len(v) != 4 or type(v._m) is not _IMap or type(v._subs) is not _IMap
-            or type(v._d) is not int or v._d < 0):
-        return "a Map is (persistent map, substructural index, token, depth bound)"
+    if (_tuple_len(v) != 6 or type(v._m) is not _IMap or type(v._subs) is not _IMap
+            or type(v._d) is not int or v._d < 0 or type(v._b) is not int or v._b < 0
+            or type(v._i) is not int or v._i < 0):
+        return ("a Map is (persistent map, substructural index, token, depth bound, "
+                "size bounds)")
     for k, n in v._subs.items():
         if type(n) is not int or n <= 0 or k not in v._m:
             return "a Map's substructural index does not match its entries"
@@ -852,7 +1147,9 @@ def map_from_checked_pairs(pairs: Iterable[tuple[Any, Any]]) -> Map:
             if dv >= d:
                 d = dv + 1
         subs = ms.finish()
-        return _new(Map, (mm.finish(), subs, _new_tok(subs), d))
+        m = mm.finish()
+        b, i = _excess_of_entries(m)
+        return _new(Map, (m, subs, _new_tok(subs), d, b, i))
     raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
 

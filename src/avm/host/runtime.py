@@ -133,11 +133,14 @@ class Runtime:
 
     def check_ok(self) -> None:
         """Refuse work once a commit failed or the host is closing."""
-        if self.failed is not None:
-            raise StoreError(f"this host stopped after a failed commit: {self.failed}")
-        if self.committer is not None and self.committer.failed is not None:
+        if self.failed is None and self.committer is not None:
             self.failed = self.committer.failed
-            raise StoreError(f"this host stopped after a failed commit: {self.failed}")
+        if self.failed is not None:
+            raise StoreError(
+                f"this host stopped after a failed commit ({self.failed}); nothing that "
+                "was not committed is served. Fix the storage (free space, the device, "
+                "permissions) and reopen the store: it goes on from the last commit, and "
+                "work that was never acknowledged may need sending again")
         if self._closing:
             raise StoreError("this host is closed")
 
@@ -184,6 +187,9 @@ class Runtime:
 
     async def durable(self) -> Network:
         """Wait until everything done so far is committed; returns that snapshot."""
+        if self.failed is not None or (self.committer is not None
+                                       and self.committer.failed is not None):
+            self.check_ok()
         last = self._flush()
         if last is None:
             return self.committed

@@ -282,6 +282,11 @@ class Store:
         self.durability = durability
         self.path = None if path is None else Path(path)
         self.commits = 0
+        #: Fault injection for tests (as FoundationDB's "buggify"): called with the name
+        #: of each point of a commit (``"keys"``: key file committed, ``"rows"``: rows
+        #: written, transaction not yet committed, ``"commit"``: main file committed);
+        #: whatever it raises there is what the storage did. ``None`` in production.
+        self.fault: Callable[[str], None] | None = None
         self._db: sqlite3.Connection | None = None
         self._keys: sqlite3.Connection | None = None
         if self.path is not None:
@@ -439,6 +444,8 @@ class Store:
                     if rows.secret is not None:
                         kdb.execute("INSERT OR REPLACE INTO secret VALUES (0, ?)", (rows.secret,))
                     kdb.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows.keys)
+                if self.fault is not None:
+                    self.fault("keys")
             with db:
                 if dirty.everything:
                     for table in ("machines", "queue", "applied", "sent", "random_n"):
@@ -459,6 +466,10 @@ class Store:
                 _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
                 _append_log(db, "history", "(at, chan, seq, dest, ok, steps, read_only)",
                             rows.history, HISTORY_ROWS_MAX)
+                if self.fault is not None:
+                    self.fault("rows")
+            if self.fault is not None:
+                self.fault("commit")
             if rows.keys_gone:  # after the main commit: the machine is gone first
                 with kdb:
                     kdb.executemany("DELETE FROM keys WHERE address = ?", rows.keys_gone)
