@@ -242,6 +242,8 @@ def test_the_docs_example_runs(capsys):
     import re
 
     doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "dictionary.md").read_text()
-    (block,) = re.findall(r"```python\n(.*?)```", doc, re.S)
-    exec(compile(block, "docs/dictionary.md", "exec"), {})
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/dictionary.md", "exec"), {})
     assert "step 'SIZE = 2\\n' 'SIZE = 3\\n' 'SIZE = 4\\n'" in capsys.readouterr().out

@@ -34,6 +34,8 @@ from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
 from ..core.netvalue import enqueue_local, events, mint
 from ..core.network import Env, Network
+from .dictionary import Dictionary
+from .live import Live, load_named, parse_name
 from .metrics import event
 from .runtime import Runtime, host_config
 from .store import Dirty, Store, StoreError
@@ -100,6 +102,16 @@ class Host:
         replies = runtime.net.names.get(REPLIES)
         self._replies_addr: bytes = replies
         runtime.listeners[replies] = self._on_reply
+        self._live: Live | None = None
+
+    @property
+    def live(self) -> Live:
+        """Live programming: the store's dictionary and machines bound to its words
+        (docs/dictionary.md). A host in memory keeps its dictionary in memory too."""
+        if self._live is None:
+            path = self._rt.store.path
+            self._live = Live(self, Dictionary(path if path is not None else ":memory:"))
+        return self._live
 
     # -- reading --------------------------------------------------------------------
     @property
@@ -366,6 +378,15 @@ class _Opened:
                 net = nw.new_network(0, host_config(), (hostname,), secret=os.urandom(32))
                 net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
             missing = sorted({m.behavior for m in net.machines.values()} - set(table))
+            if missing and path is not None and any(parse_name(n) for n in missing):
+                # machines bound to dictionary words: their versions are in the store
+                d = await asyncio.to_thread(Dictionary, Path(path))
+                try:
+                    for n in [n for n in missing if parse_name(n)]:
+                        table[n] = env.behaviors[n] = load_named(d, n)
+                finally:
+                    d.close()
+                missing = [n for n in missing if n not in table]
             if missing:
                 raise UsageError(f"the store's machines use behaviors this host was not "
                                  f"given: {missing}; pass them in behaviors=")
@@ -397,6 +418,8 @@ async def close(host: Host) -> None:
     rt = host._rt
     await rt.close()
     rt.store.close()
+    if host._live is not None:
+        host._live.dictionary.close()
     event("host.stop", store=str(rt.store.path) if rt.store.path is not None else None,
           commits=rt.store.commits, batches=rt.counters["batches"])
 

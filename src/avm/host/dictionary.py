@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS dict_branches (name TEXT PRIMARY KEY, parent TEXT,
   at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dict_tags (name TEXT PRIMARY KEY, version INTEGER NOT NULL)
   WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dict_bindings (machine TEXT PRIMARY KEY, branch TEXT NOT NULL,
+  word TEXT NOT NULL, follow INTEGER NOT NULL, current TEXT NOT NULL, previous TEXT)
+  WITHOUT ROWID;
 """
 
 
@@ -400,6 +403,18 @@ class Dictionary:
         if self._db.execute("SELECT 1 FROM dict_branches WHERE name=?", (name,)).fetchone() is None:
             raise UnknownName(f"no branch {name!r}; branches: {', '.join(self.branches())}")
         return name
+
+    # -- bindings (which machine runs which word; kept for the host, see host.live) -----
+    def bindings(self) -> dict[str, tuple[str, str, bool, str, str | None]]:
+        """machine name -> (branch, word, follows the head, behavior name, previous one)."""
+        return {m: (b, w, bool(f), c, p) for m, b, w, f, c, p in self._db.execute(
+            "SELECT machine, branch, word, follow, current, previous FROM dict_bindings")}
+
+    def set_binding(self, machine: str, branch: str, word: str, follow: bool, current: str,
+                    previous: str | None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO dict_bindings VALUES (?, ?, ?, ?, ?, ?)",
+                       (machine, branch, word, int(follow), current, previous))
 
     # -- loading ------------------------------------------------------------------------
     def load(self, branch: str, word: str, *, version: int | None = None) -> Any:
