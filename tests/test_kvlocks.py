@@ -8,12 +8,12 @@ on."""
 from __future__ import annotations
 
 import pytest
-from test_pubsub import load
 
 import avm
 from avm import Map
 from avm.core.network import events
 from avm.testing import ALL_FAULTS, check_census, watch_census
+from test_pubsub import load
 
 kv = load("kvlocks")
 TOTAL = len(kv.CLIENTS) * kv.ROUNDS
