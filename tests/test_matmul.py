@@ -93,3 +93,56 @@ def test_bad_requests_are_refused_with_a_reason(arg, why):
 def test_matmul_is_in_every_machines_env():
     sim, _ = setup()
     assert isinstance(sim.state("a"), Map) and "matmul" in sim.state("a")["env"]
+
+
+class _SpyNumpy:
+    """numpy, counting the products it is asked for."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, 0
+        self.int64 = real.int64
+
+    def array(self, *a, **k):
+        self.calls += 1
+        return self.real.array(*a, **k)
+
+
+@pytest.mark.parametrize("a, b, used", [
+    (((1, 2), (3, 4)), ((5,), (6,)), True),
+    (((2**63 - 1,),), ((1,),), True),  # exactly the largest partial sum int64 holds
+    (((2**63 - 1, 1),), ((1,), (1,)), False),  # 2**63 - 1 + 1 would wrap
+    (((2**61, 2**61),), ((1,), (1,)), True),  # inner length times the maxima fits...
+    (((2**62, 2**62),), ((1,), (1,)), False),  # ...and here it does not
+    (((2**62,),), ((2,),), False),  # 2**63 does not fit
+    (((-(2**62),),), ((4,),), False),  # a large negative does not fit either
+    (((1.5,),), ((2,),), False),  # floats stay in Python
+    (((Fraction(1, 3),),), ((3,),), False),
+])
+def test_numpy_computes_exactly_the_products_that_fit(a, b, used):
+    real = matmul._numpy()
+    spy = _SpyNumpy(real)
+    saved = matmul._np
+    matmul._np = spy
+    try:
+        assert matmul.product(a, b) == reference(a, b)
+    finally:
+        matmul._np = saved
+    assert (spy.calls > 0) == used
+
+
+def test_refusals_name_the_operand_and_the_figures():
+    assert "a holds a bool" in matmul.problem((((True,),), ((1,),)))
+    assert "b holds a str" in matmul.problem((((1,),), (("x",),)))
+    assert "each row of a" in matmul.problem((((1, 2), 3), ((1,), (2,))))
+    assert "rows of b differ" in matmul.problem((((1, 2),), ((1,), (2, 3))))
+    assert "a is 1x2 and b is 3x1" in matmul.problem((((1, 2),), ((1,), (2,), (3,))))
+    wide = (((1,),) * 600, (tuple([1] * 500),))  # 600x1 times 1x500: 300,000 entries
+    assert "the product would have 300000 entries" in matmul.problem(wide)
+    square = tuple(tuple([1] * 500) for _ in range(500))  # exactly CELLS_MAX entries
+    assert matmul.problem((square, ((1,),) * 500)) is None
+    work = (tuple(tuple([1] * 2500) for _ in range(100)),
+            tuple(tuple([1] * 100) for _ in range(2500)))  # 100 x 2500 x 100
+    assert "25000000 multiply-adds exceed the limit of 20000000" in matmul.problem(work)
+    edge = (tuple(tuple([1] * 2000) for _ in range(100)),
+            tuple(tuple([1] * 100) for _ in range(2000)))  # exactly WORK_MAX
+    assert matmul.problem(edge) is None
