@@ -420,6 +420,8 @@ def test_machine_help_and_missing_address(capsys):
     assert "ls" in out and "ask" in out and "cap(" in out
     assert main(["machine", "ls"]) == 2
     assert "--token-file" in capsys.readouterr().err
+    assert main(["machine", "ls", "--url", "http://127.0.0.1:1", "--token", "x"]) == 2
+    assert "cannot reach the host" in capsys.readouterr().err
 
 
 APP = '''

@@ -219,14 +219,14 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
             raise _Denied(401, f"this route needs a token: send Authorization: Bearer TOKEN{where}")
         return cred.credentials.encode()
 
-    def reader(cred: _Credentials) -> None:
+    async def reader(cred: _Credentials) -> None:  # async: sync ones run in a thread pool
         t = _given(cred)
         ok_admin = hmac.compare_digest(t, admin_b)
         ok_read = hmac.compare_digest(t, read_b)
         if not (ok_admin or ok_read):
             raise _Denied(401, f"wrong token: use the read or admin token{where}")
 
-    def admin(cred: _Credentials) -> None:
+    async def admin(cred: _Credentials) -> None:
         t = _given(cred)
         if hmac.compare_digest(t, admin_b):
             return

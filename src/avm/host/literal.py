@@ -23,6 +23,7 @@ no context (a context is the holder's secret, like a password in a URL), sealed 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,21 @@ def parse_value(text: str, cap: Callable[..., Capability] | None = None) -> Any:
     """
     if type(text) is not str:
         raise UsageError(f"a value is given as text: {SYNTAX_HELP}")
+    if "cap" not in text and len(text) <= CACHED_TEXT_MAX:
+        return _parse_plain(text)  # values are immutable: the same text, the same value
+    return _parse(text, cap)
+
+
+#: Texts up to this long without ``cap(...)`` are parsed once (clients repeat requests).
+CACHED_TEXT_MAX = 200
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_plain(text: str) -> Any:
+    return _parse(text, None)
+
+
+def _parse(text: str, cap: Callable[..., Capability] | None) -> Any:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
