@@ -202,9 +202,10 @@ def test_same_seed_same_output_in_fresh_processes(app):
 
 
 def test_steps_limit_stops_early_and_says_so(capsys, app):
-    code, out, _ = run(capsys, "sim", app, "--steps", "3", "--quiet")
-    assert code == 0
+    code, out, err = run(capsys, "sim", app, "--steps", "3", "--quiet")
+    assert code == 3  # documented: the run stopped while still busy
     assert "seed 0: 3 steps" in out and "still busy" in out
+    assert "exit status 3" in err
 
 
 def test_hosts_option_overrides_module_hosts(capsys, app):
@@ -266,10 +267,10 @@ def test_invariant_violation_exits_1_with_seed_and_reproducing_command(capsys, a
     again = run(capsys, *argv[1:])
     assert again[0] == 1
     assert again[1:] == (out.replace("--steps 10000", f"--steps {step}"), err)
-    # ...and one step fewer runs clean.
+    # ...and one step fewer runs clean (and stops while still busy: status 3).
     fewer = argv[1:]
     fewer[fewer.index("--steps") + 1] = str(step - 1)
-    assert run(capsys, *fewer)[0] == 0
+    assert run(capsys, *fewer)[0] == 3
 
 
 def test_quiet_violation_still_shows_the_failing_step(capsys, app):

@@ -49,7 +49,7 @@ def run(mod, seed: int = 0, faults: str | None = None) -> avm.Sim:
 # -- every example -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["counter", "bank", "chat", "blog"])
+@pytest.mark.parametrize("name", ["counter", "bank", "chat", "blog", "auction", "pubsub", "kvlocks"])
 @pytest.mark.parametrize("seed,faults", [(0, None), (1, "all"), (2, "all")])
 def test_example_runs_to_quiescence_with_invariants(name, seed, faults):
     sim = run(load(name), seed, faults)  # a broken invariant raises InvariantViolation

@@ -8,9 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
-INSTALL_AND_RUN = (
-    "python3 -m venv .venv && .venv/bin/pip install -e . && "
-    ".venv/bin/avm sim examples/bank.py --seed 1")
+INSTALL_AND_RUN = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/avm demo"
 INSTALL_AND_TEST = (
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest")
 

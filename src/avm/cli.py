@@ -5,9 +5,12 @@ This is the I/O shell around the pure core: it reads a user's module, builds a
 of the target, the seed and the options, so the same command line prints the same text;
 that is what makes the "reproduce with" line of a failure trustworthy.
 
-Exit codes: 0 the run finished (quiescent or out of steps), 1 an invariant failed,
-2 the command or the user's code is wrong (bad option, missing file, no build function,
-an exception while building). Tracebacks only with ``--debug``.
+Exit codes: 0 the run ended as ``--until`` asked (quiescent by default), 1 an invariant
+failed, 2 the command or the user's code is wrong (bad option, missing file, no build
+function, an exception while building), 3 the run stopped while still busy (``--steps``
+ran out first, or the network went idle with work waiting when quiescence was asked).
+With ``--seeds``, the worst of the runs' codes (1 before 3). Tracebacks only with
+``--debug``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import shlex
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 from . import __version__
 from .core.codec import encode
 from .core.errors import AvmError
+from .core.jsonvalue import to_json
 from .core.network import Faults, events, quiescent
 from .core.sim import InvariantViolation, Sim, format_event, parse_faults
 from .core.values import SUBSTRUCTURAL_TYPES, Map, _record_fields
@@ -37,9 +43,11 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
+EXIT_BUSY = 3
 
 STEPS_DEFAULT = 10_000
 STATE_CHARS_MAX = 300  # final states longer than this are cut in the trace
+PROGRESS_SECONDS = 2.0  # a long run prints a progress line on stderr this often
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -139,6 +147,52 @@ def _nonnegative(text: str) -> int:
     return n
 
 
+def _until_arg(text: str) -> str | int:
+    if text in ("quiescent", "idle"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use quiescent, idle or a number of steps") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} steps is negative")
+    return n
+
+
+SEEDS_MAX = 1_000_000
+
+
+def _seeds_arg(text: str) -> list[int]:
+    """``0-999``, ``1,5,9``, ``0-9,100``: the seeds in the order given, each once."""
+    seeds: dict[int, None] = {}
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} in --seeds: use A-B ranges or single seeds, as in 0-999 or 1,5,9"
+            ) from None
+        if a < 0 or b < a:
+            raise argparse.ArgumentTypeError(f"{part!r} in --seeds: a range A-B needs 0 <= A <= B")
+        if len(seeds) + b - a + 1 > SEEDS_MAX:
+            raise argparse.ArgumentTypeError(f"--seeds {text}: more than {SEEDS_MAX:,} seeds")
+        seeds.update(dict.fromkeys(range(a, b + 1)))
+    return list(seeds)
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"{text} seconds is negative")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -164,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="faults between hosts, e.g. loss=0.1,dup=0.05,delay=1-20 or all")
     sim.add_argument("--hosts", type=_hosts_arg, default=None, metavar="H0,H1,...",
                      help="simulated hosts (default: the module's HOSTS, else h0)")
+    sim.add_argument("--until", type=_until_arg, default="quiescent",
+                     metavar="quiescent|idle|STEPS",
+                     help="when the run is over: quiescent (nothing left, the default), idle "
+                          "(nothing can run) or after STEPS steps; stopping before that "
+                          f"exits with status {EXIT_BUSY}")
+    sim.add_argument("--seeds", type=_seeds_arg, default=None, metavar="A-B[,C...]",
+                     help="run every seed listed (0-999, 1,5,9) and print a summary table; "
+                          "a progress bar goes to stderr")
+    sim.add_argument("--state", action="append", default=None, metavar="NAME",
+                     help="print the whole final state of machine NAME (repeatable), "
+                          "instead of every state cut short")
+    sim.add_argument("--json", action="store_true",
+                     help="print one JSON document: summary, whole states (see "
+                          "docs/simulation.md for how values are rendered), the trace")
+    sim.add_argument("--progress", type=_seconds_arg, default=PROGRESS_SECONDS,
+                     metavar="SECONDS",
+                     help=f"a progress line on stderr every SECONDS of a long run "
+                          f"(default {PROGRESS_SECONDS:g}; 0: never)")
     sim.add_argument("--quiet", "-q", action="store_true",
                      help="print only a summary, not the trace and final states")
     sim.add_argument("--debug", action="store_true",
@@ -332,8 +404,11 @@ def _short_path(p: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _reproduce(args: argparse.Namespace, steps: int) -> str:
-    cmd = ["avm", "sim", args.target, "--seed", str(args.seed), "--steps", str(steps)]
+def _reproduce(args: argparse.Namespace, steps: int, seed: int | None = None) -> str:
+    cmd = ["avm", "sim", args.target, "--seed", str(args.seed if seed is None else seed),
+           "--steps", str(steps)]
+    if args.until != "quiescent" and type(args.until) is not int:
+        cmd += ["--until", str(args.until)]
     if args.hosts:
         cmd += ["--hosts", ",".join(args.hosts)]
     if args.faults:
@@ -358,11 +433,77 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         hosts = args.hosts or module_hosts(module, where)
     except UserError as e:
         return _fail(args, e)
+    if args.seeds is not None:
+        return _sweep(args, build, where, name, hosts)
 
-    faults: Faults = parse_faults(args.faults or "none")
-    sim = Sim(seed=args.seed, hosts=hosts, faults=faults)
     out = sys.stdout
+    lines: list[str] | None = None
+    if args.json:
+        lines = [] if not args.quiet else None
+        emit = None if lines is None else lines.append
+    elif args.quiet:
+        emit = None
+    else:
+        def emit(line: str) -> None:
+            print(line, file=out)
+    try:
+        if emit is not None:
+            emit(f"# {_reproduce(args, _limit(args))}")
+            emit(f"# hosts: {', '.join(sorted(hosts))}; faults: {args.faults or 'none'}")
+        res = _run(args, build, where, name, hosts, args.seed, emit, progress=True,
+                   fail_emit=None if args.json else lambda line: print(line, file=out))
+        states = _chosen_states(res.sim, args.state)
+    except UserError as e:
+        return _fail(args, e)
+    code = _exit_code(res)
+    if args.json:
+        doc = _json_doc(args, res, states)
+        if lines is not None:
+            doc["trace"] = lines
+        json.dump(doc, out, indent=1, sort_keys=False)
+        out.write("\n")
+        if res.violation is not None:
+            _print_violation(args, res, sys.stderr)
+        return code
+    if res.violation is not None:
+        out.flush()
+        _print_violation(args, res, sys.stderr)
+        return EXIT_VIOLATION
+    if args.state:
+        _print_chosen(res.sim, states, out)
+    elif not args.quiet:
+        _print_states(res.sim, out)
+    _print_summary(res, args, out)
+    if code == EXIT_BUSY:
+        print(f"avm: {_end_text(res, args)}; exit status {EXIT_BUSY}", file=sys.stderr)
+    return code
+
+
+@dataclasses.dataclass
+class _Result:
+    """One run: the sim at the end, how it ended, and the invariant that failed if any."""
+
+    sim: Sim
+    end: str  # "quiescent" | "idle" | "busy" (out of --steps) | "steps" (--until N reached)
+    tally: _Tally
+    until: str | int = "quiescent"
+    violation: InvariantViolation | None = None
+
+
+def _limit(args: argparse.Namespace) -> int:
+    return args.until if type(args.until) is int else args.steps
+
+
+def _run(args: argparse.Namespace, build: Callable[[Sim], Any], where: str, name: str,
+         hosts: tuple[str, ...], seed: int, emit: Callable[[str], None] | None,
+         progress: bool = False, fail_emit: Callable[[str], None] | None = None) -> _Result:
+    """Build and step one network as the options say; raises UserError for user bugs."""
+    faults: Faults = parse_faults(args.faults or "none")
+    sim = Sim(seed=seed, hosts=hosts, faults=faults)
     tally = _Tally()
+    res = _Result(sim, "busy", tally, args.until)
+    limit = _limit(args)
+    meter = _Progress(args.progress) if progress and args.progress > 0 else None
     try:
         try:
             build(sim)
@@ -370,52 +511,273 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             raise
         except Exception as e:
             raise UserError(f"{where}:{name}(sim) failed: {_describe(e)}", e) from None
-        if faults.any and len(sim.net.hosts) < 2:
+        if progress and faults.any and len(sim.net.hosts) < 2:
             print("avm: note: faults act between hosts and this network has one host, so "
                   "none will be injected; define HOSTS in the module or pass --hosts h0,h1",
                   file=sys.stderr)
-        if not args.quiet:
-            print(f"# {_reproduce(args, args.steps)}", file=out)
-            print(f"# hosts: {', '.join(sorted(sim.net.hosts))}; "
-                  f"faults: {args.faults or 'none'}", file=out)
         for ev in sim.trace:
             tally.add(ev)
-            if not args.quiet:
-                print(format_event(sim.net, ev), file=out)
-        done = False
-        while not done and sim.steps < args.steps:
+            if emit is not None:
+                emit(format_event(sim.net, ev))
+        while sim.steps < limit:
             mark = len(sim.trace)
             try:
                 evs = sim.step()
             except InvariantViolation:
-                # The failing step's events were logged before its invariants ran.
+                # The failing step's events were logged before its invariants ran; they
+                # are shown even with --quiet.
+                show_failing = emit or fail_emit
                 for ev in sim.trace[mark:]:
                     tally.add(ev)
-                    print(format_event(sim.net, ev), file=out)
+                    if show_failing is not None:
+                        show_failing(format_event(sim.net, ev))
                 raise
             except Exception as e:
                 raise UserError(f"the simulation failed at step {sim.steps + 1}: "
                                 f"{_describe(e)}", e) from None
             for ev in evs:
                 tally.add(ev)
-                if not args.quiet:
-                    print(format_event(sim.net, ev), file=out)
-            done = len(evs) == 1 and type(evs[0]) is events.Idle
+                if emit is not None:
+                    emit(format_event(sim.net, ev))
+            if meter is not None:
+                meter.tick(sim)
+            if len(evs) == 1 and type(evs[0]) is events.Idle:
+                res.end = "quiescent" if evs[0].quiescent else "idle"
+                break
+        else:
+            if quiescent(sim.net):
+                res.end = "quiescent"
+            elif type(args.until) is int:
+                res.end = "steps"
     except InvariantViolation as e:
-        out.flush()
-        print(f"avm: invariant {e.name!r} failed at step {sim.steps} (seed {sim.seed}): "
-              f"{e.detail}", file=sys.stderr)
-        print(f"reproduce with:\n  {_reproduce(args, sim.steps)}", file=sys.stderr)
-        if args.debug:
-            traceback.print_exception(e, file=sys.stderr)
-        return EXIT_VIOLATION
-    except UserError as e:
-        return _fail(args, e)
+        res.violation = e
+    finally:
+        if meter is not None:
+            meter.done()
+    return res
 
-    if not args.quiet:
-        _print_states(sim, out)
-    _print_summary(sim, tally, done, out)
+
+def _exit_code(res: _Result) -> int:
+    if res.violation is not None:
+        return EXIT_VIOLATION
+    if res.end == "busy":
+        return EXIT_BUSY
+    if res.end == "idle" and res.until == "quiescent":
+        return EXIT_BUSY
     return EXIT_OK
+
+
+class _Progress:
+    """A progress line on stderr for long runs: rewritten in place on a terminal, else
+    one line per period; only after the first period, so short runs print nothing."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.shown = False
+
+    def tick(self, sim: Sim) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        line = (f"avm: step {sim.steps:,}, simulated t={sim.net.now}, "
+                f"{len(sim.net.pending):,} batches queued, {now - self.start:.0f}s")
+        if self.tty:
+            sys.stderr.write("\r" + line + "\x1b[K")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+
+
+def _chosen_states(sim: Sim, names: list[str] | None) -> list[str]:
+    """The machines whose states to show: ``--state`` ones (checked), else all."""
+    if not names:
+        return sorted(sim.net.names)
+    missing = [n for n in names if n not in sim.net.names]
+    if missing:
+        raise UserError(f"--state {missing[0]}: no machine of that name at the end of the run; "
+                        f"machines: {', '.join(sorted(sim.net.names)) or 'none'}")
+    return list(dict.fromkeys(names))
+
+
+def _print_chosen(sim: Sim, names: list[str], out: Any) -> None:
+    for n in names:
+        m = sim.machine(n)
+        status = "" if m.status == "running" else f", {m.status}"
+        print(f"{n} ({m.host}{status}): {show(m.state)}", file=out)
+
+
+def _print_violation(args: argparse.Namespace, res: _Result, err: Any) -> None:
+    e = res.violation
+    assert e is not None
+    print(f"avm: invariant {e.name!r} failed at step {res.sim.steps} (seed {res.sim.seed}): "
+          f"{e.detail}", file=err)
+    print(f"reproduce with:\n  {_reproduce(args, res.sim.steps, res.sim.seed)}", file=err)
+    if args.debug:
+        traceback.print_exception(e, file=err)
+
+
+def _end_text(res: _Result, args: argparse.Namespace) -> str:
+    sim = res.sim
+    if res.end == "quiescent":
+        return "quiescent"
+    if res.end == "idle":
+        return ("idle: nothing can run, but batches are waiting "
+                f"({len(sim.net.pending)} queued, for a suspended machine?)")
+    if res.end == "steps":
+        return f"stopped after {sim.steps} steps as asked (--until {args.until}), still busy"
+    return f"still busy after {sim.steps} steps (raise --steps to go on)"
+
+
+def _json_doc(args: argparse.Namespace, res: _Result, names: list[str]) -> dict[str, Any]:
+    sim = res.sim
+    v = res.violation
+    return {
+        "seed": sim.seed,
+        "steps": sim.steps,
+        "now": sim.net.now,
+        "end": {"busy": "still busy", "steps": "steps reached"}.get(res.end, res.end),
+        "exit": _exit_code(res),
+        "until": args.until,
+        "hosts": sorted(sim.net.hosts),
+        "faults": args.faults or "none",
+        "stats": dict(sorted(sim.stats().items())),
+        "faults_injected": {k: res.tally.counts.get(k, 0) for k in _FAULT_NAMES},
+        "invariants": len(sim._invariants),
+        "violation": None if v is None else {
+            "name": v.name, "step": sim.steps, "detail": v.detail,
+            "reproduce": _reproduce(args, sim.steps, sim.seed)},
+        "states": {n: _json_machine(sim, n) for n in names},
+    }
+
+
+def _json_machine(sim: Sim, name: str) -> dict[str, Any]:
+    m = sim.machine(name)
+    return {"host": m.host, "status": m.status, "behavior": m.behavior,
+            "state": to_json(m.state)}
+
+
+_FAULT_NAMES = ("lost", "duplicated", "corrupted", "crashes", "partitions")
+
+
+# ---------------------------------------------------------------------------------------
+# avm sim --seeds: many runs
+# ---------------------------------------------------------------------------------------
+
+
+def _sweep(args: argparse.Namespace, build: Callable[[Sim], Any], where: str, name: str,
+           hosts: tuple[str, ...]) -> int:
+    seeds = args.seeds
+    rows: list[dict[str, Any]] = []
+    bar = _Bar(len(seeds))
+    try:
+        for i, seed in enumerate(seeds):
+            try:
+                res = _run(args, build, where, name, hosts, seed, None)
+                if args.state:
+                    _chosen_states(res.sim, args.state)
+            except UserError as e:
+                bar.done()
+                return _fail(args, UserError(f"seed {seed}: {e}", e.cause))
+            rows.append(_row(args, res))
+            bar.update(i + 1)
+    finally:
+        bar.done()
+    out = sys.stdout
+    if args.json:
+        json.dump({"seeds": len(rows), "until": args.until, "runs": rows}, out, indent=1)
+        out.write("\n")
+    else:
+        _print_table(args, rows, out)
+    codes = {r["exit"] for r in rows}
+    return (EXIT_VIOLATION if EXIT_VIOLATION in codes else EXIT_BUSY if EXIT_BUSY in codes
+            else EXIT_OK)
+
+
+def _row(args: argparse.Namespace, res: _Result) -> dict[str, Any]:
+    sim = res.sim
+    st = sim.stats()
+    v = res.violation
+    row: dict[str, Any] = {
+        "seed": sim.seed, "steps": sim.steps, "now": sim.net.now,
+        "end": "violation" if v is not None else
+        {"busy": "still busy", "steps": "steps reached"}.get(res.end, res.end),
+        "exit": _exit_code(res),
+        "ok": st.get("batch.ok", 0), "failed": st.get("batch.failed", 0),
+        "violation": None if v is None else {
+            "name": v.name, "detail": v.detail,
+            "reproduce": _reproduce(args, sim.steps, sim.seed)},
+    }
+    if args.state:
+        row["states"] = {n: to_json(sim.state(n)) for n in dict.fromkeys(args.state)}
+    return row
+
+
+class _Bar:
+    """Progress of a sweep on stderr: a bar on a terminal, else a line per tenth."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.every = max(1, total // 10)
+        self.shown = False
+
+    def update(self, n: int) -> None:
+        if self.tty:
+            width = 30
+            filled = width * n // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {n}/{self.total} seeds")
+        elif n % self.every == 0 or n == self.total:
+            sys.stderr.write(f"avm: {n}/{self.total} seeds done\n")
+        else:
+            return
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+            self.shown = False
+
+
+def _print_table(args: argparse.Namespace, rows: list[dict[str, Any]], out: Any) -> None:
+    ends: dict[str, list[int]] = {}
+    for r in rows:
+        ends.setdefault(r["end"], []).append(r["seed"])
+    seeds = [r["seed"] for r in rows]
+    span = (f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1))
+            else ",".join(map(str, seeds[:5])) + (",..." if len(seeds) > 5 else ""))
+    print(f"{len(rows)} seeds ({span}), until {args.until}:", file=out)
+    print(f"  {'end':<14} {'runs':>6}  seeds", file=out)
+    for end in ("quiescent", "idle", "steps reached", "still busy", "violation"):
+        got = ends.get(end)
+        if got:
+            shown = ", ".join(map(str, got[:8])) + (", ..." if len(got) > 8 else "")
+            print(f"  {end:<14} {len(got):>6}  {shown}", file=out)
+    for key, label in (("steps", "steps"), ("now", "simulated time"), ("ok", "batches ok"),
+                       ("failed", "batches failed")):
+        vals = sorted(r[key] for r in rows)
+        print(f"  {label}: min {vals[0]}, median {vals[len(vals) // 2]}, max {vals[-1]}",
+              file=out)
+    bad = [r for r in rows if r["exit"] != EXIT_OK]
+    if bad:
+        print("not finished as asked:", file=out)
+    for r in bad[:20]:
+        v = r["violation"]
+        if v is not None:
+            print(f"  seed {r['seed']}: invariant {v['name']!r} failed at step {r['steps']}: "
+                  f"{v['detail']}\n    reproduce with: {v['reproduce']}", file=out)
+        else:
+            print(f"  seed {r['seed']}: {r['end']} after {r['steps']} steps", file=out)
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more (--json lists every run)", file=out)
 
 
 class _Tally:
@@ -484,16 +846,13 @@ def _print_states(sim: Sim, out: Any) -> None:
         print(f"  {name} ({m.host}{status}): {text}", file=out)
 
 
-def _print_summary(sim: Sim, tally: _Tally, done: bool, out: Any) -> None:
+def _print_summary(res: _Result, args: argparse.Namespace, out: Any) -> None:
+    sim, tally = res.sim, res.tally
     st = sim.stats()
     drops = sum(v for k, v in st.items() if k.startswith("drop."))
-    faults = ", ".join(f"{tally.counts.get(k, 0)} {k}" for k in
-                       ("lost", "duplicated", "corrupted", "crashes", "partitions"))
-    if done or quiescent(sim.net):
-        end = "quiescent"
-    else:
-        end = f"still busy after {sim.steps} steps (raise --steps to go on)"
-    print(f"seed {sim.seed}: {sim.steps} steps, simulated time t={sim.net.now}, {end}", file=out)
+    faults = ", ".join(f"{tally.counts.get(k, 0)} {k}" for k in _FAULT_NAMES)
+    print(f"seed {sim.seed}: {sim.steps} steps, simulated time t={sim.net.now}, "
+          f"{_end_text(res, args)}", file=out)
     print(f"batches: {st.get('batch.ok', 0)} ok, {st.get('batch.failed', 0)} failed, "
           f"{st.get('batch.timeout', 0)} timed out; messages stepped: {st.get('steps', 0)}",
           file=out)

@@ -325,6 +325,7 @@ class Checker:
         self._replayed: dict[Any, Any] = {}  # destination -> state by replay
         self._replay_broken: dict[Any, str] = {}  # destination -> why replay diverged
         self._stored: dict[Any, Any] = {}  # destination -> state the runtime holds
+        self._bound: dict[Any, str] = {}  # destination -> behavior name after a rebind
         self._bad: set = set()  # destinations counted as replay mismatches
         self._faults: dict[str, int] = {}
         self._problems: list[str] = []
@@ -395,6 +396,20 @@ class Checker:
         self._stored[dest] = state
         return not self._recheck(dest)
 
+    def operator(self, act: str, dest: Any, values: Any) -> None:
+        """An operator's act on machine ``dest``: replay follows edits and hot swaps.
+
+        ``set_state`` (``values``: the states ``(old, new)``) makes ``new`` the state
+        replay continues from; ``rebind`` (``values``: the behavior names ``(old,
+        new)``) makes later batches replay with the new behavior (the checker of
+        :meth:`for_sim` looks it up by that name). Other acts change nothing here; a
+        replay that already diverged stays diverged.
+        """
+        if act == "set_state" and type(values) is tuple and len(values) == 2:
+            self._replayed[dest] = values[1]
+        elif act == "rebind" and type(values) is tuple and len(values) == 2:
+            self._bound[dest] = values[1]
+
     # -- the adapter for the simulator's trace ------------------------------------------
     def feed(self, evs: Iterable[Any]) -> None:
         """Feed events of the pure network (``sim.trace``, or what ``step`` returned)."""
@@ -416,11 +431,17 @@ class Checker:
                 self.fault("crash" if not ev.up else "restart")
             elif t is events.Cut:
                 self.fault("partition")
+            elif t is events.Operator:
+                self.operator(ev.act, ev.subject, ev.values)
 
     @classmethod
     def from_trace(cls, trace: Iterable[Any], sim: Sim | None = None) -> Checker:
         """A checker fed with a trace; with ``sim``, it replays and names machines too."""
+        trace = list(trace)
         c = cls.for_sim(sim) if sim is not None else cls()
+        for ev in trace:  # before its first hot swap, a machine ran its first behavior
+            if type(ev) is events.Operator and ev.act == "rebind" and ev.subject not in c._bound:
+                c._bound[ev.subject] = ev.values[0]
         c.feed(trace)
         if sim is not None:
             for addr, m in sim.net.machines.items():
@@ -433,9 +454,12 @@ class Checker:
 
         def step_for(dest: Any) -> StepFn | None:
             m = sim.net.machines.get(dest) if type(dest) is bytes else None
-            return None if m is None else sim.env.behavior(m.behavior)
+            if m is None:
+                return None
+            return sim.env.behavior(checker._bound.get(dest, m.behavior))
 
-        return cls(step_for, initial, lambda x: nw.who(sim.net, x))
+        checker = cls(step_for, initial, lambda x: nw.who(sim.net, x))
+        return checker
 
     # -- results ------------------------------------------------------------------------
     @property

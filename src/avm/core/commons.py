@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import codec
+from . import codec, matmul
 from .caps import Capability
 from .errors import ValueRuleError
 from .keys import stream_bytes
@@ -27,7 +27,7 @@ from .values import KIND_NAMES, Map, kind_of, value_type
 
 __all__ = ["SERVICES", "serve", "reflect", "RANDOM_BYTES_MAX"]
 
-SERVICES = ("random", "time", "null", "reflect", "hash", "feedback", "timer")
+SERVICES = ("random", "time", "null", "reflect", "hash", "feedback", "timer", "matmul")
 RANDOM_BYTES_MAX = 1 << 16
 
 
@@ -100,4 +100,9 @@ def _answer(
         return [(reply, ("hash", codec.value_hash(arg), arg))], rng, None
     if service == "reflect":
         return [(reply, ("reflect", reflect(arg), arg))], rng, None
+    if service == "matmul":
+        why = matmul.problem(arg)
+        if why is not None:
+            return [], rng, why
+        return [(reply, ("matmul", matmul.product(arg[0], arg[1])))], rng, None
     return [], rng, f"unknown commons service {service!r}; known: {', '.join(SERVICES)}"

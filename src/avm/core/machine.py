@@ -717,10 +717,18 @@ class Behavior:
             for want, fn, wants in entries:
                 if want is ANY or same_value(ctx, want) or (
                         type(ctx) is tuple and ctx and same_value(ctx[0], want)):
-                    return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
+                    try:
+                        return fn(state, *args, ctx=ctx) if wants else fn(state, *args)
+                    except TypeError as e:
+                        _misfit(self.name, fn, (state, *args), wants, content, e)
+                        raise
         if self._fallback is not None:
             fn, wants = self._fallback
-            return fn(state, content, ctx=ctx) if wants else fn(state, content)
+            try:
+                return fn(state, content, ctx=ctx) if wants else fn(state, content)
+            except TypeError as e:
+                _misfit(self.name, fn, (state, content), wants, content, e)
+                raise
         if entries is not None:
             # Neither the capability's context nor the contexts the handlers want are
             # quoted: both are the receiver's secrets (contexts are sealed for a reason).
@@ -738,7 +746,11 @@ class Behavior:
         name, args = content
         fn = self._signals.get(name)
         if fn is not None:
-            return fn(state, args)
+            try:
+                return fn(state, args)
+            except TypeError as e:
+                _misfit(self.name, fn, (state, args), False, content, e)
+                raise
         if name == "init":
             return [], args
         if name in self.KNOWN_SIGNALS or name.startswith("~"):
@@ -747,3 +759,29 @@ class Behavior:
             f"{self.name} got the strong signal {name!r}, which it does not handle; add "
             f"@{self.name}.signal({name!r}) or make the sender use a weak signal '~{name}'")
 
+
+
+def _misfit(behavior: str, fn: Callable, args: tuple, wants_ctx: bool, content: Any,
+            e: TypeError) -> None:
+    """Raise StepContractError if ``fn`` could not even be called with ``args``.
+
+    A handler whose parameters do not fit the message raises a bare ``TypeError`` from
+    the call itself, which says nothing of which handler or which message; a TypeError
+    raised inside the handler's body is its own and goes through unchanged.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **({"ctx": None} if wants_ctx else {}))
+    except TypeError as why:
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "handler"
+        given = len(args) - 1
+        raise StepContractError(
+            f"{behavior}: handler {name}{sig} cannot take message {_short(content)}: {why}. "
+            f"It is called as {getattr(fn, '__name__', 'handler')}(state"
+            + "".join(f", {_short(a)}" for a in args[1:])
+            + (", ctx=...)" if wants_ctx else ")")
+            + f" ({given} argument{'s' if given != 1 else ''} after the state); change its "
+            "parameters or what the sender sends") from e

@@ -279,7 +279,14 @@ class events:  # noqa: N801 - a namespace
 
     @dataclass(frozen=True)
     class Idle:
+        """Nothing can run now and nothing is due: the network waits for the outside.
+
+        ``quiescent`` says whether nothing is left at all; an idle network that is not
+        quiescent holds work that cannot run (a suspended machine's queue).
+        """
+
         at: int
+        quiescent: bool = True
 
     @dataclass(frozen=True)
     class Commons:

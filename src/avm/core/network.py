@@ -101,9 +101,12 @@ from .values import (
     NO_COPY,
     NO_DROP,
     Map,
+    _find_path,
     _Invalid,
     _walk,
+    check_conservation,
     check_value,
+    display,
     item_identity,
     record,
     substructural_items,
@@ -123,6 +126,9 @@ __all__ = [
     "submit",
     "step",
     "set_status",
+    "rebind",
+    "set_state",
+    "state_of",
     "MachineImage",
     "export_machine",
     "import_machine",
@@ -256,6 +262,14 @@ def rotate_key(net: Network, address: bytes, keep_old: bool = False,
                           m.host, 1.0)
 
 
+def state_of(net: Network, name: str) -> Any:
+    """The state of machine ``name`` in ``net`` (for invariants given two networks)."""
+    addr = net.names.get(name) if type(name) is str else None
+    if addr is None:
+        raise UnknownName(f"no machine named {name!r}; spawned: {sorted(net.names)}")
+    return net.machines[addr].state
+
+
 def machine_record(net: Network, address: Any) -> MachineRecord:
     """The record of the machine at ``address``, or :class:`UnknownName`."""
     m = net.machines.get(address) if type(address) is bytes else None
@@ -321,6 +335,59 @@ def set_status(net: Network, address: bytes, status: str) -> Network:
         raise UsageError(f"unknown status {status!r}; use running, suspended or stopped")
     m = machine_record(net, address)
     return with_(net, machines=net.machines.set(address, with_(m, status=status)))
+
+
+def rebind(net: Network, address: bytes, behavior: str,
+           env: Env | None = None) -> tuple[Network, list]:
+    """Hot swap: the machine runs ``behavior`` from its next batch on, with its state kept.
+
+    Code and state change independently (a record names its behavior, the ``Env``
+    resolves the name), so a swap is one field of the record: a batch that already ran
+    ran whole under the old code, and every later one (an interrupted batch's re-run
+    too) runs under the new. With ``env``, the name must be one it knows, so a typo is
+    refused now rather than failing every later batch as ``undeliverable``. Returns the
+    audit event ``Operator("rebind", address, now, "old -> new", (old, new))``.
+    """
+    if type(behavior) is not str or not behavior:
+        raise UsageError(f"a behavior is named by a non-empty str, got {type(behavior).__name__}; "
+                         "register a step function first (Sim.behavior) and pass its name")
+    if env is not None and behavior not in env.behaviors:
+        raise UnknownName(f"no behavior named {behavior!r}; known: {sorted(env.behaviors)}")
+    m = machine_record(net, address)
+    net = with_(net, machines=net.machines.set(address, with_(m, behavior=behavior)))
+    return net, [events.Operator("rebind", address, net.now, f"{m.behavior} -> {behavior}",
+                                 (m.behavior, behavior))]
+
+
+def set_state(net: Network, address: bytes, value: Any) -> tuple[Network, list]:
+    """An operator's edit of a machine's state, checked like a step's new state.
+
+    The edit must be a value (``ValueRuleError`` with the path under ``$.state``) and
+    must conserve the substructural items of the state it replaces, as if it were a step
+    with no message and no outputs (``SubstructuralError``): a linear or relevant value
+    of the old state may not be dropped, a linear or affine one not copied. It also may
+    not bring in a substructural item the old state did not hold: an operator does not
+    mint linear values (send them in a message instead, where the census counts them as
+    entering the network); affine values may be dropped, as a step may. A refused edit
+    changes nothing. Returns the audit event ``Operator("set_state", address, now,
+    detail, (old, new))``.
+    """
+    m = machine_record(net, address)
+    n = check_value(value, "$.state")
+    old = m.state
+    if n or (type(old) not in _ATOMS and check_value(old)):
+        check_conservation([("$.state_before", old)], [("$.state", value)])
+        had = {item_identity(it) for it in substructural_items(old)}
+        for it in substructural_items(value):
+            if item_identity(it) not in had:
+                raise SubstructuralError(
+                    _find_path([("$.state", value)], it),
+                    f"the edit brings in {safe_text(it, 60)}, which the old state did not "
+                    "hold; an edit may not create linear, affine or relevant values: send "
+                    "them to the machine in a message")
+    net = with_(net, machines=net.machines._set_counted(address, with_(m, state=value), n))
+    return net, [events.Operator("set_state", address, net.now,
+                                 safe_text(display(value), 80), (old, value))]
 
 
 def submit(
@@ -510,7 +577,7 @@ def _step(net: Network, env: Env, idx: inbox.Index) -> tuple[Network, list]:
     if wake is not None:
         return with_(net, now=wake), []
     # 4. Nothing left.
-    return net, [events.Idle(now)]
+    return net, [events.Idle(now, quiescent(net))]
 
 
 def _do_timed(net: Network, env: Env, due: tuple) -> tuple[Network, list]:

@@ -13,6 +13,7 @@ it, so the same script with the same seed prints the same trace. It keeps the ev
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,16 +42,28 @@ class InvariantViolation(AvmError):
 
 
 class RunReport:
-    """What :meth:`Sim.run` did."""
+    """What :meth:`Sim.run` did, and how it ended.
 
-    __slots__ = ("steps", "events", "quiescent", "now")
+    Three ends, never confused: ``quiescent`` (nothing pending, in flight or waiting on
+    a timer: the run is over), *idle* (``idle`` true, ``quiescent`` false: nothing can
+    run, yet work is queued that cannot run, such as a suspended machine's inbox) and
+    *still busy* (neither: ``max_steps`` ran out while there was work to do).
+    """
 
-    def __init__(self, steps: int, events: int, quiescent: bool, now: int) -> None:
+    __slots__ = ("steps", "events", "quiescent", "now", "idle")
+
+    def __init__(self, steps: int, events: int, quiescent: bool, now: int,
+                 idle: bool | None = None) -> None:
         self.steps, self.events, self.quiescent, self.now = steps, events, quiescent, now
+        self.idle = quiescent if idle is None else idle or quiescent
+
+    @property
+    def end(self) -> str:
+        """``"quiescent"``, ``"idle"`` or ``"still busy"``."""
+        return "quiescent" if self.quiescent else "idle" if self.idle else "still busy"
 
     def __repr__(self) -> str:
-        q = "quiescent" if self.quiescent else "still busy"
-        return f"<RunReport {self.steps} steps, {self.events} events, t={self.now}, {q}>"
+        return f"<RunReport {self.steps} steps, {self.events} events, t={self.now}, {self.end}>"
 
 
 _FAULT_KEYS = {
@@ -148,7 +161,8 @@ class Sim:
         self.record = record
         self.trace: list = []
         self.steps = 0
-        self._invariants: list[tuple[str, Callable[[Sim], Any]]] = []
+        self._invariants: list[tuple[str, Callable[..., Any]]] = []
+        self._two: set[int] = set()  # invariants called as fn(prev, net)
         self._probe_fn_registered = False
         self._snapshots: dict[int, Network] = {}  # id -> network handed out by snapshot()
 
@@ -195,10 +209,11 @@ class Sim:
         env: dict[str, Any] | None = None, signal: Any = SIGNAL,
     ) -> bytes:
         """Create a machine and queue its creation batch; returns its address."""
-        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        if type(name) is not str or not name:
+            raise UsageError(f"a machine is named by a non-empty str, got {name!r}; "
+                             "as in sim.spawn('counter', behavior, args)")
+        bname = self._behavior_name(behavior)
         self._host(host)
-        if bname not in self.env.behaviors:
-            raise UnknownName(f"no behavior named {bname!r}; known: {sorted(self.env.behaviors)}")
         self.net, addr, evs = nw.spawn(self.net, name, bname, args, host=host, signal=signal,
                                        env=env, env_obj=self.env)
         self._log(evs)
@@ -231,6 +246,20 @@ class Sim:
                 out.append(addr)
         return out
 
+    def _behavior_name(self, behavior: Any) -> str:
+        """A registered behavior's name, registering a step function; refuses anything else."""
+        if isinstance(behavior, str):
+            if behavior not in self.env.behaviors:
+                raise UnknownName(
+                    f"no behavior named {behavior!r}; known: {sorted(self.env.behaviors)}")
+            return behavior
+        if not callable(behavior):
+            raise UsageError(
+                f"a behavior is a step function, an avm.Behavior or a registered name, got "
+                f"{type(behavior).__name__} {_short(behavior)}; the call is "
+                "sim.spawn(name, behavior, args)")
+        return self.behavior(behavior)
+
     def address(self, name: str) -> bytes:
         """The address of machine ``name``; :class:`UnknownName` if there is none."""
         addr = self.net.names.get(name) if type(name) is str else None
@@ -261,10 +290,32 @@ class Sim:
 
     # -- driving ----------------------------------------------------------------------
     def send(self, cap: Capability, content: Any, client: str = "client") -> None:
+        """Send one message from an outside client, through a capability."""
+        if type(cap) is not Capability:
+            self._not_a_cap(cap, "send")
         self.submit([(cap, content)], client)
+
+    def _not_a_cap(self, cap: Any, call: str) -> None:
+        if type(cap) is str and cap in self.net.names:
+            use = (f"sim.send(sim.cap({cap!r}), content)" if call == "send"
+                   else f"sim.submit([(sim.cap({cap!r}), content), ...])")
+            raise UsageError(f"sim.{call} takes capabilities, not machine names: use {use}")
+        hint = (f"; spawned machines: {sorted(self.net.names)}, reach one with sim.cap(name)"
+                if type(cap) is str else "; make one with sim.cap(name)")
+        raise UsageError(f"sim.{call} takes a capability, got {type(cap).__name__} "
+                         f"{_short(cap)}{hint}")
 
     def submit(self, messages: Iterable[tuple[Capability, Any]], client: str = "client") -> None:
         """Send one batch per destination from an outside client (rule 3)."""
+        if type(messages) is not list and type(messages) is not tuple:
+            try:
+                messages = tuple(messages)
+            except Exception:
+                pass  # nw.submit says what is wrong with it
+        if type(messages) is list or type(messages) is tuple:
+            for o in messages:
+                if type(o) is tuple and len(o) == 2 and type(o[0]) is str:
+                    self._not_a_cap(o[0], "submit")
         self.net, evs = nw.submit(self.net, messages, client)
         self._log(evs)
 
@@ -303,18 +354,32 @@ class Sim:
         return sim_ask(self, cap, request, timeout_ms=timeout_ms, max_steps=max_steps,
                        host=host)
 
-    def invariant(self, fn: Callable[[Sim], Any], name: str | None = None) -> Callable:
-        """Check ``fn(sim)`` after every step; it fails by raising or returning False."""
+    def invariant(self, fn: Callable[..., Any], name: str | None = None) -> Callable:
+        """Check ``fn`` after every step; it fails by raising or returning False.
+
+        ``fn(sim)`` sees the simulation after the step. A function of two parameters,
+        ``fn(prev, net)``, is given the network value before the step and the one after,
+        for invariants about change ("a balance never goes down", "at most one batch
+        commits per step"); ``avm.core.network.state_of(net, name)`` reads a machine's
+        state in either. Returns ``fn``, so it works as a decorator.
+        """
+        if not callable(fn):
+            raise UsageError(f"an invariant is a function of the Sim, got {type(fn).__name__}")
+        two = _positional_arity(fn) == 2
         self._invariants.append((name or str(getattr(fn, "__name__", "invariant")), fn))
+        if two:
+            self._two.add(id(fn))
         return fn
 
     def step(self) -> list:
+        before = self.net
         self.net, evs = nw.step(self.net, self.env)
         self.steps += 1
         self._log(evs)
+        two = self._two
         for name, fn in self._invariants:
             try:
-                ok = fn(self)
+                ok = fn(before, self.net) if two and id(fn) in two else fn(self)
             except InvariantViolation:
                 raise
             except Exception as e:
@@ -341,8 +406,8 @@ class Sim:
             if len(evs) == 1 and type(evs[0]) is events.Idle:
                 # Idle means nothing can run; quiescent means nothing is left at all
                 # (a suspended machine's queue keeps the network idle, not quiescent).
-                return RunReport(n, count, nw.quiescent(self.net), self.net.now)
-        return RunReport(n, count, nw.quiescent(self.net), self.net.now)
+                return RunReport(n, count, nw.quiescent(self.net), self.net.now, True)
+        return RunReport(n, count, nw.quiescent(self.net), self.net.now, False)
 
     # -- inspecting -------------------------------------------------------------------
     def state(self, name: str) -> Any:
@@ -423,6 +488,35 @@ class Sim:
     def stop(self, name: str) -> None:
         self.net = nw.set_status(self.net, self.address(name), "stopped")
 
+    def rebind(self, name: str, behavior: Callable | str) -> str:
+        """Hot swap: machine ``name`` runs ``behavior`` from its next batch, state kept.
+
+        ``behavior`` is a registered name or a step function (registered as
+        :meth:`behavior` does). The machine's state, queue, keys and capabilities stay as
+        they are; the new code must understand the old state (migrate it with
+        :meth:`set_state` if it does not). Recorded in the trace as
+        ``events.Operator("rebind", address, ...)``, detail ``"old -> new"``. Goes
+        through :func:`avm.core.network.rebind`, which a host's dictionary calls too.
+        Returns the behavior's name.
+        """
+        bname = self._behavior_name(behavior)
+        self.net, evs = nw.rebind(self.net, self.address(name), bname, self.env)
+        self._log(evs)
+        return bname
+
+    def set_state(self, name: str, value: Any) -> None:
+        """Replace machine ``name``'s state by ``value``: an operator's audited edit.
+
+        Checked as a step's new state would be (:func:`avm.core.network.set_state`): a
+        value, conserving the linear and relevant values of the old state, copying none
+        and bringing in none; otherwise ``ValueRuleError`` or ``SubstructuralError`` and
+        nothing changes. Recorded in the trace as ``events.Operator("set_state",
+        address, ...)`` with ``values`` the states ``(old, new)``, which the test kit's
+        replay and census follow.
+        """
+        self.net, evs = nw.set_state(self.net, self.address(name), value)
+        self._log(evs)
+
     def rotate_key(self, name: str, keep_old: bool = False) -> None:
         """Revoke every capability the machine issued (unless ``keep_old``).
 
@@ -498,6 +592,24 @@ class Sim:
             self.trace.extend(evs)
 
 
+def _positional_arity(fn: Callable) -> int:
+    """How many positional parameters ``fn`` requires (1 if it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    pos = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in pos and p.default is inspect.Parameter.empty)
+
+
+def _short(v: Any) -> str:
+    try:
+        r = repr(v)
+    except Exception:
+        return f"<{type(v).__name__}>"
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def _probe(msg: Any, state: Any) -> tuple:
     ctx, content = msg
     if ctx == SIGNAL:
@@ -534,7 +646,9 @@ def format_event(net: Network, ev: Any) -> str:
     if t is events.Spawned:
         return f"t={ev.at:<6} spawn {ev.name} on {ev.host}"
     if t is events.Idle:
-        return f"t={ev.at:<6} quiescent"
+        if ev.quiescent:
+            return f"t={ev.at:<6} quiescent"
+        return f"t={ev.at:<6} idle: nothing can run, work is waiting (a suspended machine?)"
     if t is events.DeadLetter:
         return (f"t={ev.at:<6} DEAD LETTER on {ev.host}: {ev.count} msg of "
                 f"{who(net, ev.sender)} #{ev.seq}: {ev.reason}")

@@ -34,7 +34,10 @@ from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
 from ..core.netvalue import enqueue_local, events, mint
 from ..core.network import Env, Network
+from .dictionary import Dictionary
 from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
+from .live import Live, load_named, parse_name
+from .metrics import event
 from .runtime import Runtime, host_config
 from .store import Dirty, Store, StoreError
 
@@ -101,6 +104,16 @@ class Host:
         replies = runtime.net.names.get(REPLIES)
         self._replies_addr: bytes = replies
         runtime.listeners[replies] = self._on_reply
+        self._live: Live | None = None
+
+    @property
+    def live(self) -> Live:
+        """Live programming: the store's dictionary and machines bound to its words
+        (docs/dictionary.md). A host in memory keeps its dictionary in memory too."""
+        if self._live is None:
+            path = self._rt.store.path
+            self._live = Live(self, Dictionary(path if path is not None else ":memory:"))
+        return self._live
 
     # -- reading --------------------------------------------------------------------
     @property
@@ -139,6 +152,16 @@ class Host:
         return sorted((MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
                        for a, m in net.machines.items() if m.name != REPLIES),
                       key=lambda i: i.name)
+
+    def machine_stats(self) -> dict[str, tuple[int, int]]:
+        """name -> (batches applied, batches failed) since this host was opened."""
+        net = self._rt.net
+        out = {}
+        for addr, (n, failed) in self._rt.per_machine.items():
+            m = net.machines.get(addr)
+            if m is not None:
+                out[m.name] = (n, failed)
+        return out
 
     def stats(self) -> dict[str, int]:
         """The core's counters (committed) and the runtime's."""
@@ -380,6 +403,15 @@ class _Opened:
                 net = nw.new_network(0, host_config(), (hostname,), secret=os.urandom(32))
                 net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
             missing = sorted({m.behavior for m in net.machines.values()} - set(table))
+            if missing and path is not None and any(parse_name(n) for n in missing):
+                # machines bound to dictionary words: their versions are in the store
+                d = await asyncio.to_thread(Dictionary, Path(path))
+                try:
+                    for n in [n for n in missing if parse_name(n)]:
+                        table[n] = env.behaviors[n] = load_named(d, n)
+                finally:
+                    d.close()
+                missing = [n for n in missing if n not in table]
             if missing:
                 raise UsageError(f"the store's machines use behaviors this host was not "
                                  f"given: {missing}; pass them in behaviors=")
@@ -397,6 +429,8 @@ class _Opened:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
             rt.start()
+            event("host.start", store=str(path) if path is not None else None,
+                  durability=mode, machines=len(net.machines) - 1, host=hostname)
         except BaseException:
             store.close()
             raise
@@ -418,6 +452,10 @@ async def close(host: Host) -> None:
     rt.store.close()
     if host._pool is not None:
         host._pool.close()
+    if host._live is not None:
+        host._live.dictionary.close()
+    event("host.stop", store=str(rt.store.path) if rt.store.path is not None else None,
+          commits=rt.store.commits, batches=rt.counters["batches"])
 
 
 def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001 - like sqlite3

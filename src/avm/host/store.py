@@ -45,7 +45,7 @@ import concurrent.futures
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,11 @@ class Store:
         self.durability = durability
         self.path = None if path is None else Path(path)
         self.commits = 0
+        #: Fault injection for tests (as FoundationDB's "buggify"): called with the name
+        #: of each point of a commit (``"keys"``: key file committed, ``"rows"``: rows
+        #: written, transaction not yet committed, ``"commit"``: main file committed);
+        #: whatever it raises there is what the storage did. ``None`` in production.
+        self.fault: Callable[[str], None] | None = None
         self._db: sqlite3.Connection | None = None
         self._keys: sqlite3.Connection | None = None
         if self.path is not None:
@@ -455,6 +460,8 @@ class Store:
                     if rows.secret is not None:
                         kdb.execute("INSERT OR REPLACE INTO secret VALUES (0, ?)", (rows.secret,))
                     kdb.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows.keys)
+                if self.fault is not None:
+                    self.fault("keys")
             with db:
                 if dirty.everything:
                     for table in ("machines", "queue", "applied", "sent", "random_n"):
@@ -477,6 +484,10 @@ class Store:
                 _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
                 _append_log(db, "history", "(at, chan, seq, dest, ok, steps, read_only)",
                             rows.history, HISTORY_ROWS_MAX)
+                if self.fault is not None:
+                    self.fault("rows")
+            if self.fault is not None:
+                self.fault("commit")
             if rows.keys_gone:  # after the main commit: the machine is gone first
                 with kdb:
                     kdb.executemany("DELETE FROM keys WHERE address = ?", rows.keys_gone)
@@ -592,6 +603,8 @@ class GroupCommitter:
         self._stop = False
         self.failed: StoreError | None = None
         self.group_sizes: list[int] = []  # requests per commit (the last GROUP_LOG_MAX)
+        #: called in the writer thread with the number of requests of each commit
+        self.on_commit: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._run, name="avm-store-writer", daemon=True)
         self._thread.start()
 
@@ -637,6 +650,8 @@ class GroupCommitter:
             if len(self.group_sizes) >= self.GROUP_LOG_MAX:
                 del self.group_sizes[: self.GROUP_LOG_MAX // 2]
             self.group_sizes.append(len(work))
+            if self.on_commit is not None:
+                self.on_commit(len(work))
             for _, _, fut in work:
                 if err is None:
                     fut.set_result(None)

@@ -1,0 +1,114 @@
+"""Live programming on a host: machines bound to dictionary words (DESIGN section 10).
+
+A machine bound to a word runs the behavior registered as ``dict:BRANCH/WORD@VERSION``:
+the version is part of the behavior's name, so the machine record in the store says
+exactly which code it runs, and a reopened host loads that version from the store's
+dictionary by itself (no ``behaviors=`` needed for it). Rebinding is the core's own
+hot swap (:func:`avm.core.network.rebind`): it takes effect at the machine's next batch,
+with its state unchanged, and a batch that already ran ran whole under the old code.
+
+A binding either *follows* its word (every new version on the branch, made through
+:meth:`Live.edit`, rebinds it) or is *pinned* to a version. Each binding remembers the
+behavior it replaced, so :meth:`Live.rollback` undoes the last rebind in one action.
+A version that does not compile, or does not load (its code raises, or defines no
+``behavior``), is refused before any machine is touched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..core import network as nw
+from ..core.errors import UsageError
+from .dictionary import MAIN, Dictionary, DictionaryError, Version
+
+if TYPE_CHECKING:
+    from .api import Host
+
+__all__ = ["Live", "PREFIX", "behavior_name", "parse_name", "load_named"]
+
+PREFIX = "dict:"
+
+
+def behavior_name(branch: str, word: str, version: int) -> str:
+    return f"{PREFIX}{branch}/{word}@{version}"
+
+
+def parse_name(name: str) -> tuple[str, str, int] | None:
+    """``(branch, word, version)`` of a dictionary behavior name, else None."""
+    if not name.startswith(PREFIX) or "@" not in name or "/" not in name:
+        return None
+    rest, _, ver = name[len(PREFIX):].rpartition("@")
+    branch, _, word = rest.partition("/")
+    return (branch, word, int(ver)) if ver.isdigit() and branch and word else None
+
+
+def load_named(dictionary: Dictionary, name: str) -> Any:
+    parsed = parse_name(name)
+    if parsed is None:
+        raise UsageError(f"{name!r} is not a dictionary behavior name")
+    branch, word, version = parsed
+    return dictionary.load(branch, word, version=version)
+
+
+class Live:
+    """``host.live``: the host's dictionary and the bindings of its machines."""
+
+    def __init__(self, host: Host, dictionary: Dictionary) -> None:
+        self.host = host
+        self.dictionary = dictionary
+
+    async def bind(self, machine: str, word: str, branch: str = MAIN, *,
+                   version: int | None = None) -> str:
+        """Run ``word`` (its head, followed from now on; or ``version``, pinned) on
+        ``machine`` from its next batch on. Returns the behavior name."""
+        follow = version is None
+        v = self.dictionary.head(branch, word) if version is None else self.dictionary.version(version)
+        if v.word != word:
+            raise UsageError(f"version {v.id} is of word {v.word!r}, not {word!r}")
+        return await self._rebind(machine, branch, word, follow, v)
+
+    async def _rebind(self, machine: str, branch: str, word: str, follow: bool,
+                      v: Version) -> str:
+        name = behavior_name(branch, word, v.id)
+        env = self.host._rt.env
+        if name not in env.behaviors:
+            env.behaviors[name] = self.dictionary.load(branch, word, version=v.id)
+        addr = self.host.address(machine)
+        previous = self.host._rt.net.machines[addr].behavior
+        await self.host._control(machine, lambda net, a: nw.rebind(net, a, name, env))
+        self.dictionary.set_binding(machine, branch, word, follow, name,
+                                    previous if previous != name else None)
+        return name
+
+    async def edit(self, branch: str, word: str, source: str, *, author: str = "unknown",
+                   message: str = "", expect: int | None | bool = False) -> Version:
+        """A new version of ``word``; every machine following it on ``branch`` runs it
+        from its next batch on. A version that does not load changes nothing bound
+        (the version is kept, as history; no machine runs it)."""
+        v = self.dictionary.edit(branch, word, source, author=author, message=message,
+                                 expect=expect)
+        followers = [m for m, (b, w, f, _, _) in self.dictionary.bindings().items()
+                     if f and b == branch and w == word]
+        if followers:
+            self.dictionary.load(branch, word, version=v.id)  # raises before any rebind
+            for m in followers:
+                await self._rebind(m, branch, word, True, v)
+        return v
+
+    async def rollback(self, machine: str) -> str:
+        """Undo the machine's last rebind: it runs the behavior it ran before, pinned."""
+        b = self.dictionary.bindings().get(machine)
+        previous = b[4] if b is not None else None
+        if b is None or previous is None:
+            raise DictionaryError(f"{machine} has no earlier behavior to roll back to")
+        branch, word, _, current, _ = b
+        env = self.host._rt.env
+        if previous not in env.behaviors:
+            env.behaviors[previous] = load_named(self.dictionary, previous)
+        await self.host._control(machine, lambda net, a: nw.rebind(net, a, previous, env))
+        self.dictionary.set_binding(machine, branch, word, False, previous, current)
+        return previous
+
+    def bindings(self) -> dict[str, tuple[str, str, bool, str, str | None]]:
+        return self.dictionary.bindings()
