@@ -25,6 +25,7 @@ def test_demo_runs_and_comes_back_from_its_store(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path), "--seconds", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "created" in out and "avm store check" in out
+    assert "HTTP control API: http://127.0.0.1:" in out and "avm machine ls" in out
     assert "bank total 250 (always 250)" in out
     assert main(["demo", "--dir", str(tmp_path), "--seconds", "0.2"]) == 0
     out = capsys.readouterr().out

@@ -36,6 +36,7 @@ from ..core.netvalue import enqueue_local, events, mint
 from ..core.network import Env, Network
 from .dictionary import Dictionary
 from .live import Live, load_named, parse_name
+from .metrics import event
 from .runtime import Runtime, host_config
 from .store import Dirty, Store, StoreError
 
@@ -149,6 +150,16 @@ class Host:
         return sorted((MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
                        for a, m in net.machines.items() if m.name != REPLIES),
                       key=lambda i: i.name)
+
+    def machine_stats(self) -> dict[str, tuple[int, int]]:
+        """name -> (batches applied, batches failed) since this host was opened."""
+        net = self._rt.net
+        out = {}
+        for addr, (n, failed) in self._rt.per_machine.items():
+            m = net.machines.get(addr)
+            if m is not None:
+                out[m.name] = (n, failed)
+        return out
 
     def stats(self) -> dict[str, int]:
         """The core's counters (committed) and the runtime's."""
@@ -386,6 +397,8 @@ class _Opened:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
             rt.start()
+            event("host.start", store=str(path) if path is not None else None,
+                  durability=mode, machines=len(net.machines) - 1, host=hostname)
         except BaseException:
             store.close()
             raise
@@ -407,6 +420,8 @@ async def close(host: Host) -> None:
     rt.store.close()
     if host._live is not None:
         host._live.dictionary.close()
+    event("host.stop", store=str(rt.store.path) if rt.store.path is not None else None,
+          commits=rt.store.commits, batches=rt.counters["batches"])
 
 
 def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001 - like sqlite3

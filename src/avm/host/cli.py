@@ -1,20 +1,44 @@
-"""The host's commands of ``avm``: ``avm store backup|check``, ``avm host run``, ``avm demo``.
+"""The host's commands of ``avm``: ``avm store backup|check``, ``avm host run``, ``avm demo``,
+``avm machine ls|state|send|ask|suspend|resume|stop|restart|destroy``.
 
 Kept apart from :mod:`avm.cli` (the simulator's commands), which only registers them.
+``avm machine`` talks to a running host through its HTTP control API
+(:mod:`avm.host.client`), with the address and token from ``--url``/``--token`` or the
+host's token file (``--store STORE`` reads ``STORE.http``; ``--token-file FILE``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import builtins
+import contextlib
+import json
 import sys
+from collections.abc import Iterator
 
 from ..core.errors import AvmError
 from .store import StoreError, backup, check
 
 __all__ = ["add_parsers", "run"]
 
-COMMANDS = ("store", "host", "demo")
+COMMANDS = ("store", "host", "demo", "machine")
+
+_CONTENT_HELP = ("the message as a Python literal: '(\"add\", 1)', '\"get\"', "
+                 "'{\"k\": 1}'; cap(\"machine\", context) is a capability to a machine")
+_MACHINE_EPILOG = """\
+The host must run with its HTTP API (avm host run --store STORE, avm demo). Messages and
+contexts are Python literals (tuples, str, numbers, bytes, None, {...} maps);
+cap("name") or cap("name", context) is a capability to the host's machine "name".
+
+examples:
+  avm machine ls --store app.avm
+  avm machine state counter --store app.avm
+  avm machine send counter '("add", 1)' --context '"main"' --store app.avm
+  avm machine ask counter '"get"' --context '"main"' --store app.avm
+  avm machine suspend counter --store app.avm
+  avm machine ls --url http://127.0.0.1:8080 --token TOKEN
+"""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +66,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--durability", choices=("full", "normal"), default="full",
                    help="full: fsync every commit (default); normal: survives kill -9 only")
     r.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    r.add_argument("--http", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="serve the HTTP control API here (default 127.0.0.1:0, any free port); "
+                        "address and tokens go to STORE.http (mode 0600)")
+    r.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
+    r.add_argument("--log", default="-", metavar="FILE",
+                   help="JSON log lines to FILE (default -: stderr; 'off' for none)")
 
     d = sub.add_parser(
         "demo", help="start a host with the example applications and clients", formatter_class=fmt,
@@ -50,6 +80,46 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  avm demo\n  avm demo --dir ./demo --seconds 10")
     d.add_argument("--dir", default=None, help="folder of the store (default: a new temporary one)")
     d.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    d.add_argument("--http", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="serve the HTTP control API here (default 127.0.0.1:0, any free port)")
+    d.add_argument("--log", default="off", metavar="FILE",
+                   help="JSON log lines to FILE (- for stderr; default off)")
+
+    m = sub.add_parser(
+        "machine", help="list, read, message and control the machines of a running host",
+        formatter_class=fmt, epilog=_MACHINE_EPILOG,
+        description="Act on a running host's machines through its HTTP control API.")
+    ms = m.add_subparsers(dest="machine_command", metavar="ACTION", required=True)
+
+    def conn(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        g = p.add_argument_group("which host")
+        g.add_argument("--store", help="the host's store: reads its token file STORE.http")
+        g.add_argument("--token-file", help="the token file written by avm host run")
+        g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
+        g.add_argument("--token", help="a token (default: the admin token of the file; "
+                       "the read token suffices for ls and state)")
+        g.add_argument("--json", action="store_true", help="print the host's JSON answer")
+        return p
+
+    conn(ms.add_parser("ls", help="list machines with their statistics"))
+    conn(ms.add_parser("state", help="print a machine's committed state")).add_argument(
+        "name", help="the machine's name")
+    for verb, helptext in (("send", "send one message (returns once queued durably)"),
+                           ("ask", "send a request with a reply capability appended; "
+                                   "print the answer")):
+        p = conn(ms.add_parser(verb, help=helptext))
+        p.add_argument("name", help="the machine's name")
+        p.add_argument("content", help=_CONTENT_HELP)
+        p.add_argument("--context", default="None",
+                       help="the context of the capability used, a Python literal (default None)")
+        if verb == "ask":
+            p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    for verb, helptext in (("suspend", "stop running its batches; what arrives is queued"),
+                           ("resume", "run it again, its queue first"),
+                           ("stop", "stop it: batches to it are dropped"),
+                           ("restart", "run it again and send it (\"restart\", None)"),
+                           ("destroy", "remove it, its state and its keys")):
+        conn(ms.add_parser(verb, help=helptext)).add_argument("name", help="the machine's name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,14 +140,75 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "host" and args.host_command == "run":
             from .demo import host_run
 
-            asyncio.run(host_run(args.store, args.app, args.seconds, args.durability))
+            with _logging(args.log):
+                asyncio.run(host_run(args.store, args.app, args.seconds, args.durability,
+                                     http=None if args.no_http else args.http))
             return 0
         if args.command == "demo":
             from .demo import demo
 
-            asyncio.run(demo(args.dir, args.seconds))
+            with _logging(args.log):
+                asyncio.run(demo(args.dir, args.seconds, http=args.http))
             return 0
+        if args.command == "machine":
+            return asyncio.run(_machine(args))
     except (StoreError, AvmError) as e:
         print(f"avm: {e}", file=sys.stderr)
         return 2
     raise AssertionError(f"unknown host command {args.command!r}")
+
+
+@contextlib.contextmanager
+def _logging(where: str) -> Iterator[None]:
+    """JSON log lines to ``where`` (``-``: stderr, ``off``: none) while the host runs."""
+    from .metrics import json_logger, log
+
+    if where == "off":
+        yield
+        return
+    stream = sys.stderr if where == "-" else builtins.open(where, "a", buffering=1)  # noqa: SIM115
+    handler = json_logger(stream)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        if stream is not sys.stderr:
+            stream.close()
+
+
+async def _machine(args: argparse.Namespace) -> int:
+    from .client import connect
+    from .http import token_file_for
+
+    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
+    read_only = args.machine_command in ("ls", "state")
+    async with connect(args.url, args.token, token_file=token_file, admin=not read_only) as c:
+        cmd = args.machine_command
+        if cmd == "ls":
+            rows = await c.machines()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return 0
+            cols = ("name", "behavior", "status", "batches", "failures", "queued")
+            table = [cols] + [tuple(str(r[k]) for k in cols) for r in rows]
+            widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+            for row in table:
+                print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+            return 0
+        if cmd == "state":
+            st = await c.state(args.name)
+            print(json.dumps(st["state"], indent=2) if args.json else st["text"])
+            return 0
+        if cmd == "send":
+            seq = await c.send(args.name, args.content, context=args.context, client="cli")
+            print(json.dumps({"seq": seq}) if args.json else f"sent (batch {seq}, committed)")
+            return 0
+        if cmd == "ask":
+            a = await c.ask(args.name, args.content, context=args.context,
+                            timeout=args.timeout, client="cli")
+            print(json.dumps(a["answer"], indent=2) if args.json else a["text"])
+            return 0
+        status = await getattr(c, cmd)(args.name)
+        print(json.dumps({"name": args.name, "status": status}) if args.json
+              else f"{args.name}: {status}")
+        return 0

@@ -12,20 +12,24 @@ states come back from the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..core.errors import UsageError
 from ..core.values import Map
 from .api import Host, open
 from .apps import BuildOnHost, behaviors_of, load_module
+
+if TYPE_CHECKING:
+    from .http import HttpApi
 
 __all__ = ["DEMO_APPS", "demo", "host_run"]
 
@@ -127,25 +131,53 @@ async def _serve(h: Host, stop: asyncio.Event, seconds: float | None, out: TextI
             stop.set()
 
 
+@contextlib.asynccontextmanager
+async def _http(h: Host, bind: str | None, store: Path) -> AsyncIterator[HttpApi | None]:
+    """The HTTP control API while the block runs (none if ``bind`` is None)."""
+    if bind is None:
+        yield None
+        return
+    from .http import serve, token_file_for
+
+    async with serve(h, bind, token_file=token_file_for(store)) as api:
+        yield api
+
+
+def _http_lines(api: HttpApi | None, path: Path) -> str:
+    if api is None:
+        return ""
+    return (f"HTTP control API: {api.url} (OpenAPI {api.url}/openapi.json, Prometheus "
+            f"{api.url}/metrics)\n  tokens (admin, read-only) in {api.token_file} (mode 0600)\n")
+
+
 async def demo(folder: str | None = None, seconds: float | None = None,
-               out: TextIO | None = None) -> Path:
-    """Run the demo; returns the store's path. ``seconds=None`` runs until Ctrl-C."""
+               out: TextIO | None = None, http: str | None = "127.0.0.1:0") -> Path:
+    """Run the demo; returns the store's path. ``seconds=None`` runs until Ctrl-C.
+
+    ``http``: where the HTTP control API listens (``None``: no API)."""
     out = out or sys.stdout
     base = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="avm-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     path = base / "demo.avm"
     apps = _import_examples()
     bank = next(m for m, p in apps if p == "bank.")
-    async with open(path, behaviors=behaviors_of(m for m, _ in apps)) as h:
+    async with open(path, behaviors=behaviors_of(m for m, _ in apps)) as h, \
+            _http(h, http, path) as api:
         fresh = not h.machines()
         await _build(h, apps)
+        machine = "" if api is None else f"""  avm machine ls --store {path}        # the machines, their batches and failures
+  avm machine ask counter.counter '"get"' --context '"main"' --store {path}
+  avm machine send counter.counter '("add", 10)' --context '"main"' --store {path}
+  avm machine state bank.branch.north --store {path}
+  avm machine suspend counter.counter --store {path}   # then resume
+"""
         print(f"""avm demo: a host with {len(h.machines())} machines, store {path}
   {'created' if fresh else 'reopened'}; durability: full (every commit is fsynced)
   running: the counter (incremented and asked by a client), the bank (a client moves
   money between accounts through a teller), the chat room.
-
+{_http_lines(api, path)}
 What to type, in another terminal:
-  avm store check {path}            # integrity check, decode every state
+{machine}  avm store check {path}            # integrity check, decode every state
   avm store backup {path} copy.avm  # online backup while the demo runs
   kill -9 the demo, run the line below: nothing committed is lost (docs/host.md)
 Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store.
@@ -166,11 +198,18 @@ Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store
 
 
 async def host_run(store: str, apps: list[str], seconds: float | None = None,
-                   durability: str = "full", out: TextIO | None = None) -> None:
-    """``avm host run``: serve a store, building each ``--app`` module the first time."""
+                   durability: str = "full", out: TextIO | None = None,
+                   http: str | None = None) -> None:
+    """``avm host run``: serve a store, building each ``--app`` module the first time;
+    with ``http`` (``HOST:PORT``), its HTTP control API too."""
     out = out or sys.stdout
     mods = [load_module(a) for a in apps]
-    async with open(store, behaviors=behaviors_of(mods), durability=durability) as h:
+    if http is not None:
+        from .http import parse_bind
+
+        parse_bind(http)  # a bad --http is refused before the store is opened
+    async with open(store, behaviors=behaviors_of(mods), durability=durability) as h, \
+            _http(h, http, Path(store)) as api:
         if not h.machines():  # a new store: build every app once
             for m in mods:
                 build = getattr(m, "build", None)
@@ -183,6 +222,9 @@ async def host_run(store: str, apps: list[str], seconds: float | None = None,
                 asyncio.get_running_loop().create_task(main(h))
         print(f"avm host: serving {store} ({len(h.machines())} machines, durability "
               f"{durability}); Ctrl-C to stop", file=out, flush=True)
+        if api is not None:
+            print(_http_lines(api, Path(store)) + f"  try: avm machine ls --store {store}",
+                  file=out, flush=True)
         stop = asyncio.Event()
         restore = _stop_on_signals(stop)
 

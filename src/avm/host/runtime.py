@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 from ..core import network as nw
 from ..core.network import Env, Network, events
 from ..core.values import replace_fields
+from .metrics import GROUP_BUCKETS, LATENCY_BUCKETS, Histogram, event
 from .store import Dirty, GroupCommitter, Store, StoreError, dirty_from_events
 
 __all__ = ["Runtime", "CHUNK_STEPS", "host_config"]
@@ -97,6 +99,14 @@ class Runtime:
         self.tap: Callable[[list], None] | None = None
         self.counters = {"steps": 0, "batches": 0, "failures": 0, "drops": 0,
                          "interrupts": 0, "commits_requested": 0}
+        #: destination address -> [batches applied, batches failed] since the host started
+        self.per_machine: dict[bytes, list[int]] = {}
+        #: seconds from handing a commit to the writer until it is durable
+        self.commit_latency = Histogram(LATENCY_BUCKETS)
+        #: commit requests per store transaction
+        self.group_size = Histogram(GROUP_BUCKETS)
+        if self.committer is not None:
+            self.committer.on_commit = self.group_size.observe
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -167,7 +177,10 @@ class Runtime:
             fut = concurrent.futures.Future()
             fut.set_result(None)
         else:
+            t0 = time.perf_counter()
             fut = self.committer.submit(snap, d)
+            observe = self.commit_latency.observe
+            fut.add_done_callback(lambda f: observe(time.perf_counter() - t0))
         self.counters["commits_requested"] += 1
         self._last = (self._gen, snap, fut)
         return self._last
@@ -235,14 +248,18 @@ class Runtime:
                         await self._one_commit_in_flight()
                         self._flush()
                     except StoreError as e:
-                        self.failed = e
+                        self._fail(e)
                         return
                 if self.committer is not None and self.committer.failed is not None:
-                    self.failed = self.committer.failed
+                    self._fail(self.committer.failed)
                     return
                 if idle:
                     break
                 await asyncio.sleep(0)
+
+    def _fail(self, e: BaseException) -> None:
+        self.failed = e
+        event("commit.failed", logging.ERROR, error=str(e), host=self.host)
 
     async def _one_commit_in_flight(self) -> None:
         """Wait for the commit in flight before handing over the next one (back-pressure).
@@ -271,8 +288,17 @@ class Runtime:
             t = type(e)
             if t is events.Applied:
                 self.counters["batches"] += 1
+                pm = self.per_machine.get(e.dest)
+                if pm is None:
+                    pm = self.per_machine[e.dest] = [0, 0]
+                pm[0] += 1
                 if not e.ok:
                     self.counters["failures"] += 1
+                    pm[1] += 1
+                    f = e.failure
+                    m = self.net.machines.get(e.dest)
+                    event("batch.failed", logging.INFO, machine=getattr(m, "name", None),
+                          seq=e.seq, rule=getattr(f, "rule", ""), detail=str(f))
                 fn = listeners.get(e.dest) if type(e.dest) is bytes else None
                 if fn is not None:
                     fn(e)

@@ -585,6 +585,8 @@ class GroupCommitter:
         self._stop = False
         self.failed: StoreError | None = None
         self.group_sizes: list[int] = []  # requests per commit (the last GROUP_LOG_MAX)
+        #: called in the writer thread with the number of requests of each commit
+        self.on_commit: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._run, name="avm-store-writer", daemon=True)
         self._thread.start()
 
@@ -630,6 +632,8 @@ class GroupCommitter:
             if len(self.group_sizes) >= self.GROUP_LOG_MAX:
                 del self.group_sizes[: self.GROUP_LOG_MAX // 2]
             self.group_sizes.append(len(work))
+            if self.on_commit is not None:
+                self.on_commit(len(work))
             for _, _, fut in work:
                 if err is None:
                     fut.set_result(None)
