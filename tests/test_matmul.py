@@ -142,7 +142,10 @@ def test_refusals_name_the_operand_and_the_figures():
     assert matmul.problem((square, ((1,),) * 500)) is None
     work = (tuple(tuple([1] * 2500) for _ in range(100)),
             tuple(tuple([1] * 100) for _ in range(2500)))  # 100 x 2500 x 100
-    assert "25000000 multiply-adds exceed the limit of 20000000" in matmul.problem(work)
+    assert matmul.problem(work) == ("matmul: 25000000 multiply-adds exceed the limit of "
+                                    "20000000")
+    assert matmul.problem("nope") == "matmul takes (a, b): two matrices as tuples of row tuples"
+    assert matmul.problem((((1,),) * 500, (tuple([1] * 500),))) is None  # CELLS_MAX exactly
     edge = (tuple(tuple([1] * 2000) for _ in range(100)),
             tuple(tuple([1] * 100) for _ in range(2000)))  # exactly WORK_MAX
     assert matmul.problem(edge) is None
