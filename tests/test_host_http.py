@@ -152,6 +152,8 @@ def test_read_routes_work_with_the_read_token_and_need_one(tmp_path):
             for p in gets:
                 ok = await c.get(_path(p), headers={"Authorization": "Bearer " + api.tokens.read})
                 none = await c.get(_path(p))
+                wrong = await c.get(_path(p), headers={"Authorization": "Bearer " + "1" * 64})
+                assert wrong.status_code == 401, p
                 out[p] = (ok.status_code, none.status_code)
         return out
 

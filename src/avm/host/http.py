@@ -289,11 +289,26 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     def _mint(name: str, context: Any = None, priority: float = 0.0) -> Any:
         return host.cap(name, context, priority)
 
+    targets: dict[tuple, Any] = {}
+
+    def _target(name: str, context_text: str) -> Any:
+        """The capability a request goes through; minted once per machine, key and context
+        (clients repeat the same few; sealing one costs an AES-SIV encryption)."""
+        addr = host.address(name)
+        m = host._rt.net.machines.get(addr)
+        key = (addr, getattr(m, "keyver", None), context_text)
+        cap = targets.get(key)
+        if cap is None:
+            if len(targets) >= 1024:
+                targets.clear()
+            cap = targets[key] = host.cap(name, parse_value(context_text))
+        return cap
+
     @app.post("/machines/{name}/send", response_model=SentOut, dependencies=ad,
               tags=["messages"], responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
     async def send(name: str, body: SendIn) -> JSONResponse:
         """Send one message; answered once it is queued durably."""
-        cap = host.cap(name, parse_value(body.context))
+        cap = _target(name, body.context)
         content = parse_value(body.content, _mint)
         sent = await host.submit([(cap, content)], client=body.client)
         return JSONResponse({"name": name, "seq": sent[0][1] if sent else 0})
@@ -303,7 +318,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
                                             422: {"model": ErrorOut}, 504: {"model": ErrorOut}})
     async def ask(name: str, body: AskIn) -> JSONResponse:
         """Send a request with a reply capability appended; answer with the first reply."""
-        cap = host.cap(name, parse_value(body.context))
+        cap = _target(name, body.context)
         content = parse_value(body.content, _mint)
         if type(content) not in (tuple, str):
             raise UsageError('ask takes a tuple or a str, e.g. "get" or ("get",): the reply '
@@ -436,7 +451,7 @@ def _party(v: Any, names: Any) -> Any:
 
 def _read_log(path: Path, table: str, cols: tuple, limit: int) -> list[tuple]:
     """Read with a connection of its own (read-only): the writer thread keeps its own."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         return db.execute(f"SELECT {', '.join(cols)} FROM {table} "  # noqa: S608 - fixed names
                           "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
