@@ -185,6 +185,11 @@ def test_send_ask_state_round_trip_through_the_client(tmp_path):
     async def go(h, api):
         async with hc.connect(token_file=api.token_file) as c:
             assert [m["name"] for m in await c.machines()] == ["k", "other"]
+            assert [m["name"] for m in await c.machines(prefix="o")] == ["other"]
+            assert [m["name"] for m in await c.machines(limit=1)] == ["k"]
+            with pytest.raises(hc.HostError) as hidden:
+                await c.state(avm.host.REPLIES)  # the host's own machine is not listed
+            assert hidden.value.status == 404
             seqs = [await c.send("k", f'("add", {n})') for n in (1, 2, 3)]
             answer = await c.ask("k", '"get"')
             await c.send("k", '("keep", cap("other", ("secret", 42)))')

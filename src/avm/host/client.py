@@ -87,9 +87,10 @@ class Client:
         return text
 
     # -- reading ------------------------------------------------------------------------
-    async def machines(self) -> list[dict[str, Any]]:
-        """Every machine: name, address, behavior, status, keyver, batches, failures, queued."""
-        return (await self._call("GET", "/machines"))["machines"]
+    async def machines(self, prefix: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        """Machines by name: name, address, behavior, status, keyver, batches, failures, queued."""
+        return (await self._call("GET", "/machines",
+                                 params={"prefix": prefix, "limit": limit}))["machines"]
 
     async def machine(self, name: str) -> dict[str, Any]:
         return await self._call("GET", f"/machines/{name}")

@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 
 from ..core.codec import decode
 from ..core.errors import AvmError, UnknownName, UsageError
-from .api import AskFailed, Host
+from .api import REPLIES, AskFailed, Host, MachineInfo
 from .literal import parse_value, to_json, to_text
 from .metrics import event, render
 from .store import StoreError
@@ -57,6 +57,7 @@ __all__ = ["Tokens", "HttpApi", "serve", "make_app", "token_file_for", "read_tok
 DEFAULT_BIND = "127.0.0.1:0"
 TOKEN_FILE_SUFFIX = ".http"
 LOG_LIMIT_MAX = 10_000
+MACHINES_LIMIT_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -267,10 +268,14 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
                 "queued": depth.get(m.name, 0)}
 
     @app.get("/machines", response_model=MachinesOut, dependencies=rd, tags=["machines"])
-    async def machines() -> JSONResponse:
-        """Every machine with its statistics since the host started."""
+    async def machines(prefix: Annotated[str, Query(description="only names starting so")] = "",
+                       limit: Annotated[int, Query(ge=1, le=MACHINES_LIMIT_MAX)] = 1000,
+                       ) -> JSONResponse:
+        """The machines (by name; at most ``limit``) with their statistics since the host
+        started."""
         per, depth = host.machine_stats(), _depths(host)
-        return JSONResponse({"machines": [_info(m, per, depth) for m in host.machines()]})
+        rows = [m for m in host.machines() if m.name.startswith(prefix)][:limit]
+        return JSONResponse({"machines": [_info(m, per, depth) for m in rows]})
 
     @app.get("/machines/{name}", response_model=MachineOut, dependencies=rd, tags=["machines"],
              responses={404: {"model": ErrorOut}})
@@ -294,7 +299,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     def _target(name: str, context_text: str) -> Any:
         """The capability a request goes through; minted once per machine, key and context
         (clients repeat the same few; sealing one costs an AES-SIV encryption)."""
-        addr = host.address(name)
+        addr = _one(host, name).address  # not the host's own replies machine
         m = host._rt.net.machines.get(addr)
         key = (addr, getattr(m, "keyver", None), context_text)
         cap = targets.get(key)
@@ -378,10 +383,12 @@ class _Denied(Exception):
 
 
 def _one(host: Host, name: str) -> Any:
-    for m in host.machines():
-        if m.name == name:
-            return m
-    raise UnknownName(f"no machine named {name!r}: GET /machines lists them")
+    net = host.network
+    addr = net.names.get(name) if name != REPLIES else None
+    m = net.machines.get(addr) if addr is not None else None
+    if m is None or addr is None:
+        raise UnknownName(f"no machine named {name!r}: GET /machines lists them")
+    return MachineInfo(m.name, addr, m.behavior, m.status, m.keyver)
 
 
 def _status(host: Host, name: str) -> str:
