@@ -22,7 +22,7 @@ from .store import StoreError, backup, check
 
 __all__ = ["add_parsers", "run"]
 
-COMMANDS = ("store", "host", "demo", "machine")
+COMMANDS = ("store", "host", "demo", "machine", "dict")
 
 _CONTENT_HELP = ("the message as a Python literal: '(\"add\", 1)', '\"get\"', "
                  "'{\"k\": 1}'; cap(\"machine\", context) is a capability to a machine")
@@ -42,6 +42,9 @@ examples:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from .dict_cli import add_parser as add_dict
+
+    add_dict(sub)
     fmt = argparse.RawDescriptionHelpFormatter
     store = sub.add_parser(
         "store", help="back up or check a host's store", formatter_class=fmt,
@@ -152,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "machine":
             return asyncio.run(_machine(args))
+        if args.command == "dict":
+            from .dict_cli import run as run_dict
+
+            return run_dict(args)
     except (StoreError, AvmError) as e:
         print(f"avm: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,138 @@
+"""``avm dict ...``: the dictionary of a store, from the command line (docs/dictionary.md).
+
+These commands open the store file's dictionary directly (its own SQLite connection;
+safe while a host runs the store). Binding a running host's machines to words goes
+through the host (``host.live`` in Python); its HTTP routes are still to come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .dictionary import MAIN, Dictionary, MergeConflict
+
+__all__ = ["add_parser", "run"]
+
+EPILOG = """examples:
+  avm dict ls --store app.avm
+  avm dict edit counter counter.py --store app.avm --author ann -m "count by two"
+  avm dict show counter --store app.avm
+  avm dict log counter --store app.avm
+  avm dict branch dev --store app.avm
+  avm dict merge dev --into main --store app.avm
+  avm dict diff 3 7 --store app.avm
+  avm dict tag v1 7 --store app.avm"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dict", help="the versioned dictionary of behaviors in a store",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Read and change the dictionary of words (Python source of behaviors) "
+                    "kept in a host's store: every change a version, branches that fork "
+                    "and merge three-way, conflicts reported, never resolved silently.")
+    ds = p.add_subparsers(dest="dict_command", metavar="ACTION", required=True)
+
+    def store(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        q.add_argument("--store", required=True, help="the store file")
+        return q
+
+    store(ds.add_parser("ls", help="words and their head versions")).add_argument(
+        "--branch", default=MAIN)
+    store(ds.add_parser("branches", help="the branches"))
+    q = store(ds.add_parser("show", help="print a word's source"))
+    q.add_argument("word")
+    q.add_argument("--branch", default=MAIN)
+    q.add_argument("--version", type=int, help="a version id instead of the head")
+    q = store(ds.add_parser("log", help="a word's versions, newest first"))
+    q.add_argument("word")
+    q.add_argument("--branch", default=MAIN)
+    q.add_argument("--limit", type=int, default=20)
+    q = store(ds.add_parser("edit", help="a new version of a word from a file (- for stdin)"))
+    q.add_argument("word")
+    q.add_argument("file", help="the Python source; - reads standard input")
+    q.add_argument("--branch", default=MAIN)
+    q.add_argument("--author", default="cli")
+    q.add_argument("-m", "--message", default="")
+    q.add_argument("--expect", type=int, help="refuse unless the head is this version "
+                   "(another editor's change is a conflict, not lost)")
+    q = store(ds.add_parser("branch", help="fork a branch"))
+    q.add_argument("name")
+    q.add_argument("--from", dest="from_branch", default=MAIN)
+    q = store(ds.add_parser("merge", help="merge a branch into another, three-way per word"))
+    q.add_argument("source")
+    q.add_argument("--into", default=MAIN)
+    q.add_argument("--author", default="cli")
+    q.add_argument("--resolve", action="append", default=[], metavar="WORD=FILE",
+                   help="the source to keep for a conflicting word")
+    q = store(ds.add_parser("diff", help="a unified diff between two versions"))
+    q.add_argument("a", type=int)
+    q.add_argument("b", type=int)
+    q = store(ds.add_parser("tag", help="name a version (tags never move)"))
+    q.add_argument("name")
+    q.add_argument("version", type=int)
+
+
+def _read(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text()
+
+
+def run(args: argparse.Namespace) -> int:
+    """One ``avm dict`` command; errors raise AvmError (the caller prints them)."""
+    if not Path(args.store).exists():
+        print(f"avm: no store at {args.store}; create one with avm host run --store "
+              f"{args.store}", file=sys.stderr)
+        return 2
+    cmd = args.dict_command
+    with Dictionary(args.store) as d:
+        if cmd == "ls":
+            for word, vid in d.words(args.branch).items():
+                v = d.version(vid)
+                print(f"{word:30} @{vid:<6} {v.author:12} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(v.at))}  {v.message}")
+        elif cmd == "branches":
+            for b in d.branches():
+                print(b)
+        elif cmd == "show":
+            v = d.version(args.version) if args.version else d.head(args.branch, args.word)
+            sys.stdout.write(v.source)
+        elif cmd == "log":
+            for v in d.history(args.branch, args.word, args.limit):
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.at))
+                merged = f" (merge of @{v.merged})" if v.merged else ""
+                print(f"@{v.id} {when} {v.author}: {v.message or '-'}{merged}  sha256 {v.sha256[:12]}")
+        elif cmd == "edit":
+            v = d.edit(args.branch, args.word, _read(args.file), author=args.author,
+                       message=args.message,
+                       expect=args.expect if args.expect is not None else False)
+            print(f"{args.word} on {args.branch}: version @{v.id}")
+        elif cmd == "branch":
+            d.branch(args.name, from_branch=args.from_branch)
+            print(f"branch {args.name} forked from {args.from_branch}")
+        elif cmd == "merge":
+            resolve: dict[str, str | None] = {}
+            for item in args.resolve:
+                word, sep, path = item.partition("=")
+                if not sep:
+                    print(f"avm: --resolve takes WORD=FILE, got {item!r}", file=sys.stderr)
+                    return 2
+                resolve[word] = _read(path)
+            try:
+                made = d.merge(args.source, args.into, author=args.author, resolve=resolve)
+            except MergeConflict as e:
+                print(f"avm: {e}", file=sys.stderr)
+                for c in e.conflicts:
+                    print(f"conflict in {c.word}:", file=sys.stderr)
+                    for label, src in (("base", c.base), (args.into, c.ours), (args.source, c.theirs)):
+                        print(f"--- {label}\n{src if src is not None else '(absent)'}", file=sys.stderr)
+                return 1
+            print(f"merged {args.source} into {args.into}: "
+                  + (", ".join(f"{v.word}@{v.id}" for v in made) or "nothing new"))
+        elif cmd == "diff":
+            sys.stdout.write(d.diff(args.a, args.b))
+        elif cmd == "tag":
+            d.tag(args.name, args.version)
+            print(f"tag {args.name} -> @{args.version}")
+    return 0
