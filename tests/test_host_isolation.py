@@ -120,6 +120,22 @@ def lying_serve(conn, behaviors, memory_bytes):
     isolation._serve(conn, behaviors, memory_bytes)
 
 
+def sealer(msg, state):
+    """Seals its token into a capability to itself, and takes it back when it arrives."""
+    ctx, c = msg
+    name = c[0] if type(c) is tuple else c
+    if name == "init":
+        return [], Map({"token": Linear(("gold", c[1])), "me": None, "trips": 0})
+    if name == "self":
+        return [], state.set("me", c[1])
+    if name == "send":
+        cap = state["me"](("tok", state["token"]))
+        return [(cap, "back")], state.set("token", None)
+    if name == "back":
+        return [], state.set("token", ctx[1]).set("trips", state["trips"] + 1)
+    return [], state
+
+
 def run(coro, seconds=120):
     return asyncio.run(asyncio.wait_for(coro, seconds))
 
@@ -163,6 +179,20 @@ def test_workers_run_steps_elsewhere_with_the_same_results():
     assert inline == workers == (("count", 6), ("count", 70))
     assert set(pids) == {"alice", "bob"}
     assert os.getpid() not in pids.values() and pids["alice"] != pids["bob"]
+
+
+def test_a_token_sealed_into_a_capability_passes_the_recheck():
+    """Honest results that carry a linear value inside a Self-made capability pass."""
+    async def go(mode):
+        async with avm.host.open(None, behaviors={"sealer": sealer}, isolation=mode) as h:
+            cap = await h.spawn("s", "sealer", 7, domain="alice")
+            for _ in range(3):
+                await h.send(cap, "send")
+                await h.idle()
+            s = await h.state("s")
+            return s["token"], s["trips"], h.stats().get("batch.failed", 0)
+
+    assert run(go("inline")) == run(go("workers")) == (Linear(("gold", 7)), 3, 0)
 
 
 def test_a_step_finds_no_other_domains_keys_or_states():
@@ -260,6 +290,12 @@ def test_recheck_refuses_forged_answers():
     for blob in forged:
         r = recheck(Net, addr, state, msgs, blob)
         assert not r.ok and r.failure.error_type == "recheck", blob
+    # A failure names only rules the host knows, and the worker does not count the steps.
+    r = recheck(Net, addr, state, msgs, encode(("fail", "made-up", "x" * 5000, 99, "E", "")))
+    assert r.failure.rule == "internal" and len(r.failure.detail) <= 1000
+    assert r.failure.index is None
+    r = recheck(Net, addr, state, msgs, encode(("ok", state, (), 10**9, ((encode(tok), (1,), 0),))))
+    assert r.ok and r.steps == len(msgs)
 
 
 def _mover(msg, state):

@@ -47,7 +47,16 @@ from ..core.caps import Capability, Keyring, SealingKey, unseal_context
 from ..core.codec import decode, encode
 from ..core.conserve import strip
 from ..core.errors import AvmError, SubstructuralError, UsageError
-from ..core.machine import BatchResult, Failure, Message, capability_problem, run_batch
+from ..core.machine import (
+    PUBLIC_REASONS,
+    BatchResult,
+    Failure,
+    Message,
+    _check_sizes,
+    capability_problem,
+    run_batch,
+    safe_text,
+)
 from ..core.values import (
     NO_COPY,
     NO_DROP,
@@ -327,17 +336,32 @@ def recheck(net: Any, address: bytes, state: Any, msgs: list, blob: bytes) -> Ba
         if len(ans) != 6 or type(ans[1]) is not str or type(ans[2]) is not str:
             return _lie("contract", "its failure has the wrong shape")
         _, rule, detail, index, etype, path = ans
-        return _failed(rule, detail, index if type(index) is int else None,
-                       etype if type(etype) is str else "", path if type(path) is str else "")
+        # Only names the host knows reach its stats and logs; text is bounded.
+        rule = rule if rule in PUBLIC_REASONS else "internal"
+        index = index if type(index) is int and 0 <= index < len(msgs) else None
+        return _failed(rule, safe_text(detail, 1000), index,
+                       safe_text(etype, 100) if type(etype) is str else "",
+                       safe_text(path, 200) if type(path) is str else "")
     if len(ans) != 5 or type(ans[2]) is not tuple or type(ans[3]) is not int:
         return _lie("contract", "its result has the wrong shape")
-    _, new_state, outputs, steps, prov = ans
+    _, new_state, outputs, _steps, prov = ans
+    steps = len(msgs)  # what run_batch reports for a batch that ran: not the worker's word
     for o in outputs:
         if type(o) is not tuple or len(o) != 2 or type(o[0]) is not Capability:
             return _lie("contract", "an output is not a (capability, content) pair")
         problem = capability_problem(o[0])
         if problem is not None:
             return _lie("contract", f"an output goes to a malformed capability: {problem}")
+    # The encoding's limits for what one batch commits and sends (as run_batch checks).
+    last = len(msgs) - 1
+    got_sizes = _check_sizes(new_state, (), last)
+    if type(got_sizes) is BatchResult:
+        return _lie("value", str(got_sizes.failure))
+    new_state = got_sizes
+    if outputs:
+        got_sizes = _check_sizes(new_state, outputs, last, of_state=False)
+        if type(got_sizes) is BatchResult:
+            return _lie("value", str(got_sizes.failure))
     # The census of what came in (the host's own objects) and of what goes out.
     ins = substructural_items(state)
     for m in msgs:
