@@ -3,7 +3,8 @@
 * durable, one message per batch between machines (a ring of machines passing tokens),
   in durability ``full`` and ``normal``: batches/s, with the commits that carried them;
 * durable, ten messages per batch: messages/s;
-* in memory (no store), one message per batch;
+* in memory (no store), one message per batch; and the same with isolated workers (two
+  trust domains, each machine's steps in its domain's worker process);
 * beside them: raw SQLite (WAL, ``synchronous=FULL``, one row per transaction), Pykka
   actors passing the same tokens with ``tell``, and plain asyncio queues;
 * request/response (``--asks N``): the embedded API's ``await h.ask`` beside the same ask
@@ -56,12 +57,18 @@ MACHINES = 8
 TOKENS = 8
 
 
-async def host_ring(mode: str, hops: int, width: int) -> tuple[float, int]:
-    """Batches/s (or messages/s with width > 1) and commits, for ``hops`` batches."""
+async def host_ring(mode: str, hops: int, width: int,
+                    isolation: str = "inline") -> tuple[float, int]:
+    """Batches/s (or messages/s with width > 1) and commits, for ``hops`` batches.
+
+    With ``isolation="workers"`` the ring's machines belong to two trust domains (even
+    and odd), so every hop crosses from one worker process to the other.
+    """
     d = tempfile.mkdtemp(prefix="avm-bench-")
     path = None if mode == "memory" else os.path.join(d, "b.avm")
-    async with avm.host.open(path, behaviors=[ring], durability=mode) as h:
-        caps = [await h.spawn(f"m{i}", ring) for i in range(MACHINES)]
+    async with avm.host.open(path, behaviors=[ring], durability=mode,
+                             isolation=isolation) as h:
+        caps = [await h.spawn(f"m{i}", ring, domain=f"d{i % 2}") for i in range(MACHINES)]
         await h.submit([(caps[i], ("next", caps[(i + 1) % MACHINES])) for i in range(MACHINES)])
         await h.idle()
         c0 = h.store.commits
@@ -341,6 +348,9 @@ def main() -> None:
         rows.append((f"host {mode}, 10 messages/batch (messages/s)", rate, ""))
     mem, _ = asyncio.run(host_ring("memory", n, 1))
     rows.append(("host in memory, 1 message/batch (batches/s)", mem, ""))
+    iso, _ = asyncio.run(host_ring("memory", max(n // 10, TOKENS), 1, "workers"))
+    rows.append(("in memory, isolated workers, 1 message/batch", iso,
+                 f"{iso / mem:.2f}x inline"))
     try:
         pyk = pykka_ring(n)
     except ImportError:

@@ -81,6 +81,11 @@ class _Any:
     def __repr__(self) -> str:
         return "ANY"
 
+    def __reduce__(self) -> str:
+        # The one ANY, also in another process (behaviors are sent to host workers by
+        # pickle): handlers compare the filter with ``is ANY``.
+        return "ANY"
+
 
 ANY = _Any()
 

@@ -314,6 +314,11 @@ class Env:
         #: The ordered views of the inbox, wire and outbox of the network last stepped
         #: with this Env (avm.core.inbox.Index): a cache, rebuilt for any other network.
         self.index = Index()
+        #: Who runs a machine's batch: None runs :func:`avm.core.machine.run_batch` here,
+        #: inline. A host sets ``runner(step, record, address, messages, plain) ->
+        #: BatchResult`` to run it elsewhere (a worker process, avm.host.isolation); the
+        #: runner must come back with what ``run_batch`` would return, or a failure.
+        self.batch_runner: Callable[..., Any] | None = None
 
     def behavior(self, name: str) -> Callable:
         fn = self.behaviors.get(name)

@@ -35,6 +35,7 @@ from ..core.machine import Failure, Message
 from ..core.netvalue import enqueue_local, events, mint
 from ..core.network import Env, Network
 from .dictionary import Dictionary
+from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
 from .live import Live, load_named, parse_name
 from .metrics import event
 from .runtime import Runtime, host_config
@@ -96,8 +97,9 @@ def _behavior_table(behaviors: Iterable[Any] | Mapping[str, Callable] | None) ->
 class Host:
     """A running host over one store. Make one with :func:`open`."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, pool: Pool | None = None) -> None:
         self._rt = runtime
+        self._pool = pool
         self._asks: dict[Any, asyncio.Future] = {}
         replies = runtime.net.names.get(REPLIES)
         self._replies_addr: bytes = replies
@@ -184,18 +186,36 @@ class Host:
         return name
 
     async def spawn(self, name: str, behavior: Callable | str, args: Any = None, *,
-                    context: Any = None, env: Mapping[str, Any] | None = None) -> Capability:
-        """Create a machine; returns a capability to it with ``context``, once committed."""
+                    context: Any = None, env: Mapping[str, Any] | None = None,
+                    domain: str | None = None) -> Capability:
+        """Create a machine; returns a capability to it with ``context``, once committed.
+
+        ``domain``: its trust domain (owner), kept in the store. With
+        ``open(..., isolation="workers")`` its steps run in that domain's worker
+        process (:mod:`avm.host.isolation`); default ``"default"``.
+        """
+        if domain is not None and (type(domain) is not str or not domain):
+            raise UsageError("a domain is a non-empty str, e.g. the owner's name")
         bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
         if bname not in self._rt.env.behaviors:
             raise UnknownName(f"no behavior named {bname!r}")
         rt = self._rt
+        pool = self._pool
+        if pool is not None:
+            pool.add(bname, rt.env.behaviors[bname])
+        made: list = []
 
         def act(net: Network) -> tuple[Network, list]:
-            net, _, evs = nw.spawn(net, name, bname, args, host=rt.host, env=env, env_obj=rt.env)
+            net, addr, evs = nw.spawn(net, name, bname, args, host=rt.host, env=env,
+                                      env_obj=rt.env)
+            made.append(addr)
+            if pool is not None and domain is not None:
+                pool.domains[addr] = domain
             return net, evs
 
         rt.apply(act)
+        if domain is not None:
+            rt.dirty.domains[made[0]] = domain  # committed with the machine
         cap = self.cap(name, context)
         await rt.durable()
         return cap
@@ -357,9 +377,14 @@ class _Opened:
     """``open(...)``: an async context manager, or awaitable for a host to close yourself."""
 
     def __init__(self, path: str | os.PathLike | None, behaviors: Any, durability: str | None,
-                 host: str, clock: Callable[[], float]) -> None:
+                 host: str, clock: Callable[[], float], isolation: str = "inline",
+                 budgets: tuple[float, int] = (SECONDS_DEFAULT, MEMORY_BYTES_DEFAULT)) -> None:
+        if isolation not in ("inline", "workers"):
+            raise UsageError(f"isolation is 'inline' or 'workers', not {isolation!r}")
         self._args = (path, behaviors, durability, host)
         self._clock = clock
+        self._isolation = isolation
+        self._budgets = budgets
         self._host: Host | None = None
 
     def __await__(self) -> Any:
@@ -392,6 +417,13 @@ class _Opened:
                                  f"given: {missing}; pass them in behaviors=")
             if hostname not in net.hosts:
                 hostname = next(iter(sorted(net.hosts)))
+            pool = None
+            if self._isolation == "workers":
+                seconds, memory = self._budgets
+                domains = await asyncio.to_thread(store.domains)
+                pool = Pool(table, domains, seconds=seconds, memory_bytes=memory,
+                            inline={net.names[REPLIES]})
+                env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock)
             if fresh:
                 rt.dirty = Dirty(everything=True)
@@ -402,7 +434,7 @@ class _Opened:
         except BaseException:
             store.close()
             raise
-        return Host(rt)
+        return Host(rt, pool)
 
     async def __aenter__(self) -> Host:
         self._host = await self._open()
@@ -418,6 +450,8 @@ async def close(host: Host) -> None:
     rt = host._rt
     await rt.close()
     rt.store.close()
+    if host._pool is not None:
+        host._pool.close()
     if host._live is not None:
         host._live.dictionary.close()
     event("host.stop", store=str(rt.store.path) if rt.store.path is not None else None,
@@ -426,7 +460,9 @@ async def close(host: Host) -> None:
 
 def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001 - like sqlite3
          durability: str | None = None, host: str = "h0",
-         clock: Callable[[], float] = time.time) -> _Opened:
+         clock: Callable[[], float] = time.time, isolation: str = "inline",
+         step_seconds: float = SECONDS_DEFAULT,
+         step_memory_bytes: int = MEMORY_BYTES_DEFAULT) -> _Opened:
     """Open (or create) the host whose store is ``path``; ``None`` for one in memory.
 
     ``behaviors``: the step functions its machines use, as a list of named behaviors
@@ -435,6 +471,11 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
     only mode without a path); see :mod:`avm.host.store`. Use as
     ``async with open(...) as h:``, or ``h = await open(...)`` and later
     ``await avm.host.close(h)``. ``clock``: seconds since the epoch (tests pass a fake).
+    ``isolation``: ``"inline"`` (default: steps run in this process, the fast path for
+    one owner's code) or ``"workers"`` (one worker process per trust domain, with
+    ``step_seconds`` and ``step_memory_bytes`` budgets per batch; see
+    :mod:`avm.host.isolation`).
     """
-    return _Opened(path, behaviors, durability, host, clock)
+    return _Opened(path, behaviors, durability, host, clock, isolation,
+                   (step_seconds, step_memory_bytes))
 

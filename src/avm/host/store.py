@@ -78,6 +78,7 @@ HISTORY_ROWS_MAX = 10_000
 #: Rows kept in each of the failure and drop logs (the counters in stats keep counting).
 LOG_ROWS_MAX = 100_000
 KEY_FILE_SUFFIX = ".keys"
+DOMAIN_KEY = "domain:"
 KEY_FILE_MODE = 0o600
 
 
@@ -153,6 +154,8 @@ class Dirty:
     failures: list = field(default_factory=list)
     drops: list = field(default_factory=list)
     history: list = field(default_factory=list)
+    #: address -> trust domain (avm.host.isolation), kept in the meta table
+    domains: dict = field(default_factory=dict)
     everything: bool = False
 
     def merge(self, other: Dirty) -> None:
@@ -166,12 +169,13 @@ class Dirty:
         self.failures += other.failures
         self.drops += other.drops
         self.history += other.history
+        self.domains.update(other.domains)
         self.everything = self.everything or other.everything
 
     def __bool__(self) -> bool:
         return bool(self.everything or self.machines or self.keys or self.pending
                     or self.heads or self.sent or self.random or self.chans or self.failures
-                    or self.drops or self.history)
+                    or self.drops or self.history or self.domains)
 
 
 def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
@@ -407,6 +411,18 @@ class Store:
             pending=Map(pending), head=Map(head), live=Map(live), next_seq=Map(next_seq),
             random_n=Map(random_n))
 
+    def domains(self) -> dict[bytes, str]:
+        """The trust domain of each machine spawned with one (avm.host.isolation).
+
+        Kept as ``domain:<address hex>`` rows of the meta table: no schema change, so a
+        version-1 store opens as before (its machines have no domain: the default).
+        """
+        if self._db is None:
+            return {}
+        n = len(DOMAIN_KEY)
+        return {bytes.fromhex(k[n:]): str(v) for k, v in self._db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE 'domain:%'")}
+
     def failures(self, limit: int = 100) -> list[tuple]:
         """The newest failed batches: (at, chan, seq, dest, rule, detail)."""
         if self._db is None:
@@ -451,6 +467,8 @@ class Store:
                     for table in ("machines", "queue", "applied", "sent", "random_n"):
                         db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('header', ?)", (rows.header,))
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               [(DOMAIN_KEY + a.hex(), d) for a, d in dirty.domains.items()])
                 db.executemany("INSERT OR REPLACE INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                rows.machines)
                 db.executemany("DELETE FROM machines WHERE address = ?", rows.machines_gone)
