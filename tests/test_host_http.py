@@ -76,6 +76,7 @@ async def _with_api(tmp_path, fn, durability="normal"):
         if not h.machines():
             await h.spawn("k", keeper, None)
             await h.spawn("other", keeper, None)
+            h.live.dictionary.edit("main", "w", "x = 1\n")
         await h.idle()
         async with hh.serve(h, token_file=hh.token_file_for(store)) as api:
             return await fn(h, api)
@@ -87,7 +88,7 @@ def _routes(doc):
 
 
 def _path(p):
-    return p.replace("{name}", "k")
+    return p.replace("{name}", "k").replace("{word}", "w")
 
 
 def test_openapi_document_lists_every_route(tmp_path):

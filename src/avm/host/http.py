@@ -367,6 +367,9 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
         """Prometheus text format (prefix avm_)."""
         return PlainTextResponse(render(host), media_type="text/plain; version=0.0.4")
 
+    from .http_dict import add_dictionary_routes
+
+    add_dictionary_routes(app, host, rd, ad)
     return app
 
 
