@@ -56,6 +56,9 @@ __all__ = ["Runtime", "CHUNK_STEPS", "host_config"]
 CHUNK_STEPS = 2_000
 #: ... or this much time, whichever comes first.
 CHUNK_SECONDS = 0.005
+#: While a commit younger than this is being written, the loop keeps stepping and the
+#: rows wait for the next commit; past it, the loop waits for the writer (back-pressure).
+COMMIT_LAG_SECONDS = 0.02
 
 
 def host_config() -> nw.Config:
@@ -86,6 +89,7 @@ class Runtime:
         self.dirty = Dirty()
         self.committer = GroupCommitter(store) if store.durable else None
         self._last: tuple[int, Network, concurrent.futures.Future] | None = None
+        self._last_at = 0.0  # when the newest commit was handed to the writer
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -183,6 +187,7 @@ class Runtime:
             fut.add_done_callback(lambda f: observe(time.perf_counter() - t0))
         self.counters["commits_requested"] += 1
         self._last = (self._gen, snap, fut)
+        self._last_at = time.perf_counter()
         return self._last
 
     async def durable(self) -> Network:
@@ -243,9 +248,10 @@ class Runtime:
                     if not n & 63 and time.perf_counter() > t_end:
                         break
                 self.counters["steps"] += n
-                if n:
+                if (n or idle) and self.dirty:
                     try:
-                        await self._one_commit_in_flight()
+                        if not self._writer_busy():
+                            await self._one_commit_in_flight()
                         self._flush()
                     except StoreError as e:
                         self._fail(e)
@@ -261,6 +267,14 @@ class Runtime:
         self.failed = e
         event("commit.failed", logging.ERROR, error=str(e), host=self.host)
 
+    def _writer_busy(self) -> bool:
+        """A commit is being written and is younger than COMMIT_LAG_SECONDS: hand the
+        next rows over at once (the writer merges what queued meanwhile into one
+        commit); once it is older, wait for it first."""
+        last = self._last
+        return (last is not None and not last[2].done()
+                and time.perf_counter() - self._last_at < COMMIT_LAG_SECONDS)
+
     async def _one_commit_in_flight(self) -> None:
         """Wait for the commit in flight before handing over the next one (back-pressure).
 
@@ -268,8 +282,8 @@ class Runtime:
         without pause starves it (each hand-over waits for the interpreter's switch
         interval), so commits fell minutes behind and callers waiting in ``durable``
         never returned. Waiting here idles the loop, which frees the GIL for the
-        writer: at most one commit is being written while the next chunk of steps
-        accumulates.
+        writer: at most one commit is being written while the next steps accumulate
+        (for up to COMMIT_LAG_SECONDS, then the loop waits for it).
         """
         last = self._last
         if last is not None and not last[2].done():
