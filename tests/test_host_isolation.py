@@ -136,6 +136,39 @@ def sealer(msg, state):
     return [], state
 
 
+maker = avm.Behavior("maker")
+
+
+@maker.init
+def _maker_init(state, args):
+    return [], Map({"env": None, "me": None, "made": None})
+
+
+@maker.signal("self")
+def _maker_self(state, me):
+    return [], state.set("me", me)
+
+
+@maker.signal("env")
+def _maker_env(state, env):
+    return [], state.set("env", env)
+
+
+@maker.on("make")
+def _maker_make(state, start):
+    return [(state["env"]["spawner"], (state["me"]("made"), ("spawn", "counter", start)))], state
+
+
+@maker.on("spawned")
+def _maker_spawned(state, cap):
+    return [(cap, ("add", 1))], state.set("made", cap)
+
+
+@maker.on("ask")
+def _maker_ask(state, reply):
+    return [(state["made"], ("get", reply))], state
+
+
 def run(coro, seconds=120):
     return asyncio.run(asyncio.wait_for(coro, seconds))
 
@@ -353,6 +386,39 @@ def test_domains_are_kept_in_the_store(tmp_path):
 
     got, domains = run(second())
     assert got == ("count", 5) and domains == {"alice"}
+
+
+@pytest.mark.parametrize("isolation_mode", ["inline", "workers"])
+def test_a_machine_made_by_a_spawner_joins_the_askers_domain(tmp_path, isolation_mode):
+    """Issue 7 item 3: a spawned child runs with its maker's owner, never in "default"
+    (where it would share a worker with other owners' machines)."""
+    path = tmp_path / "h.avm"
+
+    async def first():
+        async with avm.host.open(path, behaviors=[maker, counter],
+                                 isolation=isolation_mode) as h:
+            sp, _revoke = await h.spawner(["counter"])
+            m = await h.spawn("maker", maker, env={"spawner": sp}, domain="alice")
+            plain = await h.spawn("plain", maker, env={"spawner": sp})
+            await h.send(m, ("make", 41))
+            await h.send(plain, ("make", 1))
+            assert await h.ask(m, "ask") == ("count", 42)
+            assert await h.ask(plain, "ask") == ("count", 2)
+            kids = {m.name for m in h.machines() if m.name.startswith("counter~")}
+            assert len(kids) == 2
+            if isolation_mode == "workers":
+                # alice's child ran in alice's worker, the other one in the default one
+                assert set(h._pool.workers) == {"alice", isolation.DEFAULT_DOMAIN}
+            return {n: h._rt.domains.get(h.address(n)) for n in kids}
+
+    doms = run(first())
+    assert sorted(doms.values(), key=str) == [None, "alice"]
+
+    async def second():
+        async with avm.host.open(path, behaviors=[maker, counter], isolation="workers") as h:
+            return {n: h._pool.domain_of(h.address(n)) for n in doms}
+
+    assert run(second()) == {n: d or isolation.DEFAULT_DOMAIN for n, d in doms.items()}
 
 
 def test_bad_arguments_are_refused():

@@ -209,8 +209,8 @@ class Host:
             net, addr, evs = nw.spawn(net, name, bname, args, host=rt.host, env=env,
                                       env_obj=rt.env)
             made.append(addr)
-            if pool is not None and domain is not None:
-                pool.domains[addr] = domain
+            if domain is not None:
+                rt.domains[addr] = domain
             return net, evs
 
         rt.apply(act)
@@ -418,13 +418,14 @@ class _Opened:
             if hostname not in net.hosts:
                 hostname = next(iter(sorted(net.hosts)))
             pool = None
+            domains = await asyncio.to_thread(store.domains)
             if self._isolation == "workers":
                 seconds, memory = self._budgets
-                domains = await asyncio.to_thread(store.domains)
-                pool = Pool(table, domains, seconds=seconds, memory_bytes=memory,
+                pool = Pool(table, seconds=seconds, memory_bytes=memory,
                             inline={net.names[REPLIES]})
+                pool.domains = domains  # the runtime's table: spawned machines join it
                 env.batch_runner = pool.run
-            rt = Runtime(store, net, env, hostname, self._clock)
+            rt = Runtime(store, net, env, hostname, self._clock, domains)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
