@@ -438,3 +438,63 @@ def test_bad_arguments_are_refused():
 
 
 assert core_machine.run_batch is run_batch  # the worker runs the core's own function
+
+
+WORD = '''
+import avm, os
+behavior = avm.Behavior("counter")
+
+@behavior.on("add")
+def _add(count, n):
+    return [], count + STEP * n
+
+@behavior.on("get")
+def _get(count, reply):
+    return [(reply, ("count", count))], count
+
+@behavior.on("pid")
+def _pid(count, reply):
+    return [(reply, ("pid", os.getpid()))], count
+'''
+
+
+def test_dictionary_words_run_in_the_domains_worker_never_in_the_host(tmp_path):
+    """Issue 9 item 2: "Code from the dictionary runs under the host's isolation rules".
+    A word's code (top level included) runs in the machine's domain's worker; a word
+    that raises at load is refused in the worker, before any rebind; a reopened host
+    loads the bound version into the workers from the store."""
+    path = tmp_path / "h.avm"
+    marker = tmp_path / "loaded-in"
+    probe = WORD + f"\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+
+    async def first():
+        async with avm.host.open(path, behaviors=[counter], isolation="workers") as h:
+            cap = await h.spawn("c", counter, 0, domain="alice")
+            await h.send(cap, ("add", 1))
+            h.live.dictionary.edit("main", "counter", probe.replace("STEP", "2"))
+            await h.live.bind("c", "counter")
+            await h.send(cap, ("add", 1))
+            got = await h.ask(cap, "get")
+            pid = (await h.ask(cap, "pid"))[1]
+            with pytest.raises(avm.AvmError, match="failed to load"):
+                await h.live.edit("main", "counter", "raise RuntimeError('at import')\n")
+            await h.send(cap, ("add", 1))
+            after = await h.ask(cap, "get")
+            return got, pid, isolation.pid_of(h._pool, "alice"), after
+
+    got, pid, alice_pid, after = run(first())
+    assert got == ("count", 3) and after == ("count", 5)  # counted by two, state kept
+    assert pid == alice_pid != os.getpid()
+    loaders = {int(x) for x in marker.read_text().split()}
+    assert os.getpid() not in loaders and alice_pid in loaders
+
+    async def second():
+        async with avm.host.open(path, behaviors=[counter], isolation="workers") as h:
+            cap = h.cap("c")
+            await h.send(cap, ("add", 10))
+            return await h.ask(cap, "get"), isolation.pid_of(h._pool, "alice")
+
+    got2, pid2 = run(second())
+    assert got2 == ("count", 25)
+    loaders = {int(x) for x in marker.read_text().split()}
+    assert os.getpid() not in loaders and pid2 in loaders
