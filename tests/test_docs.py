@@ -49,16 +49,24 @@ ROOT = Path(__file__).resolve().parent.parent
 #: code). Raise a number only with a reason written in the doc beside the marker.
 SKIP_BUDGET: dict[str, int] = {
     "README.md": 0,
+    "docs/batches.md": 0,
+    "docs/capabilities.md": 0,
+    "docs/commons.md": 0,
+    "docs/design.md": 0,
+    "docs/dictionary.md": 0,
+    "docs/fault-model.md": 0,
+    "docs/host.md": 0,
     "docs/machines.md": 0,
+    "docs/performance.md": 0,
+    "docs/simulation.md": 0,
+    "docs/testing.md": 0,
+    "docs/values.md": 0,
 }
 
 #: Files whose snippets are still being made to run; each leaves this set when it does.
-PENDING: set[str] = {
-    "docs/capabilities.md", "docs/commons.md", "docs/design.md", "docs/dictionary.md",
-    "docs/host.md", "docs/simulation.md", "docs/testing.md", "docs/values.md",
-}
+PENDING: set[str] = {"docs/dictionary.md", "docs/host.md"}
 
-PYTHON = {"python", "py", "python3"}
+PYTHON = {"python", "py", "python3", "pycon"}
 SHELL = {"sh", "bash", "shell", "console"}
 TEXT = {"text", "txt", "plain", "output"}
 KNOWN_MARKS = {"not-run", "fresh-namespace", "output", "exit"}
@@ -294,7 +302,7 @@ def run_python(block: Block, namespace: dict) -> str:
     source = "\n" * block.line + block.text  # line numbers in tracebacks are the doc's
     out = io.StringIO()
     try:
-        code = compile(source, block.path, "exec")
+        code = compile(source, block.path, "exec", dont_inherit=True)
         with contextlib.redirect_stdout(out):
             exec(code, namespace)
     except Exception:
@@ -302,6 +310,46 @@ def run_python(block: Block, namespace: dict) -> str:
         raise _fail(block, f"the python block failed:\n{tb}"
                            f"--- it printed ---\n{out.getvalue()}") from None
     return out.getvalue()
+
+
+def run_session(block: Block, namespace: dict) -> str:
+    """Run a ``>>>`` session as a reader would type it: each expression's repr, or the
+    exception as ``Name: message`` (a doctest ``Traceback`` header is optional), must be
+    what the block shows (``...`` matches anything)."""
+    checker = doctest.OutputChecker()
+    printed = []
+    for ex in doctest.DocTestParser().get_examples(block.text):
+        where = f"{block.path}:{block.line + 1 + ex.lineno}"
+        out = io.StringIO()
+        got_exc = None
+        try:
+            with contextlib.redirect_stdout(out):
+                try:
+                    code = compile(ex.source, where, "eval", dont_inherit=True)
+                except SyntaxError:
+                    exec(compile(ex.source, where, "exec", dont_inherit=True), namespace)
+                else:
+                    value = eval(code, namespace)
+                    if value is not None:
+                        print(repr(value))
+        except Exception as e:
+            got_exc = e
+        got = out.getvalue()
+        want = ex.want
+        if got_exc is not None:
+            got += f"{type(got_exc).__name__}: {got_exc}\n"
+            if ex.exc_msg is not None:  # doctest form: compare the last line only
+                want = f"{ex.exc_msg}"
+                got = f"{type(got_exc).__name__}: {got_exc}\n"
+                if not want.startswith(type(got_exc).__name__):
+                    got = f"{type(got_exc).__module__}.{got}"
+        if not checker.check_output(want, got, doctest.ELLIPSIS):
+            tb = "".join(traceback.format_exception(got_exc, limit=-3)) if got_exc else ""
+            raise _fail(block, f"at {where}, `{ex.source.strip()}` gave something else:\n"
+                        + checker.output_difference(doctest.Example(ex.source, want), got,
+                                                    doctest.ELLIPSIS) + tb)
+        printed.append(got)
+    return "".join(printed)
 
 
 def run_shell(block: Block) -> str:
@@ -359,7 +407,10 @@ def run_file(path: str) -> Outcome:
         if block.lang in PYTHON:
             if "fresh-namespace" in block.marks:
                 namespace = {"__name__": f"docs.{Path(path).stem}"}
-            last_output = run_python(block, namespace)
+            if block.lang == "pycon" or block.text.lstrip().startswith(">>>"):
+                last_output = run_session(block, namespace)
+            else:
+                last_output = run_python(block, namespace)
         elif block.lang in SHELL:
             last_output = run_shell(block)
         else:
