@@ -425,6 +425,10 @@ class _Opened:
                             inline={net.names[REPLIES]})
                 env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock)
+            if store.durable:  # batches of machines bound to words, for peek
+                from .peek import recorder
+
+                rt.recorder = recorder(rt)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()

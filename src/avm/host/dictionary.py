@@ -424,6 +424,16 @@ class Dictionary:
         (run once per load), so helpers can be shared; a cycle of ``use`` is refused.
         """
         v = self.version(version) if version is not None else self.head(branch, word)
+        return self._load(branch, v.word, v.source)
+
+    def load_source(self, branch: str, word: str, source: str) -> Any:
+        """Run ``source`` as if it were a new version of ``word`` on ``branch`` (its
+        ``use()`` reaches that branch's words) and return its ``behavior``, storing
+        nothing: what a dry run (``host.live.peek``) runs. Source that does not compile
+        raises :class:`CompileError` with the compiler's message."""
+        return self._load(branch, _check_name("word", word), check_source(word, source))
+
+    def _load(self, branch: str, top: str, top_source: str) -> Any:
         loading: dict[str, dict | None] = {}
 
         def run(w: str, src: str) -> dict:
@@ -447,9 +457,9 @@ class Dictionary:
             ns = run(name, self.source(branch, name))
             return _Namespace(ns)
 
-        ns = run(v.word, v.source)
+        ns = run(top, top_source)
         if "behavior" not in ns:
-            raise DictionaryError(f"{v.word} defines no `behavior`; a behavior word ends with "
+            raise DictionaryError(f"{top} defines no `behavior`; a behavior word ends with "
                                   "`behavior = avm.Behavior(...)` or a step function")
         return ns["behavior"]
 

@@ -101,6 +101,9 @@ class Runtime:
         self.watches: dict[tuple, Listener] = {}
         #: called with every step's events (tests feed avm.testing.Checker with it)
         self.tap: Callable[[list], None] | None = None
+        #: called with (network before, network after, events) of every step the loop
+        #: takes; avm.host.peek records there the batches of machines bound to words
+        self.recorder: Callable[[Network, Network, list], None] | None = None
         self.counters = {"steps": 0, "batches": 0, "failures": 0, "drops": 0,
                          "interrupts": 0, "commits_requested": 0}
         #: destination address -> [batches applied, batches failed] since the host started
@@ -242,6 +245,8 @@ class Runtime:
                     dirty_from_events(evs, dirty)
                     if self.tap is not None:
                         self.tap(evs)
+                    if self.recorder is not None:
+                        self.recorder(before, net, evs)
                     if self.listeners or self.watches:
                         self._observe(evs)
                     n += 1
