@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import avm
 import avm.host
 from avm import Map
+from avm.host import isolation
 from avm.host.dictionary import CompileError
 from avm.host.peek import PeekRefused
 from avm.host.store import REPLAY_PER_MACHINE_MAX
@@ -190,11 +192,42 @@ def test_replay_rows_are_bounded_per_machine(tmp_path):
     db.close()
 
 
-def test_peek_is_refused_with_isolated_workers_and_in_memory(tmp_path):
+boot = avm.Behavior("peek.boot")  # module level: isolated workers import it by reference
+
+
+@boot.init
+def _boot_init(state, args):
+    return [], Map({"n": 0})
+
+
+def test_peek_runs_in_the_machines_worker_with_isolated_workers(tmp_path):
+    """With isolation="workers" the peeked code loads and runs in the machine's domain's
+    worker, never in the host (its top level writes the pid of whoever runs it)."""
+    marker = tmp_path / "ran-in"
+    probe = counter(2) + f"\nimport os\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + ' ')\n"
+
     async def go():
-        async with avm.host.open(tmp_path / "w.avm", isolation="workers") as h:
-            with pytest.raises(PeekRefused, match="isolated workers"):
-                await h.live.peek("c", counter(2))
+        async with avm.host.open(tmp_path / "w.avm", behaviors=[boot], isolation="workers") as h:
+            await h.spawn("c", boot, domain="alice")
+            h.live.dictionary.edit("main", "counter", counter(1))
+            await h.live.bind("c", "counter")
+            for _ in range(2):
+                await h.send(h.cap("c"), ("tick",))
+            await h.idle()
+            r = await h.live.peek("c", probe)
+            with pytest.raises(CompileError):
+                await h.live.peek("c", "def (:\n")
+            return r, await h.state("c"), isolation.pid_of(h._pool, "alice")
+
+    r, state, alice = run(go())
+    assert [b.state_changes for b in r.batches] == [[("$.n", 1, 2)], [("$.n", 2, 4)]]
+    assert state == Map({"n": 2})
+    ran = {int(x) for x in marker.read_text().split()}
+    assert ran == {alice} and os.getpid() not in ran
+
+
+def test_peek_is_refused_in_memory(tmp_path):
+    async def go():
         async with avm.host.open(None) as h:
             with pytest.raises(PeekRefused, match="in-memory"):
                 await h.live.peek("c", counter(2))

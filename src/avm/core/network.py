@@ -990,7 +990,7 @@ def _count_nulled(net: Network, env: Env, b: Batch) -> Network:
 
 
 def peek_batch(net: Network, env: Env, address: bytes, fn: Any, state: Any,
-               batch: Batch) -> tuple[Any, tuple]:
+               batch: Batch, runner: Any = None) -> tuple[Any, tuple]:
     """A dry run: what ``batch`` would do to ``state`` under step function ``fn``.
 
         "A debugger's 'peek' runs a step and throws the result away." (STYLE, habit 9)
@@ -1002,13 +1002,19 @@ def peek_batch(net: Network, env: Env, address: bytes, fn: Any, state: Any,
     :class:`~avm.core.machine.BatchResult` and, when it succeeded, its outputs as they
     would be sent, ``((destination, messages), ...)`` grouped by destination (rule 3) and
     stripped for transit as :func:`_emit` sends them. A batch that does not open fails
-    as ``unseal``.
+    as ``unseal``. ``runner``: where the fold runs, with the signature of
+    ``Env.batch_runner`` (a host's isolated worker, given the machine's record with
+    ``state``); by default here.
     """
     auth = _open_batch(net, env, address, batch)
     if auth.error is not None or auth.messages is None:
         failure = Failure("unseal", auth.error or "not opened")
         return BatchResult(False, None, (), failure, 0, None), ()
-    r = run_batch(fn, state, auth.messages)
+    if runner is None:
+        r = run_batch(fn, state, auth.messages)
+    else:
+        rec = with_(machine_record(net, address), state=state)
+        r = runner(net, address, rec, fn, auth.messages, False)
     if not r.ok:
         return r, ()
     return r, tuple((d, transit(net.keys, d, group)) for d, group in partition(r.outputs))

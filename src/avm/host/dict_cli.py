@@ -84,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Replay the newest batches of a machine bound to a word against source "
                     "text (FILE) or a stored version, on the running host, and show per batch "
                     "how the state and outputs would differ. Nothing is committed. Needs the "
-                    "admin token (a peek runs code); refused on a host with isolated workers.")
+                    "admin token (a peek runs code, where the machine's batches run).")
     q.add_argument("machine", help="the machine's name")
     q.add_argument("file", nargs="?", help="the new source (- for stdin); or --version")
     q.add_argument("--version", type=int, help="a version id of the dictionary instead")

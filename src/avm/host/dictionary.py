@@ -41,6 +41,7 @@ from ..core.errors import AvmError, UnknownName, UsageError
 
 __all__ = [
     "Dictionary",
+    "Recipe",
     "Version",
     "DictionaryError",
     "CompileError",
@@ -423,17 +424,51 @@ class Dictionary:
         The source sees ``use(name)``: the namespace of another word on the same branch
         (run once per load), so helpers can be shared; a cycle of ``use`` is refused.
         """
+        return self.recipe(branch, word, version=version).load()
+
+    def recipe(self, branch: str, word: str, *, version: int | None = None) -> Recipe:
+        """Everything needed to load the word elsewhere, without this store: its
+        version's source and the head source of every other word on the branch (what
+        ``use`` may ask for). Isolated workers load dictionary code from this, so the
+        code runs in the worker and never in the host."""
         v = self.version(version) if version is not None else self.head(branch, word)
-        return self._load(branch, v.word, v.source)
+        if v.word != word:
+            raise UsageError(f"version {v.id} is of word {v.word!r}, not {word!r}")
+        others = tuple((w, self.version(vid).source) for w, vid in self.words(branch).items()
+                       if w != word)
+        return Recipe(branch, word, v.id, v.source, others)
+
+    def recipe_source(self, branch: str, word: str, source: str) -> Recipe:
+        """The Recipe of ``source`` as if it were a new version of ``word`` on ``branch``
+        (version 0: nothing is stored), for a dry run (``host.live.peek``). Source that
+        does not compile raises :class:`CompileError` with the compiler's message; it is
+        only compiled here, never run."""
+        source = check_source(_check_name("word", word), source)
+        others = tuple((w, self.version(vid).source) for w, vid in self.words(branch).items()
+                       if w != word)
+        return Recipe(branch, word, 0, source, others)
 
     def load_source(self, branch: str, word: str, source: str) -> Any:
-        """Run ``source`` as if it were a new version of ``word`` on ``branch`` (its
-        ``use()`` reaches that branch's words) and return its ``behavior``, storing
-        nothing: what a dry run (``host.live.peek``) runs. Source that does not compile
-        raises :class:`CompileError` with the compiler's message."""
-        return self._load(branch, _check_name("word", word), check_source(word, source))
+        """Run ``source`` as a version of ``word`` on ``branch`` (its ``use()`` reaches the
+        branch's words) and return its ``behavior``, storing nothing."""
+        return self.recipe_source(branch, word, source).load()
 
-    def _load(self, branch: str, top: str, top_source: str) -> Any:
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dictionary word as plain text: picklable, loadable in another process."""
+
+    branch: str
+    word: str
+    version: int
+    source: str
+    helpers: tuple[tuple[str, str], ...]
+
+    def load(self) -> Any:
+        """Run the word's source (with ``use`` over the helpers) and return its
+        ``behavior``; DictionaryError says why it cannot."""
+        helpers = dict(self.helpers)
+        branch = self.branch
         loading: dict[str, dict | None] = {}
 
         def run(w: str, src: str) -> dict:
@@ -454,13 +489,16 @@ class Dictionary:
             return ns
 
         def use(name: str) -> Any:
-            ns = run(name, self.source(branch, name))
-            return _Namespace(ns)
+            if name == self.word:
+                return _Namespace(run(name, self.source))
+            if name not in helpers:
+                raise UnknownName(f"no word {name!r} on branch {branch!r}")
+            return _Namespace(run(name, helpers[name]))
 
-        ns = run(top, top_source)
+        ns = run(self.word, self.source)
         if "behavior" not in ns:
-            raise DictionaryError(f"{top} defines no `behavior`; a behavior word ends with "
-                                  "`behavior = avm.Behavior(...)` or a step function")
+            raise DictionaryError(f"{self.word} defines no `behavior`; a behavior word ends "
+                                  "with `behavior = avm.Behavior(...)` or a step function")
         return ns["behavior"]
 
 

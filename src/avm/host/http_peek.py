@@ -5,8 +5,8 @@ the dictionary or against source text, commits nothing, and answers how states a
 outputs would differ (:mod:`avm.host.peek`). It takes the **admin** token although it
 changes nothing: it runs code (the source given, or a version) in the host, which a
 read-only token must never be able to make happen. Source that does not compile answers
-400 with the compiler's message; a host with isolated workers refuses peeks (400,
-``PeekRefused``).
+400 with the compiler's message. On a host with isolated workers the code runs in the
+machine's worker, as its batches do.
 """
 
 from __future__ import annotations

@@ -24,15 +24,18 @@ edit, or rows trimmed), the replay starts again from the committed state (``from
 says which). Per batch it reports whether the new state and outputs equal what was
 committed, with a compact diff. Nothing is written: no state, no history, no queue.
 
-**Isolation.** Loading a word and running it is running its code. On an inline host
-(the default) a peek runs in the host's process, as its batches do. A host opened with
-``isolation="workers"`` refuses peeks (:class:`PeekRefused`): dictionary words are not
-sent to workers yet, and a peek must not run code where the host's batches would not.
+**Isolation.** Loading a word and running it is running its code, so a peek runs it
+where the host runs the machine's batches. On an inline host (the default) that is the
+host's process. On a host opened with ``isolation="workers"`` the new code is loaded in
+the worker of the machine's trust domain (never in the host: source is only compiled
+there, to refuse what does not compile) and every replayed batch is folded there, with
+the same budgets and the host's recheck of the result, through ``Pool.run``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +48,7 @@ from ..core.errors import AvmError, UsageError
 from ..core.network import Network, events
 from ..core.values import replace_fields
 from .literal import to_json
-from .live import PREFIX, parse_name
+from .live import PREFIX, behavior_name, in_worker, parse_name
 from .store import REPLAY_PER_MACHINE_MAX
 from .valuepath import change_json, diff
 
@@ -59,7 +62,7 @@ LAST_DEFAULT = 10
 
 
 class PeekRefused(AvmError):
-    """This peek cannot run here (isolated workers, an in-memory store, no word)."""
+    """This peek cannot run here (an in-memory store, a machine bound to no word)."""
 
 
 @dataclass(frozen=True)
@@ -202,11 +205,6 @@ async def peek(host: Host, machine: str, new: str | int, *, last: int = LAST_DEF
     differences. See the module docstring; ``host.live.peek`` calls this."""
     if type(last) is not int or not 1 <= last <= REPLAY_PER_MACHINE_MAX:
         raise UsageError(f"last is 1 to {REPLAY_PER_MACHINE_MAX} (batches kept per machine)")
-    if host._pool is not None:
-        raise PeekRefused(
-            "this host runs steps in isolated workers (isolation='workers'), and peek runs "
-            "the word's code: it is refused rather than run in the host's process. Peek on "
-            "an inline host (a copy of the store: avm store backup), or bind and watch")
     path = host.store.path
     if path is None:
         raise PeekRefused("an in-memory host keeps no batch history to replay: open the "
@@ -219,7 +217,8 @@ async def peek(host: Host, machine: str, new: str | int, *, last: int = LAST_DEF
     if type(new) is int and type(new) is not bool:
         v = d.version(new)
         use_branch = branch or (parsed[0] if parsed else v.branch)
-        fn = d.load(use_branch, v.word, version=v.id)
+        recipe = d.recipe(use_branch, v.word, version=v.id)
+        name = behavior_name(use_branch, v.word, v.id)
         code = f"version {v.id} of {v.word}"
     elif type(new) is str:
         w = word or (parsed[1] if parsed else None)
@@ -227,10 +226,29 @@ async def peek(host: Host, machine: str, new: str | int, *, last: int = LAST_DEF
             raise PeekRefused(f"{machine} is not bound to a word: name the word the source "
                               "is a version of (word=...), or give a version id")
         use_branch = branch or (parsed[0] if parsed else "main")
-        fn = d.load_source(use_branch, w, new)  # CompileError: the compiler's message
+        recipe = d.recipe_source(use_branch, w, new)  # CompileError: the compiler's message
+        name = f"peek:{use_branch}/{w}#{hashlib.sha256(new.encode()).hexdigest()[:16]}"
         code = f"source of {w} (not stored)"
     else:
         raise UsageError("peek takes a version id (int) or the source text (str)")
+    pool = host._pool
+    if pool is None:  # inline: the host's batches run here, and so does the peek
+        return await _replay(host, machine, addr, path, last, code, recipe.load(), None)
+    # Isolated workers: the code loads and runs in the machine's domain's worker only.
+    temporary = name not in pool.behaviors
+    pool.load(name, recipe, pool.domain_of(addr))  # DictionaryError if it does not load
+    try:
+        def runner(net: Network, a: bytes, rec: Any, fn: Any, msgs: list, plain: bool) -> Any:
+            return pool.run(net, a, replace_fields(rec, behavior=name), fn, msgs, plain)
+
+        return await _replay(host, machine, addr, path, last, code, in_worker(name), runner)
+    finally:
+        if temporary:  # later workers do not load it; running ones keep it until replaced
+            pool.behaviors.pop(name, None)
+
+
+async def _replay(host: Host, machine: str, addr: bytes, path: Path, last: int, code: str,
+                  fn: Any, runner: Any) -> PeekReport:
     await host.flush()
     rows = await asyncio.to_thread(read_rows, path, addr, last)
     note = ""
@@ -252,7 +270,7 @@ async def peek(host: Host, machine: str, new: str | int, *, last: int = LAST_DEF
         b = replace_fields(b, messages=strip(b.messages, b.dest, keys))
         chained = carry is not None and prev_after == before_b
         start_state = carry if chained else before
-        r, groups = nw.peek_batch(net, env, addr, fn, start_state, b)
+        r, groups = nw.peek_batch(net, env, addr, fn, start_state, b, runner)
         peek_state = r.state if r.ok else start_state
         committed_outs = _flat(decode(bytes(outs_b)))
         peek_outs = _flat(groups)
