@@ -23,6 +23,7 @@ from avm.core.codec import encode
 from avm.core.machine import Message, run_batch
 from avm.host import isolation
 from avm.host.isolation import Pool, recheck
+from spawning import maker
 
 # -- behaviors ----------------------------------------------------------------------------
 
@@ -134,39 +135,6 @@ def sealer(msg, state):
     if name == "back":
         return [], state.set("token", ctx[1]).set("trips", state["trips"] + 1)
     return [], state
-
-
-maker = avm.Behavior("maker")
-
-
-@maker.init
-def _maker_init(state, args):
-    return [], Map({"env": None, "me": None, "made": None})
-
-
-@maker.signal("self")
-def _maker_self(state, me):
-    return [], state.set("me", me)
-
-
-@maker.signal("env")
-def _maker_env(state, env):
-    return [], state.set("env", env)
-
-
-@maker.on("make")
-def _maker_make(state, start):
-    return [(state["env"]["spawner"], (state["me"]("made"), ("spawn", "counter", start)))], state
-
-
-@maker.on("spawned")
-def _maker_spawned(state, cap):
-    return [(cap, ("add", 1))], state.set("made", cap)
-
-
-@maker.on("ask")
-def _maker_ask(state, reply):
-    return [(state["made"], ("get", reply))], state
 
 
 def run(coro, seconds=120):

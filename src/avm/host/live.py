@@ -46,20 +46,21 @@ def parse_name(name: str) -> tuple[str, str, int] | None:
     return (branch, word, int(ver)) if ver.isdigit() and branch and word else None
 
 
-def load_named(dictionary: Dictionary, name: str) -> Any:
+def _named(name: str) -> tuple[str, str, int]:
     parsed = parse_name(name)
     if parsed is None:
         raise UsageError(f"{name!r} is not a dictionary behavior name")
-    branch, word, version = parsed
+    return parsed
+
+
+def load_named(dictionary: Dictionary, name: str) -> Any:
+    branch, word, version = _named(name)
     return dictionary.load(branch, word, version=version)
 
 
 def recipe_named(dictionary: Dictionary, name: str) -> Recipe:
     """The Recipe of a dictionary behavior name (for an isolated worker to load)."""
-    parsed = parse_name(name)
-    if parsed is None:
-        raise UsageError(f"{name!r} is not a dictionary behavior name")
-    branch, word, version = parsed
+    branch, word, version = _named(name)
     return dictionary.recipe(branch, word, version=version)
 
 
