@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -232,6 +233,13 @@ def make_record(
     return decode_record(data)  # the one path that builds a RouteRecord
 
 
+#: Records already decoded and verified, by their exact bytes (a DHT hands the same
+#: record around many times; the signature check is most of the cost of a lookup).
+#: Keyed by the whole byte string, so a hit is the very bytes that were verified.
+VERIFIED_CACHE_MAX = 4096
+_VERIFIED: OrderedDict[bytes, RouteRecord] = OrderedDict()
+
+
 def decode_record(data: Any) -> RouteRecord:
     """Decode and check a record from anywhere: size, shape, identity, signature.
 
@@ -241,6 +249,18 @@ def decode_record(data: Any) -> RouteRecord:
         raise RecordError("type", f"a record is bytes, not {type(data).__name__}")
     if len(data) > RECORD_BYTES_MAX:
         raise RecordError("size", f"{len(data)} bytes exceeds {RECORD_BYTES_MAX}")
+    hit = _VERIFIED.get(data)
+    if hit is not None:
+        _VERIFIED.move_to_end(data)
+        return hit
+    rec = _decode_record(data)
+    _VERIFIED[data] = rec
+    if len(_VERIFIED) > VERIFIED_CACHE_MAX:
+        _VERIFIED.popitem(last=False)
+    return rec
+
+
+def _decode_record(data: bytes) -> RouteRecord:
     try:
         m = codec.decode(data, RECORD_LIMITS)
     except codec.CodecError as e:
