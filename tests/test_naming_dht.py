@@ -372,13 +372,3 @@ def test_find_neighbors_is_exact_where_the_package_traverser_misses():
 
     asyncio.run(main())
 
-
-def test_the_naming_doc_examples_run():
-    import re
-    from pathlib import Path
-
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "naming.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) == 2
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/naming.md python block {i}", "exec"), {})

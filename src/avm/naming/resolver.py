@@ -102,6 +102,8 @@ class Naming:
         self.local: OrderedDict[bytes, RouteRecord] = OrderedDict()
         self.local_max = local_max
         self.current: RouteRecord | None = None
+        #: How many DHT nodes took the last published record (None: no DHT).
+        self.last_stored: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._published = self._republish_failures = self._resolved = self._unresolved = 0
         self.refused: Counter[str] = Counter()
@@ -129,7 +131,7 @@ class Naming:
         self.current = rec
         self._keep(rec)
         if self.dht is not None:
-            await self.dht.put(rec)
+            self.last_stored = await self.dht.put(rec)
         self._published += 1
         return rec
 
