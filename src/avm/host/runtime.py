@@ -77,8 +77,12 @@ class Runtime:
     """
 
     def __init__(self, store: Store, net: Network, env: Env, host: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 domains: dict[bytes, str] | None = None) -> None:
         self.store = store
+        #: address -> trust domain, for machines outside the default one (the store's
+        #: table; shared with the isolation pool, which runs each domain apart)
+        self.domains: dict[bytes, str] = {} if domains is None else domains
         self.net = net
         self.env = env
         self.host = host
@@ -101,6 +105,10 @@ class Runtime:
         self.watches: dict[tuple, Listener] = {}
         #: called with every step's events (tests feed avm.testing.Checker with it)
         self.tap: Callable[[list], None] | None = None
+        #: called with every list of events (a step's, or an act's with the Dirty it
+        #: named, else None); the HTTP API's live events (avm.host.http_events) subscribe
+        #: while a browser listens. Subscribers must be quick and never raise.
+        self.subscribers: list[Callable[[list, Dirty | None], None]] = []
         self.counters = {"steps": 0, "batches": 0, "failures": 0, "drops": 0,
                          "interrupts": 0, "commits_requested": 0}
         #: destination address -> [batches applied, batches failed] since the host started
@@ -165,6 +173,8 @@ class Runtime:
         if dirty is not None:
             self.dirty.merge(dirty)
         self._observe(evs)
+        for fn in self.subscribers:
+            fn(evs, dirty)
         self._wake.set()
         return evs
 
@@ -240,10 +250,15 @@ class Runtime:
                         idle = True
                         break
                     dirty_from_events(evs, dirty)
+                    if dirty.parents:
+                        self._adopt(dirty)
                     if self.tap is not None:
                         self.tap(evs)
                     if self.listeners or self.watches:
                         self._observe(evs)
+                    if self.subscribers:
+                        for fn in self.subscribers:
+                            fn(evs, None)
                     n += 1
                     if not n & 63 and time.perf_counter() > t_end:
                         break
@@ -262,6 +277,20 @@ class Runtime:
                 if idle:
                     break
                 await asyncio.sleep(0)
+
+    def _adopt(self, dirty: Dirty) -> None:
+        """A machine made through a spawner joins the trust domain of the machine that
+        asked for it: the asker chose its code and its first message, so it is that
+        owner's machine (and a spawner handed to another owner's machine makes machines
+        in that owner's domain, never in the grantor's). Done before the new machine's
+        first batch runs, and committed with it."""
+        domains = self.domains
+        for child, asker in dirty.parents.items():
+            d = domains.get(asker)
+            if d is not None:
+                domains[child] = d
+                dirty.domains[child] = d
+        dirty.parents.clear()
 
     def _fail(self, e: BaseException) -> None:
         self.failed = e
