@@ -6,7 +6,9 @@
 * :mod:`avm.wire.frames`: the frame layouts (as data), encoding and bounded decoding;
 * :mod:`avm.wire.session`: :class:`Connection`, one side of a session, whose life
   cycle is the table :data:`TRANSITIONS`;
-* :mod:`avm.wire.errors`: :class:`WireError` and its subclasses, each with a code.
+* :mod:`avm.wire.errors`: :class:`WireError` and its subclasses, each with a code;
+* :mod:`avm.wire.transport`: the asyncio driver, TLS 1.3 with pinned identities;
+* :mod:`avm.wire.faults`: the fault-injecting proxy used by tests.
 
 This package is part of the shell: it imports :mod:`avm.core` (the codec, identities,
 the delivery model's per-channel rules), never the reverse. docs/network.md describes
