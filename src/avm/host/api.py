@@ -432,6 +432,10 @@ class _Opened:
                 pool.domains = domains  # the runtime's table: spawned machines join it
                 env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock, domains)
+            if store.durable:  # batches of machines bound to words, for peek
+                from .peek import recorder
+
+                rt.recorder = recorder(rt)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
