@@ -155,6 +155,7 @@ function selectMachine(name) {
   S.stateOpen = new Set(["$"]);
   $("machine-batches").replaceChildren();
   $("peek-panel").hidden = true;
+  result("", true);
   $("tabs").querySelector('[data-view="machine"]').href = "#machine/" + q(name);
   refreshMachine();
 }
@@ -273,11 +274,19 @@ $("m-send").addEventListener("submit", (ev) => { ev.preventDefault(); send(false
 $("m-ask-button").addEventListener("click", () => send(true));
 
 function showPeek(box, r) {
-  const rows = (r.batches || []).map((b) => `<tr class="${b.state === "differs" || b.outputs === "differs" || b.committed !== b.peek ? "differs" : ""}">
-    <td>${b.seq}</td><td>${escapeHtml(String(b.sender ?? ""))}</td><td>${escapeHtml(String(b.committed ?? ""))} \u2192 ${escapeHtml(String(b.peek ?? ""))}</td>
-    <td>${escapeHtml(JSON.stringify(b.changes ?? b.state ?? ""))}</td></tr>`).join("");
-  box.innerHTML = `<p>${escapeHtml(r.code || "")}: ${r.replayed} batches replayed, <b>${r.differ}</b> differ${r.note ? "; " + escapeHtml(r.note) : ""}</p>
-    <table class="grid peek"><thead><tr><th>seq</th><th>sender</th><th>outcome</th><th>changes</th></tr></thead><tbody>${rows}</tbody></table>`;
+  const outcome = (o) => (o && typeof o === "object" ? (o.ok ? "ok" : `failed: ${o.failure || ""}`) : String(o ?? ""));
+  const changes = (b) => {
+    const c = b.changes || {};
+    const list = [...(c.state || []).map((x) => `state ${x.path}: ${JSON.stringify(x.committed)} \u2192 ${JSON.stringify(x.peek)}`),
+      ...(c.outputs || []).map((x) => `outputs ${x.path}: ${JSON.stringify(x.committed)} \u2192 ${JSON.stringify(x.peek)}`)];
+    return list.length ? list.join("\n") + (c.cut ? "\n\u2026" : "") : (b.equal ? "equal" : "");
+  };
+  const rows = (r.batches || []).map((b) => `<tr class="${b.equal ? "" : "differs"}">
+    <td>${b.seq}</td><td>${escapeHtml(String(b.sender ?? ""))}</td><td>${escapeHtml(b.behavior || "")}</td>
+    <td>${escapeHtml(outcome(b.committed))} \u2192 ${escapeHtml(outcome(b.peek))}</td>
+    <td style="white-space:pre-wrap">${escapeHtml(changes(b))}</td></tr>`).join("");
+  box.innerHTML = `<p class="peek-summary">${escapeHtml(r.code || "")}: ${r.replayed} batches replayed, <b>${r.differ}</b> differ${r.note ? "; " + escapeHtml(r.note) : ""}; nothing was committed</p>
+    <table class="grid peek"><thead><tr><th>seq</th><th>sender</th><th>ran</th><th>outcome (committed \u2192 peek)</th><th>differences</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 // ---------------------------------------------------------------------------------
