@@ -310,6 +310,9 @@ def test_garbage_datagrams_are_counted_and_the_node_keeps_answering():
             ok, their_id = await nodes[0].protocol.ping(target.address, nodes[0].node.id)
             assert ok and their_id == target.node.id
             assert dict(target.protocol.dropped) == {"malformed": 6, "arguments": 1, "size": 1}
+            stats = target.statistics()
+            assert stats.dropped == {"malformed": 6, "arguments": 1, "size": 1}
+            assert stats.contacts >= 1 and stats.storage.records == 0
         finally:
             stop(nodes)
 
