@@ -5,6 +5,9 @@ A small fence parser reads each file; what happens to a block depends on its lab
 - ``python``: executed. The blocks of one file run in order in one namespace, like a
   doctest session, with the repository as the working folder and ``tempfile`` pointed
   at a fresh folder. ``<!-- fresh-namespace -->`` before a block starts a new namespace.
+  A block that starts with ``>>>`` is a session: each result must be what it shows.
+  ``<!-- script -->`` runs a block as a program of its own (``__name__ == "__main__"``)
+  in a fresh Python process, for code that starts processes (``isolation="workers"``).
 - ``sh``, ``bash``, ``console`` (``$ `` prompts; other lines are output): every ``avm``
   command line is parsed by the real argument parser, and ``avm sim ...``,
   ``avm ... --help`` and ``avm version`` are run in-process (exit status 0 unless
@@ -17,7 +20,7 @@ A small fence parser reads each file; what happens to a block depends on its lab
 Every fence needs a label, so a snippet cannot dodge the test by having none. A block
 that cannot run is marked ``<!-- not-run: why -->`` just before its fence; the test
 counts such skips per file and fails when a file skips more than ``SKIP_BUDGET`` says.
-Inline ``avm ...`` spans in the prose must name real commands.
+Inline ``avm ... --option`` spans in the prose must name real commands.
 
 Claims in the docs are asserts in the docs (``assert sim.state("counter") == 5``), so
 a drift between the code and its documentation fails here.
@@ -63,13 +66,10 @@ SKIP_BUDGET: dict[str, int] = {
     "docs/values.md": 0,
 }
 
-#: Files whose snippets are still being made to run; each leaves this set when it does.
-PENDING: set[str] = {"docs/dictionary.md", "docs/host.md"}
-
 PYTHON = {"python", "py", "python3", "pycon"}
 SHELL = {"sh", "bash", "shell", "console"}
 TEXT = {"text", "txt", "plain", "output"}
-KNOWN_MARKS = {"not-run", "fresh-namespace", "output", "exit"}
+KNOWN_MARKS = {"not-run", "fresh-namespace", "output", "exit", "script"}
 
 HOW_TO_MARK = (
     "Every fenced block in README.md and docs/*.md is run by tests/test_docs.py. Make it "
@@ -312,6 +312,22 @@ def run_python(block: Block, namespace: dict) -> str:
     return out.getvalue()
 
 
+def run_script(block: Block, tmp: Path) -> str:
+    """Run one python block as a script in a fresh process; returns what it printed."""
+    import os
+    import subprocess
+
+    script = tmp / f"doc_{Path(block.path).stem}_{block.line}.py"
+    script.write_text("\n" * block.line + block.text)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=120)
+    if done.returncode != 0:
+        raise _fail(block, f"the script exited with status {done.returncode}:\n"
+                           f"{done.stderr[-3000:]}--- it printed ---\n{done.stdout[-2000:]}")
+    return done.stdout
+
+
 def run_session(block: Block, namespace: dict) -> str:
     """Run a ``>>>`` session as a reader would type it: each expression's repr, or the
     exception as ``Name: message`` (a doctest ``Traceback`` header is optional), must be
@@ -407,7 +423,9 @@ def run_file(path: str) -> Outcome:
         if block.lang in PYTHON:
             if "fresh-namespace" in block.marks:
                 namespace = {"__name__": f"docs.{Path(path).stem}"}
-            if block.lang == "pycon" or block.text.lstrip().startswith(">>>"):
+            if "script" in block.marks:
+                last_output = run_script(block, Path(tempfile.mkdtemp()))
+            elif block.lang == "pycon" or block.text.lstrip().startswith(">>>"):
                 last_output = run_session(block, namespace)
             else:
                 last_output = run_python(block, namespace)
@@ -426,7 +444,7 @@ _INLINE = re.compile(r"`((?:\S*/)?avm [a-z][^`]*)`")
 
 
 def check_inline_commands(path: str, text: str) -> None:
-    """Every inline ``avm ...`` span names real (sub)commands."""
+    """Every inline ``avm ...`` span given with options names real (sub)commands."""
     in_fence = False
     for n, line in enumerate(text.split("\n"), 1):
         if _FENCE.match(line):
@@ -436,6 +454,8 @@ def check_inline_commands(path: str, text: str) -> None:
             continue
         for span in _INLINE.findall(line):
             words = span.split()[1:]
+            if not any(w.startswith("-") for w in words):
+                continue  # a command named in prose (perhaps one still to come)
             problem = command_path_exists([w for w in words if w != "..."])
             assert problem is None, f"{path}:{n}: `{span}`: {problem}"
 
@@ -459,8 +479,6 @@ def docs_env(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("path", doc_files())
 def test_the_doc_runs(path, docs_env):
-    if path in PENDING:
-        pytest.skip(f"{path}: its snippets are being made to run (PENDING in test_docs.py)")
     outcome = run_file(path)
     budget = SKIP_BUDGET.get(path, 0)
     if outcome.skipped > budget:
@@ -536,6 +554,25 @@ def test_a_failing_block_and_a_wrong_output_name_their_line(tmp_path):
                  "t=... ok\n", "t=5 ok\n")
     with pytest.raises(AssertionError, match="printed something else"):
         check_output(block, "3\n", "4\n")
+
+
+def test_a_session_compares_results_and_exceptions():
+    ok = parse_fences("```python\n>>> x = 1\n>>> x + 1\n2\n>>> int('x')\n"
+                      "ValueError: invalid literal for int() with base 10: 'x'\n```\n")[0]
+    assert run_session(ok, {}) == "2\nValueError: invalid literal for int() with base 10: 'x'\n"
+    for want in ("3", "TypeError: ..."):
+        bad = parse_fences(f"```python\n>>> 1 + 1\n{want}\n```\n", "d.md")[0]
+        with pytest.raises(AssertionError, match="gave something else"):
+            run_session(bad, {})
+
+
+def test_a_script_block_runs_as_its_own_program(tmp_path):
+    block = parse_fences("<!-- script -->\n```python\nprint(__name__)\n```\n", "d.md")[0]
+    assert block.marks == {"script": ""}
+    assert run_script(block, tmp_path) == "__main__\n"
+    bad = parse_fences("```python\nraise SystemExit(4)\n```\n", "d.md")[0]
+    with pytest.raises(AssertionError, match="status 4"):
+        run_script(bad, tmp_path)
 
 
 def main() -> int:
