@@ -15,7 +15,9 @@ A small fence parser reads each file; what happens to a block depends on its lab
   file named must exist.
 - ``text`` (diagrams, layouts, synopses): not code, nothing to run. With
   ``<!-- output -->`` before it, the block is what the preceding block prints, compared
-  as a doctest would (``...`` matches anything).
+  as a doctest would (``...`` matches anything). With ``<!-- layout -->``, it is a tree
+  of the repository's folders and files (``name/`` and ``name.py`` first on a line,
+  nested by indentation), and every one it names must exist.
 
 Every fence needs a label, so a snippet cannot dodge the test by having none. A block
 that cannot run is marked ``<!-- not-run: why -->`` just before its fence; the test
@@ -69,7 +71,7 @@ SKIP_BUDGET: dict[str, int] = {
 PYTHON = {"python", "py", "python3", "pycon"}
 SHELL = {"sh", "bash", "shell", "console"}
 TEXT = {"text", "txt", "plain", "output"}
-KNOWN_MARKS = {"not-run", "fresh-namespace", "output", "exit", "script"}
+KNOWN_MARKS = {"not-run", "fresh-namespace", "output", "exit", "script", "layout"}
 
 HOW_TO_MARK = (
     "Every fenced block in README.md and docs/*.md is run by tests/test_docs.py. Make it "
@@ -389,6 +391,26 @@ def run_shell(block: Block) -> str:
     return "".join(printed)
 
 
+def check_layout(block: Block) -> None:
+    """Every folder (``name/``) and file (``name.py``) a layout tree names exists."""
+    stack: list[tuple[int, Path]] = []
+    missing = []
+    for line in block.text.split("\n"):
+        m = re.match(r"^( *)(\S+)", line)
+        if not m or not (m[2].endswith("/") or m[2].endswith(".py")):
+            continue  # a description continued on the next line
+        indent = len(m[1])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = (stack[-1][1] if stack else ROOT) / m[2]
+        if not path.exists():
+            missing.append(str(path.relative_to(ROOT)))
+        if m[2].endswith("/"):
+            stack.append((indent, path))
+    if missing:
+        raise _fail(block, f"the layout names what does not exist: {missing}")
+
+
 def check_output(block: Block, want: str, got: str | None) -> None:
     if got is None:
         raise _fail(block, "an <!-- output --> block must follow a python or shell block")
@@ -418,6 +440,8 @@ def run_file(path: str) -> Outcome:
             outcome.text += 1
             if "output" in block.marks:
                 check_output(block, block.text, last_output)
+            if "layout" in block.marks:
+                check_layout(block)
             last_output = None
             continue
         if block.lang in PYTHON:
@@ -460,6 +484,69 @@ def check_inline_commands(path: str, text: str) -> None:
             assert problem is None, f"{path}:{n}: `{span}`: {problem}"
 
 
+_SPAN = re.compile(r"(`+).+?\1")
+_LINK = re.compile(r"\]\(([^()\s]+)\)")
+_PATH = re.compile(r"^(?:python3? )?((?:src|tests|examples|bench|tools|docs)/[^\s:`\[]+)")
+
+
+def prose_lines(text: str) -> list[tuple[int, str]]:
+    """The lines outside fences, numbered from 1."""
+    out, fence = [], None
+    for n, line in enumerate(text.split("\n"), 1):
+        m = _FENCE.match(line)
+        if m and (fence is None or (m["fence"][0] == fence[0] and len(m["fence"]) >= len(fence)
+                                    and not m["info"].strip())):
+            if fence is None and m["fence"][0] == "`" and "`" in m["info"]:
+                out.append((n, line))
+                continue
+            fence = m["fence"] if fence is None else None
+            continue
+        if fence is None:
+            out.append((n, line))
+    return out
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to ``-``."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"\]\([^)]*\)", "", text).replace("[", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of a markdown text: its headings' slugs and explicit ``id``s."""
+    found = set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
+    for _n, line in prose_lines(text):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            found.add(slug(m[1]))
+    return found
+
+
+def check_links_and_paths(path: str, text: str) -> list[str]:
+    """Relative links lead to files (and their anchors), and files the prose names in
+    code spans (``src/...``, ``tests/...``, ``python bench/x.py``) exist."""
+    problems = []
+    here = (ROOT / path).parent
+    for n, line in prose_lines(text):
+        for m in _SPAN.finditer(line):
+            named = _PATH.match(m[0].strip("`").strip())
+            if named and not any(c in named[1] for c in "*{}<>") and not (ROOT / named[1]).exists():
+                problems.append(f"{path}:{n}: `{named[1]}` does not exist")
+        for target in _LINK.findall(_SPAN.sub("", line)):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:
+            file, _, anchor = target.partition("#")
+            dest = (here / file) if file else ROOT / path
+            if file and not dest.exists():
+                problems.append(f"{path}:{n}: the link ({target}) leads nowhere")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(
+                    dest.read_text() if file else text):
+                problems.append(f"{path}:{n}: the link ({target}): {dest.name} has no "
+                                f"heading or id {anchor!r}")
+    return problems
+
+
 def doc_files() -> list[str]:
     return ["README.md"] + sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
 
@@ -488,6 +575,24 @@ def test_the_doc_runs(path, docs_env):
             f"{path} skips {outcome.skipped} block(s), more than the {budget} recorded in "
             f"SKIP_BUDGET: {outcome.reasons}. {listed}{HOW_TO_MARK}")
     print(f"{path}: {outcome.ran} ran, {outcome.skipped} skipped, {outcome.text} text")
+
+
+@pytest.mark.parametrize("path", doc_files())
+def test_links_lead_somewhere_and_named_files_exist(path):
+    assert check_links_and_paths(path, (ROOT / path).read_text()) == []
+
+
+def test_a_broken_link_a_missing_anchor_and_a_missing_file_are_found():
+    text = ("[a](docs/nope.md), [b](docs/testing.md#nope), `src/avm/nope.py`, "
+            "`python bench/nope.py --x`; fine: [c](docs/testing.md#conservation-the-census), "
+            "[d](#a-title), [e](https://example.org), `tests/test_docs.py`\n\n## A title\n"
+            "```python\n[f](nowhere.md)\n```\n")
+    assert [p.split(": ", 1)[1] for p in check_links_and_paths("README.md", text)] == [
+        "`src/avm/nope.py` does not exist", "`bench/nope.py` does not exist",
+        "the link (docs/nope.md) leads nowhere",
+        "the link (docs/testing.md#nope): testing.md has no heading or id 'nope'"]
+    assert slug("Nothing vanishes: returned values and `dead` letters") == (
+        "nothing-vanishes-returned-values-and-dead-letters")
 
 
 def test_every_doc_has_a_budget_entry_or_none_to_spend():
@@ -554,6 +659,17 @@ def test_a_failing_block_and_a_wrong_output_name_their_line(tmp_path):
                  "t=... ok\n", "t=5 ok\n")
     with pytest.raises(AssertionError, match="printed something else"):
         check_output(block, "3\n", "4\n")
+
+
+def test_a_layout_names_only_what_exists():
+    good = parse_fences("<!-- layout -->\n```text\nsrc/avm/\n  core/    the core\n"
+                        "    sim.py  Sim,\n            continued.py? no: a description\n"
+                        "  cli.py\ntests/\n```\n", "d.md")[0]
+    check_layout(good)
+    bad = parse_fences("<!-- layout -->\n```text\nsrc/avm/\n  core/\n    gone.py\n"
+                       "  sim.py   not in src/avm but in core\n```\n", "d.md")[0]
+    with pytest.raises(AssertionError, match=r"\['src/avm/core/gone.py', 'src/avm/sim.py'\]"):
+        check_layout(bad)
 
 
 def test_a_session_compares_results_and_exceptions():
