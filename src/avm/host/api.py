@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import network as nw
+from ..core.ask import outside_request
 from ..core.caps import Capability
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
@@ -263,21 +264,17 @@ class Host:
                   client: str = "client") -> Any:
         """Send a request and return the first answer sent to its reply capability.
 
-        ``content`` is a tuple (the reply capability is appended: ``("get",)`` sends
-        ``("get", reply)``), a str (``"get"`` sends the same), or a function of the
-        reply capability that builds the content. Raises :class:`AskFailed` if the
-        request's batch fails or is dropped, ``TimeoutError`` past ``timeout`` seconds.
+        ``content`` is what ``Sim.ask`` takes (a tuple with ``avm.REPLY`` where the
+        reply capability goes, or a function of the reply capability that builds the
+        content), or a tuple or str without the mark, to which the reply is appended
+        (``("get",)`` and ``"get"`` send ``("get", reply)``); see
+        :func:`avm.core.ask.outside_request`. Raises
+        :class:`AskFailed` if the request's batch fails or is dropped, ``TimeoutError``
+        past ``timeout`` seconds.
         """
         token = ("ask", os.urandom(12))  # unique across restarts: a stale answer matches nothing
         reply = mint(self._rt.net, self._rt.env, self._replies_addr, token)
-        if callable(content):
-            msg = content(reply)
-        elif type(content) is tuple:
-            msg = (*content, reply)
-        elif type(content) is str:
-            msg = (content, reply)
-        else:
-            raise UsageError("ask takes a tuple, a str, or a function of the reply capability")
+        msg = outside_request(content, reply)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._asks[token] = fut
         try:
