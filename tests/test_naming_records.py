@@ -343,3 +343,24 @@ def test_storage_reports_records_older_than_for_republication():
     clock.mono = 150.0
     assert s.iter_older_than(60) == [(dht_key(a.address), a.data)]
     assert len(s.iter_older_than(10)) == 2
+
+
+def test_naming_imports_only_the_core_of_avm():
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "src" / "avm" / "naming"
+    bad = []
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level == 2 and not mod.startswith("core"):
+                    bad.append(f"{path.name}: from ..{mod}")
+                if node.level == 0 and mod.startswith("avm") and not mod.startswith(
+                        ("avm.core", "avm.naming")):
+                    bad.append(f"{path.name}: from {mod}")
+            elif isinstance(node, ast.Import):
+                bad += [f"{path.name}: import {a.name}" for a in node.names
+                        if a.name.startswith("avm") and not a.name.startswith("avm.core")]
+    assert len(list(pkg.glob("*.py"))) >= 6 and bad == []
