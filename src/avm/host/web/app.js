@@ -216,11 +216,14 @@ function editField(path, old, li) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
-      const r = await S.features.stateEdit(S.selected, path, input.value);
-      result(`set ${path}` + (r && r.text ? `: ${r.text}` : ""), true);
+      const r = await S.features.stateEdit(S.selected, path, input.value, path === "$" ? null : old);
+      const c = (r.changes || []).map((x) => `${x.path || "$"}: ${JSON.stringify(x.before)} \u2192 ${JSON.stringify(x.after)}`);
+      result(`set ${c.join(", ") || path} (audited, by ${r.who})`, true);
       form.remove();
       await refreshState();
-    } catch (e) { result(explain(e), false); }
+    } catch (e) {
+      result(e instanceof ApiError && e.status === 409 ? `${path} changed since you read it: refresh and edit again` : explain(e), false);
+    }
   });
 }
 
@@ -553,12 +556,12 @@ async function features() {
     const paths = doc.paths || {};
     S.features.peek = !!paths["/machines/{name}/peek"];
     S.features.step = !!paths["/machines/{name}/step"]?.post;
-    const st = paths["/machines/{name}/state"] || {};
-    const edit = paths["/machines/{name}/state/edit"];
-    if (st.post || st.patch || edit) {
-      const method = edit ? "POST" : st.post ? "POST" : "PATCH";
-      const url = (n) => edit ? `/machines/${q(n)}/state/edit` : `/machines/${q(n)}/state`;
-      S.features.stateEdit = (name, path, value) => api(url(name), { method, body: { set: { [path]: value } } });
+    if (paths["/machines/{name}/state"]?.post) {
+      // an audited edit: the whole state at "$", else one path, expecting the value the
+      // editor saw (a 409 says it changed meanwhile)
+      S.features.stateEdit = (name, path, value, old) => post(`/machines/${q(name)}/state`, path === "$"
+        ? { value, who: "web" }
+        : { set: [{ path, value }], expect: old === null ? [] : [{ path, value: old }], who: "web" });
     }
   } catch { /* an older host: no extras */ }
 }
