@@ -32,13 +32,13 @@ from ..core import network as nw
 from ..core.caps import Capability
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
-from ..core.netvalue import enqueue_local, events, mint
+from ..core.netvalue import MachineRecord, enqueue_local, events, mint
 from ..core.network import Env, Network
 from .dictionary import Dictionary
 from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
 from .live import Live, load_named, parse_name
 from .metrics import event
-from .runtime import Runtime, host_config
+from .runtime import RESIDENT_MAX_DEFAULT, Runtime, host_config
 from .store import Dirty, Store, StoreError
 
 __all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "StoreError"]
@@ -133,7 +133,9 @@ class Host:
 
     def cap(self, name: str, context: Any = None, priority: float = 0.0) -> Capability:
         """A capability to machine ``name`` with ``context``, minted as its host may."""
-        return mint(self._rt.net, self._rt.env, self.address(name), context, priority)
+        addr = self.address(name)
+        self._rt.resident(addr)  # an evicted machine's keys are in the store
+        return mint(self._rt.net, self._rt.env, addr, context, priority)
 
     async def state(self, name: str) -> Any:
         """The committed state of machine ``name``.
@@ -142,16 +144,37 @@ class Host:
         :meth:`idle`, to read a state after some work.
         """
         net = await self._rt.durable()
-        addr = net.names.get(name)
+        addr = net.names.get(name) or self._rt.net.names.get(name)
         if addr is None:
             raise UnknownName(f"no machine named {name!r}")
-        return net.machines[addr].state
+        return self._committed_record(net, addr, name).state
 
-    def machines(self) -> list[MachineInfo]:
+    def _committed_record(self, net: Network, addr: bytes, name: str) -> MachineRecord:
+        """The committed record: from ``net``, else (an evicted machine) from the store,
+        which holds its last committed rows."""
+        m = net.machines.get(addr)
+        if m is None:
+            got = self._rt.store.read_machine(addr) if self._rt.evicted_any else None
+            if got is None:
+                raise UnknownName(f"no machine named {name!r}")
+            m = got[0]
+        return m
+
+    def record(self, name: str) -> MachineRecord:
+        """The committed record of machine ``name`` (name, state, behavior, status...)."""
+        return self._committed_record(self._rt.committed, self.address(name), name)
+
+    def machines(self, prefix: str = "") -> list[MachineInfo]:
+        """The machines whose names start with ``prefix``, by name; evicted ones too."""
         net = self._rt.committed
-        return sorted((MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
-                       for a, m in net.machines.items() if m.name != REPLIES),
-                      key=lambda i: i.name)
+        out = {m.name: MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
+               for a, m in net.machines.items()
+               if m.name != REPLIES and m.name.startswith(prefix)}
+        if self._rt.evicted_any:
+            for name, a, b, st, kv in self._rt.store.machine_rows(prefix):
+                if name not in out and name != REPLIES and name.startswith(prefix):
+                    out[name] = MachineInfo(name, a, b, st, kv)
+        return sorted(out.values(), key=lambda i: i.name)
 
     def machine_stats(self) -> dict[str, tuple[int, int]]:
         """name -> (batches applied, batches failed) since this host was opened."""
@@ -277,6 +300,7 @@ class Host:
         addr = self.address(name)
         if addr == self._replies_addr:
             raise UsageError(f"{REPLIES} is the host's own machine")
+        self._rt.resident(addr)  # an evicted machine comes back to be acted on
         d = Dirty(machines={addr}, keys={addr} if keys else set())
         self._rt.apply(lambda net: act(net, addr), d)
         await self._rt.durable()
@@ -342,13 +366,14 @@ class Host:
 
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until no batch can run (everything queued has run or is suspended),
-        and that is committed. For tests and scripts."""
+        that is committed, and no eviction round is due. For tests and scripts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             self._rt.check_ok()
             await self._rt.durable()
-            if not self._rt._wake.is_set() and not _runnable(self._rt.net):
+            if (not self._rt._wake.is_set() and not _runnable(self._rt.net)
+                    and not self._rt._evict_due()):
                 return
             if loop.time() > deadline:
                 raise TimeoutError("the host did not become idle")
@@ -378,9 +403,17 @@ class _Opened:
 
     def __init__(self, path: str | os.PathLike | None, behaviors: Any, durability: str | None,
                  host: str, clock: Callable[[], float], isolation: str = "inline",
-                 budgets: tuple[float, int] = (SECONDS_DEFAULT, MEMORY_BYTES_DEFAULT)) -> None:
+                 budgets: tuple[float, int] = (SECONDS_DEFAULT, MEMORY_BYTES_DEFAULT),
+                 resident: tuple[int | None, float | None] = (RESIDENT_MAX_DEFAULT, None),
+                 ) -> None:
         if isolation not in ("inline", "workers"):
             raise UsageError(f"isolation is 'inline' or 'workers', not {isolation!r}")
+        rmax, idle = resident
+        if rmax is not None and (type(rmax) is not int or rmax < 1):
+            raise UsageError(f"resident_max is a positive int or None, not {rmax!r}")
+        if idle is not None and (not isinstance(idle, int | float) or not idle >= 0):
+            raise UsageError(f"idle_seconds is a number >= 0 or None, not {idle!r}")
+        self._resident = resident
         self._args = (path, behaviors, durability, host)
         self._clock = clock
         self._isolation = isolation
@@ -396,13 +429,18 @@ class _Opened:
         table = _behavior_table(behaviors)
         store = await asyncio.to_thread(Store, None if path is None else Path(path), mode)
         try:
-            net = await asyncio.to_thread(store.load)
+            rmax, idle = self._resident
+            if not store.durable:
+                rmax = idle = None  # nothing to load an evicted machine from
+            net = await asyncio.to_thread(store.load, rmax, (REPLIES,))
             env = Env(table)
             fresh = net is None
+            lazy = net is not None and len(net.machines) < len(net.names)
             if net is None:
                 net = nw.new_network(0, host_config(), (hostname,), secret=os.urandom(32))
                 net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
-            missing = sorted({m.behavior for m in net.machines.values()} - set(table))
+            used = store.behaviors() if lazy else {m.behavior for m in net.machines.values()}
+            missing = sorted(used - set(table))
             if missing and path is not None and any(parse_name(n) for n in missing):
                 # machines bound to dictionary words: their versions are in the store
                 d = await asyncio.to_thread(Dictionary, Path(path))
@@ -425,6 +463,7 @@ class _Opened:
                             inline={net.names[REPLIES]})
                 env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock)
+            rt.evict_config(rmax, idle, keep=(net.names[REPLIES],), lazy=lazy)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()
@@ -462,7 +501,9 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
          durability: str | None = None, host: str = "h0",
          clock: Callable[[], float] = time.time, isolation: str = "inline",
          step_seconds: float = SECONDS_DEFAULT,
-         step_memory_bytes: int = MEMORY_BYTES_DEFAULT) -> _Opened:
+         step_memory_bytes: int = MEMORY_BYTES_DEFAULT,
+         resident_max: int | None = RESIDENT_MAX_DEFAULT,
+         idle_seconds: float | None = None) -> _Opened:
     """Open (or create) the host whose store is ``path``; ``None`` for one in memory.
 
     ``behaviors``: the step functions its machines use, as a list of named behaviors
@@ -475,7 +516,11 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
     one owner's code) or ``"workers"`` (one worker process per trust domain, with
     ``step_seconds`` and ``step_memory_bytes`` budgets per batch; see
     :mod:`avm.host.isolation`).
+    ``resident_max``, ``idle_seconds``: cold machines are evicted from memory (a durable
+    store only): at most ``resident_max`` machines stay in memory, least recently used
+    out first, and any machine idle for ``idle_seconds`` goes; a message to an evicted
+    machine loads it from the store before its batch runs. None: no limit.
     """
     return _Opened(path, behaviors, durability, host, clock, isolation,
-                   (step_seconds, step_memory_bytes))
+                   (step_seconds, step_memory_bytes), (resident_max, idle_seconds))
 

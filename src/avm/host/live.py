@@ -75,6 +75,7 @@ class Live:
         if name not in env.behaviors:
             env.behaviors[name] = self.dictionary.load(branch, word, version=v.id)
         addr = self.host.address(machine)
+        self.host._rt.resident(addr)  # an evicted machine comes back to be rebound
         previous = self.host._rt.net.machines[addr].behavior
         await self.host._control(machine, lambda net, a: nw.rebind(net, a, name, env))
         self.dictionary.set_binding(machine, branch, word, follow, name,
