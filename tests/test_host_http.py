@@ -151,7 +151,8 @@ def test_read_routes_work_with_the_read_token_and_need_one(tmp_path):
             doc = (await c.get("/openapi.json")).json()
             gets = [p for m, p in _routes(doc) if m == "GET"]
             for p in gets:
-                ok = await c.get(_path(p), headers={"Authorization": "Bearer " + api.tokens.read})
+                q = "?limit=1" if p == "/events" else ""  # else an endless stream
+                ok = await c.get(_path(p) + q, headers={"Authorization": "Bearer " + api.tokens.read})
                 none = await c.get(_path(p))
                 wrong = await c.get(_path(p), headers={"Authorization": "Bearer " + "1" * 64})
                 assert wrong.status_code == 401, p

@@ -370,6 +370,10 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_dict import add_dictionary_routes
 
     add_dictionary_routes(app, host, rd, ad)
+
+    from .http_events import add_event_routes
+
+    app.state.feed = add_event_routes(app, host, rd)
     return app
 
 
@@ -533,6 +537,9 @@ class HttpApi:
               if self.token_file is not None else None)
 
     async def stop(self) -> None:
+        feed = getattr(self.app.state, "feed", None)
+        if feed is not None:
+            feed.close()  # end the event streams: the server waits for open responses
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task

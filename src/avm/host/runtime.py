@@ -110,6 +110,10 @@ class Runtime:
         self.watches: dict[tuple, Listener] = {}
         #: called with every step's events (tests feed avm.testing.Checker with it)
         self.tap: Callable[[list], None] | None = None
+        #: called with every list of events (a step's, or an act's with the Dirty it
+        #: named, else None); the HTTP API's live events (avm.host.http_events) subscribe
+        #: while a browser listens. Subscribers must be quick and never raise.
+        self.subscribers: list[Callable[[list, Dirty | None], None]] = []
         self.counters = {"steps": 0, "batches": 0, "failures": 0, "drops": 0,
                          "interrupts": 0, "commits_requested": 0}
         #: destination address -> [batches applied, batches failed] since the host started
@@ -379,6 +383,8 @@ class Runtime:
         if self.evicting:
             self._track(evs)
         self._observe(evs)
+        for fn in self.subscribers:
+            fn(evs, dirty)
         self._wake.set()
         return evs
 
@@ -461,6 +467,9 @@ class Runtime:
                         self.tap(evs)
                     if self.listeners or self.watches:
                         self._observe(evs)
+                    if self.subscribers:
+                        for fn in self.subscribers:
+                            fn(evs, None)
                     n += 1
                     if not n & 63 and time.perf_counter() > t_end:
                         break
