@@ -13,6 +13,7 @@ import avm.host
 from avm import Linear, Map
 from avm.host import AskFailed, StoreError
 from avm.testing import Checker, census
+from spawning import maker
 
 keeper = avm.Behavior("keeper")
 
@@ -297,39 +298,6 @@ def test_timers_fire_in_real_time_and_survive_a_restart(tmp_path):
 
     run(first())
     run(second())
-
-
-maker = avm.Behavior("maker")
-
-
-@maker.init
-def _maker_init(state, args):
-    return [], Map({"env": None, "me": None, "made": None})
-
-
-@maker.signal("self")
-def _maker_self(state, me):
-    return [], state.set("me", me)
-
-
-@maker.signal("env")
-def _maker_env(state, env):
-    return [], state.set("env", env)
-
-
-@maker.on("make")
-def _maker_make(state, start):
-    return [(state["env"]["spawner"], (state["me"]("made"), ("spawn", "counter", start)))], state
-
-
-@maker.on("spawned")
-def _maker_spawned(state, cap):
-    return [(cap, ("add", 1))], state.set("made", cap)
-
-
-@maker.on("ask")
-def _maker_ask(state, reply):
-    return [(state["made"], ("get", reply))], state
 
 
 def test_a_spawner_makes_machines_that_are_stored(tmp_path):

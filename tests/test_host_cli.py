@@ -53,3 +53,32 @@ def test_host_run_builds_an_app_once(tmp_path, capsys):
 
     assert asyncio.run(state()) == 5
     assert main(["host", "run", "--store", str(store), "--app", str(tmp_path / "nope.py")]) == 2
+
+
+def test_host_run_with_isolated_workers_runs_steps_from_an_app_file(tmp_path, capsys):
+    """``--isolation workers``: a step defined in an ``--app FILE.py`` (not importable by
+    name in a fresh interpreter) still runs, in a worker."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    store = tmp_path / "app.avm"
+    args = ["host", "run", "--store", str(store), "--app", str(app), "--seconds", "0.1",
+            "--isolation", "workers", "--no-http", "--log", "off"]
+    assert main(args) == 0
+    assert "steps workers" in capsys.readouterr().out
+    import asyncio
+
+    import avm.host
+    from avm.host.apps import behaviors_of, load_module
+
+    async def state():
+        async with avm.host.open(store, behaviors=behaviors_of([load_module(str(app))]),
+                                 isolation="workers") as h:
+            for _ in range(500):  # the build's batch may still be queued: wait for it
+                if await h.state("tally") == 5:
+                    break
+                await asyncio.sleep(0.01)
+            failures = h._rt.counters["failures"]
+            return await h.state("tally"), failures, h._pool.counters["batches"]
+
+    got, failures, batches = asyncio.run(state())
+    assert (got, failures) == (5, 0)

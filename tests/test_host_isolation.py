@@ -23,6 +23,7 @@ from avm.core.codec import encode
 from avm.core.machine import Message, run_batch
 from avm.host import isolation
 from avm.host.isolation import Pool, recheck
+from spawning import maker
 
 # -- behaviors ----------------------------------------------------------------------------
 
@@ -355,6 +356,39 @@ def test_domains_are_kept_in_the_store(tmp_path):
     assert got == ("count", 5) and domains == {"alice"}
 
 
+@pytest.mark.parametrize("isolation_mode", ["inline", "workers"])
+def test_a_machine_made_by_a_spawner_joins_the_askers_domain(tmp_path, isolation_mode):
+    """Issue 7 item 3: a spawned child runs with its maker's owner, never in "default"
+    (where it would share a worker with other owners' machines)."""
+    path = tmp_path / "h.avm"
+
+    async def first():
+        async with avm.host.open(path, behaviors=[maker, counter],
+                                 isolation=isolation_mode) as h:
+            sp, _revoke = await h.spawner(["counter"])
+            m = await h.spawn("maker", maker, env={"spawner": sp}, domain="alice")
+            plain = await h.spawn("plain", maker, env={"spawner": sp})
+            await h.send(m, ("make", 41))
+            await h.send(plain, ("make", 1))
+            assert await h.ask(m, "ask") == ("count", 42)
+            assert await h.ask(plain, "ask") == ("count", 2)
+            kids = {m.name for m in h.machines() if m.name.startswith("counter~")}
+            assert len(kids) == 2
+            if isolation_mode == "workers":
+                # alice's child ran in alice's worker, the other one in the default one
+                assert set(h._pool.workers) == {"alice", isolation.DEFAULT_DOMAIN}
+            return {n: h._rt.domains.get(h.address(n)) for n in kids}
+
+    doms = run(first())
+    assert sorted(doms.values(), key=str) == [None, "alice"]
+
+    async def second():
+        async with avm.host.open(path, behaviors=[maker, counter], isolation="workers") as h:
+            return {n: h._pool.domain_of(h.address(n)) for n in doms}
+
+    assert run(second()) == {n: d or isolation.DEFAULT_DOMAIN for n, d in doms.items()}
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(avm.UsageError):
         avm.host.open(None, isolation="threads")
@@ -372,3 +406,63 @@ def test_bad_arguments_are_refused():
 
 
 assert core_machine.run_batch is run_batch  # the worker runs the core's own function
+
+
+WORD = '''
+import avm, os
+behavior = avm.Behavior("counter")
+
+@behavior.on("add")
+def _add(count, n):
+    return [], count + STEP * n
+
+@behavior.on("get")
+def _get(count, reply):
+    return [(reply, ("count", count))], count
+
+@behavior.on("pid")
+def _pid(count, reply):
+    return [(reply, ("pid", os.getpid()))], count
+'''
+
+
+def test_dictionary_words_run_in_the_domains_worker_never_in_the_host(tmp_path):
+    """Issue 9 item 2: "Code from the dictionary runs under the host's isolation rules".
+    A word's code (top level included) runs in the machine's domain's worker; a word
+    that raises at load is refused in the worker, before any rebind; a reopened host
+    loads the bound version into the workers from the store."""
+    path = tmp_path / "h.avm"
+    marker = tmp_path / "loaded-in"
+    probe = WORD + f"\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+
+    async def first():
+        async with avm.host.open(path, behaviors=[counter], isolation="workers") as h:
+            cap = await h.spawn("c", counter, 0, domain="alice")
+            await h.send(cap, ("add", 1))
+            h.live.dictionary.edit("main", "counter", probe.replace("STEP", "2"))
+            await h.live.bind("c", "counter")
+            await h.send(cap, ("add", 1))
+            got = await h.ask(cap, "get")
+            pid = (await h.ask(cap, "pid"))[1]
+            with pytest.raises(avm.AvmError, match="failed to load"):
+                await h.live.edit("main", "counter", "raise RuntimeError('at import')\n")
+            await h.send(cap, ("add", 1))
+            after = await h.ask(cap, "get")
+            return got, pid, isolation.pid_of(h._pool, "alice"), after
+
+    got, pid, alice_pid, after = run(first())
+    assert got == ("count", 3) and after == ("count", 5)  # counted by two, state kept
+    assert pid == alice_pid != os.getpid()
+    loaders = {int(x) for x in marker.read_text().split()}
+    assert os.getpid() not in loaders and alice_pid in loaders
+
+    async def second():
+        async with avm.host.open(path, behaviors=[counter], isolation="workers") as h:
+            cap = h.cap("c")
+            await h.send(cap, ("add", 10))
+            return await h.ask(cap, "get"), isolation.pid_of(h._pool, "alice")
+
+    got2, pid2 = run(second())
+    assert got2 == ("count", 25)
+    loaders = {int(x) for x in marker.read_text().split()}
+    assert os.getpid() not in loaders and pid2 in loaders

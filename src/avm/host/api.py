@@ -36,7 +36,7 @@ from ..core.netvalue import MachineRecord, enqueue_local, events, mint
 from ..core.network import Env, Network
 from .dictionary import Dictionary
 from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
-from .live import Live, load_named, parse_name
+from .live import Live, in_worker, load_named, parse_name, recipe_named
 from .metrics import event
 from .runtime import RESIDENT_MAX_DEFAULT, Runtime, host_config
 from .store import Dirty, Store, StoreError
@@ -232,8 +232,8 @@ class Host:
             net, addr, evs = nw.spawn(net, name, bname, args, host=rt.host, env=env,
                                       env_obj=rt.env)
             made.append(addr)
-            if pool is not None and domain is not None:
-                pool.domains[addr] = domain
+            if domain is not None:
+                rt.domains[addr] = domain
             return net, evs
 
         rt.apply(act)
@@ -441,12 +441,18 @@ class _Opened:
                 net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
             used = store.behaviors() if lazy else {m.behavior for m in net.machines.values()}
             missing = sorted(used - set(table))
+            recipes: dict[str, Any] = {}
             if missing and path is not None and any(parse_name(n) for n in missing):
-                # machines bound to dictionary words: their versions are in the store
+                # machines bound to dictionary words: their versions are in the store.
+                # With workers, the code loads in the workers only (Recipe), never here.
                 d = await asyncio.to_thread(Dictionary, Path(path))
                 try:
                     for n in [n for n in missing if parse_name(n)]:
-                        table[n] = env.behaviors[n] = load_named(d, n)
+                        if self._isolation == "workers":
+                            recipes[n] = recipe_named(d, n)
+                            table[n] = env.behaviors[n] = in_worker(n)
+                        else:
+                            table[n] = env.behaviors[n] = load_named(d, n)
                 finally:
                     d.close()
                 missing = [n for n in missing if n not in table]
@@ -456,13 +462,14 @@ class _Opened:
             if hostname not in net.hosts:
                 hostname = next(iter(sorted(net.hosts)))
             pool = None
+            domains = await asyncio.to_thread(store.domains)
             if self._isolation == "workers":
                 seconds, memory = self._budgets
-                domains = await asyncio.to_thread(store.domains)
-                pool = Pool(table, domains, seconds=seconds, memory_bytes=memory,
+                pool = Pool({**table, **recipes}, seconds=seconds, memory_bytes=memory,
                             inline={net.names[REPLIES]})
+                pool.domains = domains  # the runtime's table: spawned machines join it
                 env.batch_runner = pool.run
-            rt = Runtime(store, net, env, hostname, self._clock)
+            rt = Runtime(store, net, env, hostname, self._clock, domains)
             rt.evict_config(rmax, idle, keep=(net.names[REPLIES],), lazy=lazy)
             if fresh:
                 rt.dirty = Dirty(everything=True)

@@ -73,6 +73,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="serve the HTTP control API here (default 127.0.0.1:0, any free port); "
                         "address and tokens go to STORE.http (mode 0600)")
     r.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
+    r.add_argument("--isolation", choices=("inline", "workers"), default="inline",
+                   help="inline: steps run in the host's process (default; one owner's code); "
+                        "workers: one worker process per trust domain (code of several owners)")
     r.add_argument("--log", default="-", metavar="FILE",
                    help="JSON log lines to FILE (default -: stderr; 'off' for none)")
 
@@ -145,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
             with _logging(args.log):
                 asyncio.run(host_run(args.store, args.app, args.seconds, args.durability,
-                                     http=None if args.no_http else args.http))
+                                     http=None if args.no_http else args.http,
+                                     isolation=args.isolation))
             return 0
         if args.command == "demo":
             from .demo import demo

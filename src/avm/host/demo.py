@@ -199,16 +199,18 @@ Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store
 
 async def host_run(store: str, apps: list[str], seconds: float | None = None,
                    durability: str = "full", out: TextIO | None = None,
-                   http: str | None = None) -> None:
+                   http: str | None = None, isolation: str = "inline") -> None:
     """``avm host run``: serve a store, building each ``--app`` module the first time;
-    with ``http`` (``HOST:PORT``), its HTTP control API too."""
+    with ``http`` (``HOST:PORT``), its HTTP control API too; ``isolation`` as in
+    :func:`avm.host.open`."""
     out = out or sys.stdout
     mods = [load_module(a) for a in apps]
     if http is not None:
         from .http import parse_bind
 
         parse_bind(http)  # a bad --http is refused before the store is opened
-    async with open(store, behaviors=behaviors_of(mods), durability=durability) as h, \
+    async with open(store, behaviors=behaviors_of(mods), durability=durability,
+                    isolation=isolation) as h, \
             _http(h, http, Path(store)) as api:
         if not h.machines():  # a new store: build every app once
             for m in mods:
@@ -221,7 +223,7 @@ async def host_run(store: str, apps: list[str], seconds: float | None = None,
             if main is not None:
                 asyncio.get_running_loop().create_task(main(h))
         print(f"avm host: serving {store} ({len(h.machines())} machines, durability "
-              f"{durability}); Ctrl-C to stop", file=out, flush=True)
+              f"{durability}, steps {isolation}); Ctrl-C to stop", file=out, flush=True)
         if api is not None:
             print(_http_lines(api, Path(store)) + f"  try: avm machine ls --store {store}",
                   file=out, flush=True)

@@ -41,6 +41,7 @@ from ..core.errors import AvmError, UnknownName, UsageError
 
 __all__ = [
     "Dictionary",
+    "Recipe",
     "Version",
     "DictionaryError",
     "CompileError",
@@ -423,7 +424,36 @@ class Dictionary:
         The source sees ``use(name)``: the namespace of another word on the same branch
         (run once per load), so helpers can be shared; a cycle of ``use`` is refused.
         """
+        return self.recipe(branch, word, version=version).load()
+
+    def recipe(self, branch: str, word: str, *, version: int | None = None) -> Recipe:
+        """Everything needed to load the word elsewhere, without this store: its
+        version's source and the head source of every other word on the branch (what
+        ``use`` may ask for). Isolated workers load dictionary code from this, so the
+        code runs in the worker and never in the host."""
         v = self.version(version) if version is not None else self.head(branch, word)
+        if v.word != word:
+            raise UsageError(f"version {v.id} is of word {v.word!r}, not {word!r}")
+        others = tuple((w, self.version(vid).source) for w, vid in self.words(branch).items()
+                       if w != word)
+        return Recipe(branch, word, v.id, v.source, others)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dictionary word as plain text: picklable, loadable in another process."""
+
+    branch: str
+    word: str
+    version: int
+    source: str
+    helpers: tuple[tuple[str, str], ...]
+
+    def load(self) -> Any:
+        """Run the word's source (with ``use`` over the helpers) and return its
+        ``behavior``; DictionaryError says why it cannot."""
+        helpers = dict(self.helpers)
+        branch = self.branch
         loading: dict[str, dict | None] = {}
 
         def run(w: str, src: str) -> dict:
@@ -444,13 +474,16 @@ class Dictionary:
             return ns
 
         def use(name: str) -> Any:
-            ns = run(name, self.source(branch, name))
-            return _Namespace(ns)
+            if name == self.word:
+                return _Namespace(run(name, self.source))
+            if name not in helpers:
+                raise UnknownName(f"no word {name!r} on branch {branch!r}")
+            return _Namespace(run(name, helpers[name]))
 
-        ns = run(v.word, v.source)
+        ns = run(self.word, self.source)
         if "behavior" not in ns:
-            raise DictionaryError(f"{v.word} defines no `behavior`; a behavior word ends with "
-                                  "`behavior = avm.Behavior(...)` or a step function")
+            raise DictionaryError(f"{self.word} defines no `behavior`; a behavior word ends "
+                                  "with `behavior = avm.Behavior(...)` or a step function")
         return ns["behavior"]
 
 

@@ -36,9 +36,11 @@ says memory), and its worker is replaced. Other domains' workers are not touched
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import pickle
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -67,6 +69,7 @@ from ..core.values import (
     item_identity,
     substructural_items,
 )
+from .dictionary import DictionaryError, Recipe
 
 __all__ = ["Pool", "recheck", "DEFAULT_DOMAIN", "SECONDS_DEFAULT", "MEMORY_BYTES_DEFAULT"]
 
@@ -129,21 +132,60 @@ def _output_items(state: Any, outputs: tuple) -> list:
     return items
 
 
-def _serve(conn: Any, behaviors: dict[str, Callable], memory_bytes: int) -> None:
-    """The worker's loop: one request, one answer, until the pipe closes."""
+def _serve(conn: Any, behaviors: dict[str, Any], memory_bytes: int) -> None:
+    """The worker's loop: one request, one answer, until the pipe closes.
+
+    A request is a batch (a pickle) or ``b"L"`` + a pickled ``(name, Recipe)``: a
+    dictionary word to load here (its code runs in the worker, never in the host).
+    """
     try:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     except (ImportError, ValueError, OSError):  # pragma: no cover - not on this platform
         pass
+    if type(behaviors) is tuple:  # _boot: app files to load before the table unpickles
+        _, files, blob = behaviors
+        for name, path in files:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is not None and spec.loader is not None:
+                mod = importlib.util.module_from_spec(spec)
+                sys.modules[name] = mod
+                spec.loader.exec_module(mod)
+        behaviors = pickle.loads(blob)  # noqa: S301 - from the host
+    table = {n: _loaded(b) for n, b in behaviors.items()}
     conn.send_bytes(b"ready")
     while True:
         try:
             req = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        conn.send_bytes(_answer(req, behaviors))
+        if req[:1] == b"L":
+            name, recipe = pickle.loads(req[1:])  # noqa: S301 - from the host
+            try:
+                table[name] = recipe.load()
+            except BaseException as e:  # noqa: B036 - the answer must always go back
+                conn.send_bytes(b"E" + f"{e}"[:2000].encode("utf-8", "replace"))
+                continue
+            conn.send_bytes(b"ok")
+            continue
+        conn.send_bytes(_answer(req, table))
+
+
+def _loaded(b: Any) -> Callable:
+    """A behavior of the table: a step, or a dictionary Recipe loaded now. One that
+    fails to load (it loaded in another worker, so its code must depend on where it
+    runs) fails its batches instead of the worker."""
+    if not isinstance(b, Recipe):
+        return b
+    try:
+        return b.load()
+    except BaseException as e:  # noqa: B036 - a word's code may raise anything
+        text = f"{b.word} failed to load in its worker: {e}"[:500]
+
+        def unloadable(msg: Any, state: Any) -> Any:
+            raise AvmError(text)
+        return unloadable
 
 
 def _answer(req: bytes, behaviors: dict[str, Callable]) -> bytes:
@@ -178,12 +220,21 @@ def _answer(req: bytes, behaviors: dict[str, Callable]) -> bytes:
 # ---------------------------------------------------------------------------------------
 
 
+def _boot(behaviors: dict[str, Any]) -> tuple:
+    """What a new worker is given: the behavior table pickled, after the app modules
+    that ``avm host run --app FILE.py`` loaded from files (``avm_app_*``, not importable
+    by name in a fresh interpreter), so steps defined there can run in workers."""
+    files = sorted((n, m.__file__) for n, m in list(sys.modules.items())
+                   if n.startswith("avm_app_") and getattr(m, "__file__", None))
+    return ("boot", files, pickle.dumps(behaviors))
+
+
 class _Worker:
     def __init__(self, ctx: Any, domain: str, behaviors: dict[str, Callable],
                  memory_bytes: int, target: Callable = _serve) -> None:
         self.domain = domain
         ours, theirs = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=target, args=(theirs, behaviors, memory_bytes),
+        self.proc = ctx.Process(target=target, args=(theirs, _boot(behaviors), memory_bytes),
                                 name=f"avm-worker-{domain}", daemon=True)
         self.proc.start()
         theirs.close()
@@ -213,7 +264,7 @@ class Pool:
                  inline: set[bytes] | None = None) -> None:
         if not seconds > 0 or memory_bytes < (64 << 20):
             raise UsageError("a worker needs seconds > 0 and memory_bytes >= 64 MiB")
-        self.behaviors = dict(behaviors)
+        self.behaviors: dict[str, Any] = dict(behaviors)
         try:
             pickle.dumps(self.behaviors)
         except Exception as e:
@@ -234,7 +285,8 @@ class Pool:
 
     def add(self, name: str, fn: Callable) -> None:
         """A behavior registered after the workers started: they start again with it."""
-        if self.behaviors.get(name) is fn:
+        known = self.behaviors.get(name)
+        if known is fn or isinstance(known, Recipe):  # a word, loaded by ``load``
             return
         try:
             pickle.dumps(fn)
@@ -242,6 +294,34 @@ class Pool:
             raise UsageError(f"behavior {name!r} cannot be sent to a worker: {e}") from e
         self.behaviors[name] = fn
         self.close()
+
+    def load(self, name: str, recipe: Recipe, domain: str = DEFAULT_DOMAIN) -> None:
+        """Load a dictionary word as behavior ``name`` in the workers, checking first in
+        ``domain``'s (the machine's that will run it): its code runs there, never in the
+        host. Raises DictionaryError with the word's own error if it does not load;
+        then nothing is registered. Running workers keep running (no restart)."""
+        if self.behaviors.get(name) == recipe:
+            return
+        first = self.worker(domain)
+        for w in [first, *(w for w in self.workers.values() if w is not first)]:
+            err = self._load_in(w, name, recipe)
+            if err is not None:
+                if w is first:
+                    raise DictionaryError(err)
+                self._drop(w.domain)  # it starts again with the table, and fails that batch
+        self.behaviors[name] = recipe
+
+    def _load_in(self, w: _Worker, name: str, recipe: Recipe) -> str | None:
+        try:
+            w.conn.send_bytes(b"L" + pickle.dumps((name, recipe)))
+            if not w.conn.poll(self.seconds):
+                self._drop(w.domain)
+                return f"{recipe.word} did not load within {self.seconds} s"
+            got = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._drop(w.domain)
+            return f"{recipe.word}: the worker stopped while loading it"
+        return None if got == b"ok" else got[1:].decode("utf-8", "replace")
 
     def domain_of(self, address: bytes) -> str:
         return self.domains.get(address, DEFAULT_DOMAIN)

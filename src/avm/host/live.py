@@ -16,16 +16,18 @@ A version that does not compile, or does not load (its code raises, or defines n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core import network as nw
 from ..core.errors import UsageError
-from .dictionary import MAIN, Dictionary, DictionaryError, Version
+from .dictionary import MAIN, Dictionary, DictionaryError, Recipe, Version
 
 if TYPE_CHECKING:
     from .api import Host
 
-__all__ = ["Live", "PREFIX", "behavior_name", "parse_name", "load_named"]
+__all__ = ["Live", "PREFIX", "behavior_name", "parse_name", "load_named", "recipe_named",
+           "in_worker"]
 
 PREFIX = "dict:"
 
@@ -43,12 +45,31 @@ def parse_name(name: str) -> tuple[str, str, int] | None:
     return (branch, word, int(ver)) if ver.isdigit() and branch and word else None
 
 
-def load_named(dictionary: Dictionary, name: str) -> Any:
+def _named(name: str) -> tuple[str, str, int]:
     parsed = parse_name(name)
     if parsed is None:
         raise UsageError(f"{name!r} is not a dictionary behavior name")
-    branch, word, version = parsed
+    return parsed
+
+
+def load_named(dictionary: Dictionary, name: str) -> Any:
+    branch, word, version = _named(name)
     return dictionary.load(branch, word, version=version)
+
+
+def recipe_named(dictionary: Dictionary, name: str) -> Recipe:
+    """The Recipe of a dictionary behavior name (for an isolated worker to load)."""
+    branch, word, version = _named(name)
+    return dictionary.recipe(branch, word, version=version)
+
+
+def in_worker(name: str) -> Callable:
+    """What the host's behavior table holds for code that runs only in workers: the
+    core never calls it (the pool runs the batch), and if anything did, it fails."""
+    def step(msg: Any, state: Any) -> Any:
+        raise UsageError(f"{name} runs in an isolated worker, not in the host")
+    step.__name__ = name
+    return step
 
 
 class Live:
@@ -72,10 +93,9 @@ class Live:
                       v: Version) -> str:
         name = behavior_name(branch, word, v.id)
         env = self.host._rt.env
-        if name not in env.behaviors:
-            env.behaviors[name] = self.dictionary.load(branch, word, version=v.id)
         addr = self.host.address(machine)
         self.host._rt.resident(addr)  # an evicted machine comes back to be rebound
+        self._ensure(name, addr)
         previous = self.host._rt.net.machines[addr].behavior
         await self.host._control(machine, lambda net, a: nw.rebind(net, a, name, env))
         self.dictionary.set_binding(machine, branch, word, follow, name,
@@ -91,8 +111,8 @@ class Live:
                                  expect=expect)
         followers = [m for m, (b, w, f, _, _) in self.dictionary.bindings().items()
                      if f and b == branch and w == word]
-        if followers:
-            self.dictionary.load(branch, word, version=v.id)  # raises before any rebind
+        if followers:  # loads (or raises) before any rebind
+            self._ensure(behavior_name(branch, word, v.id), self.host.address(followers[0]))
             for m in followers:
                 await self._rebind(m, branch, word, True, v)
         return v
@@ -105,11 +125,25 @@ class Live:
             raise DictionaryError(f"{machine} has no earlier behavior to roll back to")
         branch, word, _, current, _ = b
         env = self.host._rt.env
-        if previous not in env.behaviors:
-            env.behaviors[previous] = load_named(self.dictionary, previous)
+        self._ensure(previous, self.host.address(machine))
         await self.host._control(machine, lambda net, a: nw.rebind(net, a, previous, env))
         self.dictionary.set_binding(machine, branch, word, False, previous, current)
         return previous
 
     def bindings(self) -> dict[str, tuple[str, str, bool, str, str | None]]:
         return self.dictionary.bindings()
+
+    def _ensure(self, name: str, address: bytes) -> None:
+        """Make behavior ``name`` (a dictionary version) known to the host: loaded here
+        when steps run inline; with isolated workers, loaded in the worker of the
+        machine's domain (checked there, so a word that raises is refused before any
+        rebind) and never run in the host's process."""
+        env = self.host._rt.env
+        if name in env.behaviors:
+            return
+        pool = self.host._pool
+        if pool is None:
+            env.behaviors[name] = load_named(self.dictionary, name)
+            return
+        pool.load(name, recipe_named(self.dictionary, name), pool.domain_of(address))
+        env.behaviors[name] = in_worker(name)

@@ -86,8 +86,12 @@ class Runtime:
     """
 
     def __init__(self, store: Store, net: Network, env: Env, host: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 domains: dict[bytes, str] | None = None) -> None:
         self.store = store
+        #: address -> trust domain, for machines outside the default one (the store's
+        #: table; shared with the isolation pool, which runs each domain apart)
+        self.domains: dict[bytes, str] = {} if domains is None else domains
         self.net = net
         self.env = env
         self.host = host
@@ -461,6 +465,8 @@ class Runtime:
                         idle = True
                         break
                     dirty_from_events(evs, dirty)
+                    if dirty.parents:
+                        self._adopt(dirty)
                     if evicting:
                         self._track(evs)
                     if self.tap is not None:
@@ -495,6 +501,20 @@ class Runtime:
                     self._schedule_idle_eviction()
                     break
                 await asyncio.sleep(0)
+
+    def _adopt(self, dirty: Dirty) -> None:
+        """A machine made through a spawner joins the trust domain of the machine that
+        asked for it: the asker chose its code and its first message, so it is that
+        owner's machine (and a spawner handed to another owner's machine makes machines
+        in that owner's domain, never in the grantor's). Done before the new machine's
+        first batch runs, and committed with it."""
+        domains = self.domains
+        for child, asker in dirty.parents.items():
+            d = domains.get(asker)
+            if d is not None:
+                domains[child] = d
+                dirty.domains[child] = d
+        dirty.parents.clear()
 
     def _fail(self, e: BaseException) -> None:
         self.failed = e

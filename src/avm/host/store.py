@@ -156,6 +156,9 @@ class Dirty:
     history: list = field(default_factory=list)
     #: address -> trust domain (avm.host.isolation), kept in the meta table
     domains: dict = field(default_factory=dict)
+    #: machine made by a spawner -> the machine that asked for it (its trust domain
+    #: follows; see Runtime._adopt). Nothing to write by itself.
+    parents: dict = field(default_factory=dict)
     everything: bool = False
 
     def merge(self, other: Dirty) -> None:
@@ -170,6 +173,7 @@ class Dirty:
         self.drops += other.drops
         self.history += other.history
         self.domains.update(other.domains)
+        self.parents.update(other.parents)
         self.everything = self.everything or other.everything
 
     def __bool__(self) -> bool:
@@ -187,7 +191,9 @@ def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
     interrupted (its restart count changed), a machine spawned, a batch accepted from
     the wire (its channel's queue is rewritten whole). ``random`` answers move
     the requester's stream counter. Everything else lives in the header, written whole.
+    A machine made by the ``spawner`` service is noted with the machine that asked.
     """
+    asker = None
     for e in evs:
         t = type(e)
         if t is events.Applied:
@@ -202,8 +208,11 @@ def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
                     f = e.failure
                     dirty.failures.append((e.at, chan, e.seq, dest, f.rule if f else "",
                                            str(f) if f else ""))
-            elif type(dest) is tuple and len(dest) > 1 and dest[1] == "random":
-                dirty.random.add(chan[0])
+            elif type(dest) is tuple and len(dest) > 1:
+                if dest[1] == "random":
+                    dirty.random.add(chan[0])
+                elif dest[1] == "spawner":
+                    asker = chan[0]
             dirty.history.append((e.at, chan, e.seq, dest, e.ok, e.steps, e.read_only))
         elif t is events.Created:
             chan = e.chan
@@ -219,6 +228,8 @@ def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
         elif t is events.Spawned:
             dirty.machines.add(e.address)
             dirty.keys.add(e.address)
+            if type(asker) is bytes:
+                dirty.parents[e.address] = asker
         elif t is events.Wire and e.kind == "batch":
             # A batch accepted from the wire (perhaps releasing held ones after it).
             dirty.chans.add(e.chan)
