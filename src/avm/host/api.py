@@ -21,6 +21,7 @@ host must be opened with every behavior its machines use (``behaviors=``), or
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
 from ..core.netvalue import MachineRecord, enqueue_local, events, mint
 from ..core.network import Env, Network
+from ..core.sim import paced_gc
 from .dictionary import Dictionary
 from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
 from .live import Live, in_worker, load_named, parse_name, recipe_named
@@ -46,6 +48,8 @@ __all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "Stor
 #: The name of the host's own machine that receives the answers to :meth:`Host.ask`.
 REPLIES = "avm.host.replies"
 ASK_SECONDS_DEFAULT = 30.0
+#: Machines :meth:`Host.spawn_many` creates per act and commit.
+SPAWN_CHUNK = 5_000
 
 
 class AskFailed(AvmError):
@@ -236,18 +240,99 @@ class Host:
                 rt.domains[addr] = domain
             return net, evs
 
-        rt.apply(act)
+        rt.apply(act, journaled=True)
         if domain is not None:
             rt.dirty.domains[made[0]] = domain  # committed with the machine
         cap = self.cap(name, context)
         await rt.durable()
         return cap
 
+    async def spawn_many(self, behavior: Callable | str, pairs: Iterable[tuple[str, Any]], *,
+                         env: Mapping[str, Any] | None = None, chunk: int = SPAWN_CHUNK,
+                         resident: bool = False) -> int:
+        """Create one machine per ``(name, init argument)`` pair, all of one behavior;
+        returns how many, once all are committed and initialized.
+
+        The bulk path: each chunk of ``chunk`` machines is spawned by the core's own
+        ``spawn`` in one act, their init batches run by the core's ``step``, and the chunk
+        is written as one group commit; then (unless ``resident``, or in memory) the new
+        machines are evicted at once, so creating a million keeps only their names and
+        channel numbers in memory. A pair that cannot be spawned (a taken name, a bad
+        argument) raises as :meth:`spawn` does; the chunks before it stay created.
+        """
+        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        if bname not in self._rt.env.behaviors:
+            raise UnknownName(f"no behavior named {bname!r}")
+        if type(chunk) is not int or chunk < 1:
+            raise UsageError(f"chunk is a positive int, not {chunk!r}")
+        rt = self._rt
+        if self._pool is not None:
+            self._pool.add(bname, rt.env.behaviors[bname])
+        it = iter(pairs)
+        total = 0
+        previous: list[bytes] = []
+        error: list[AvmError] = []
+        with paced_gc():
+            while True:
+                part = list(itertools.islice(it, chunk))
+                if not part:
+                    break
+                made: list[bytes] = []
+                inits: list[tuple] = []
+
+                def act(net: Network, part: list = part, made: list = made,
+                        inits: list = inits, error: list = error) -> tuple[Network, list]:
+                    out: list = []
+                    try:
+                        for pair in part:
+                            if type(pair) is not tuple or len(pair) != 2:
+                                raise UsageError("spawn_many takes (name, init argument) "
+                                                 f"pairs, got {pair!r:.60}")
+                            net, addr, evs = nw.spawn(net, pair[0], bname, pair[1],
+                                                      host=rt.host, env=env, env_obj=rt.env)
+                            made.append(addr)
+                            out.extend(evs)
+                    except AvmError as e:
+                        if not made:
+                            raise
+                        error.append(e)  # the ones before it stay spawned; raised below
+                    inits.extend((e.chan, e.seq) for e in out if type(e) is events.Created)
+                    return net, out
+
+                rt.apply(act, journaled=True)
+                done = asyncio.get_running_loop().create_future()
+                if inits:
+                    last = inits[-1]  # same priority, later timestamp: the chunk's last init
+
+                    def fin(e: Any, done: asyncio.Future = done) -> None:
+                        if not done.done():
+                            done.set_result(None)
+
+                    rt.watches[last] = fin
+                else:
+                    done.set_result(None)
+                # The previous chunk is committed and evicted while the loop runs this
+                # chunk's init batches (evict waits for the commits first).
+                if previous and not resident:
+                    await rt.evict(only=previous)
+                await done
+                previous = made
+                total += len(made)
+                if error:
+                    break
+            await rt.durable()
+            if previous and not resident:
+                await rt.evict(only=previous)
+        if error:
+            raise error[0]
+        return total
+
     async def submit(self, messages: Iterable[tuple[Capability, Any]], *, client: str = "client",
                      priority: float | None = None) -> list[tuple]:
         """Send one batch per destination (rule 3); returns their ``(channel, seq)`` once
         committed. A bad message refuses the whole call and queues nothing."""
-        evs = self._rt.apply(lambda net: nw.submit(net, messages, client, priority))
+        evs = self._rt.apply(lambda net: nw.submit(net, messages, client, priority),
+                             journaled=True)
         await self._rt.durable()
         return [(e.chan, e.seq) for e in evs if type(e) is events.Created]
 
@@ -277,7 +362,8 @@ class Host:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._asks[token] = fut
         try:
-            evs = self._rt.apply(lambda net: nw.submit(net, [(cap, msg)], client))
+            evs = self._rt.apply(lambda net: nw.submit(net, [(cap, msg)], client),
+                                 journaled=True)
             def done(ev: Any) -> None:
                 _request_done(ev, fut)
 

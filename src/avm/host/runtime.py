@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..core import inbox
 from ..core import network as nw
 from ..core.conserve import needs_transit, strip
 from ..core.network import Env, Network, events
@@ -60,6 +61,9 @@ RESIDENT_MAX_DEFAULT = 100_000
 #: An eviction round brings the resident machines down to this share of the limit, so
 #: that rounds (each rebuilds the scheduler's index once) stay rare under load.
 EVICT_TO = 0.9
+#: Commits an eviction round waits for before it gives up until the next round (each
+#: try waits for everything handed to the writer; other tasks may hand over more).
+EVICT_TRIES = 5
 
 #: Steps run before the loop yields to other tasks and hands the rows to the writer.
 CHUNK_STEPS = 2_000
@@ -180,16 +184,24 @@ class Runtime:
         if got is None:
             return False
         rec, versions = got
-        net = self.net
-        keys = net.keys.set(address, versions)
-        pending = net.pending
-        for e in created:
-            b = pending.get((e.chan, e.seq))
-            if b is not None and needs_transit(b.messages):
-                pending = pending.set((e.chan, e.seq), replace_fields(
-                    b, messages=strip(b.messages, address, keys)))
-        self.net = replace_fields(net, machines=net.machines.set(address, rec), keys=keys,
-                                  pending=pending)
+
+        def act(net: Network) -> tuple[Network, list]:
+            keys = net.keys.set(address, versions)
+            inbox.note_keys_added(address)
+            net = replace_fields(net, machines=net.machines.set(address, rec), keys=keys)
+            for e in created:
+                b = net.pending.get((e.chan, e.seq))
+                if b is None:
+                    continue
+                # A new batch object: the index's entry for the old one (made while the
+                # machine was out, without its keys) is no longer current.
+                msgs = strip(b.messages, address, keys) if needs_transit(b.messages) \
+                    else b.messages
+                net = replace_fields(net, pending=inbox.replaced(
+                    net, e.chan, replace_fields(b, messages=msgs)))  # always a new object
+            return net, []
+
+        self.net, _ = nw.outside(self.net, self.env, act)
         self.loads += 1
         self._lru[address] = time.monotonic()
         return True
@@ -257,8 +269,10 @@ class Runtime:
             return time.monotonic() - oldest >= idle
         return False
 
-    async def evict(self) -> int:
+    async def evict(self, only: Iterable[bytes] | None = None) -> int:
         """One eviction round now (the loop runs them by itself); returns how many.
+
+        ``only``: evict these machines (those that may go), whatever the limits.
 
         Pending commits are finished first, and a machine is evicted only if its last
         change is committed (nothing of it waits in the rows of the next commit) and it
@@ -267,11 +281,16 @@ class Runtime:
         """
         if not self.evicting:
             return 0
-        await self.durable()
-        last = self._last
-        if self._closing or self.failed is not None or (last is not None
-                                                        and not last[2].done()):
-            return 0  # another task handed over a commit meanwhile: next round
+        for _ in range(EVICT_TRIES):
+            await self.durable()
+            last = self._last
+            if last is None or last[2].done():
+                break
+            # another task handed over a commit meanwhile: wait for that one too
+        else:
+            return 0
+        if self._closing or self.failed is not None:
+            return 0
         net = self.net
         machines = net.machines
         n = len(machines._m)
@@ -285,7 +304,11 @@ class Runtime:
         lru = self._lru
         victims: list[bytes] = []
         skipped = []
-        for a, t in lru.items():
+        if only is not None:
+            victims = [a for a in only if a in machines._m and a not in keep
+                       and a not in busy and a not in dirty.machines and a not in dirty.keys]
+            victims = list(dict.fromkeys(victims))
+        for a, t in () if only is not None else lru.items():
             if n - len(victims) <= target and t > cutoff:
                 break
             if a in keep or a not in machines._m:
@@ -307,12 +330,22 @@ class Runtime:
         if not victims:
             return 0
         keys = net.keys
-        rings = self.env._rings
+        env = self.env
+        rings = env._rings
+        per = self.per_machine
         for a in victims:
             machines = machines.delete(a)
             keys = keys.delete(a)
             rings.pop(a, None)
-            del lru[a]
+            lru.pop(a, None)
+            per.pop(a, None)  # its statistics count again from its next load
+        # The Env's caches are bounded, but their bounds are large (10,000 key objects
+        # of about 2 KB of native memory each, 100,000 opened contexts that keep their
+        # keys alive): emptied here, they refill with the resident machines' only. A
+        # cache never changes a result.
+        env._keys.clear()
+        env._unsealed.clear()
+        env.auth_cache.clear()
         self.net = replace_fields(net, machines=machines, keys=keys)
         self.evictions += len(victims)
         self.evicted_any = True
@@ -369,15 +402,20 @@ class Runtime:
             raise StoreError("this host is closed")
 
     # -- acting on the network ----------------------------------------------------------
-    def apply(self, act: Callable[[Network], tuple[Network, list]], dirty: Dirty | None = None) -> list:
+    def apply(self, act: Callable[[Network], tuple[Network, list]], dirty: Dirty | None = None,
+              journaled: bool = False) -> list:
         """Apply an act of the core (submit, spawn, set_status...) to the network now.
 
         ``dirty`` names rows the act touches that its events do not tell (a status
-        change, a machine destroyed). Raises what the act raises, and then changed
-        nothing.
+        change, a machine destroyed). ``journaled``: the act is one the core's index
+        follows (submit, spawn: :func:`avm.core.network.outside`), so the next step
+        does not rebuild it. Raises what the act raises, and then changed nothing.
         """
         self.check_ok()
-        net, evs = act(self.net)
+        if journaled:
+            net, evs = nw.outside(self.net, self.env, act)
+        else:
+            net, evs = act(self.net)
         self.net = net
         dirty_from_events(evs, self.dirty)
         if self.tap is not None:
@@ -435,7 +473,9 @@ class Runtime:
     def _tick_clock(self) -> None:
         ms = int(self.clock() * 1000)
         if ms > self.net.now:
-            self.net = replace_fields(self.net, now=ms)
+            # The clock is not part of the scheduler's order: the index stays current.
+            self.net, _ = nw.outside(self.net, self.env,
+                                     lambda net: (replace_fields(net, now=ms), []))
 
     async def _loop(self) -> None:
         step = nw.step
