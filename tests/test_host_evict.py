@@ -244,3 +244,40 @@ def test_a_store_larger_than_the_limit_opens_lazily(tmp_path):
 
     run(first())
     run(second())
+
+
+def test_spawn_many_creates_commits_and_evicts(tmp_path):
+    path = tmp_path / "e.avm"
+
+    async def go():
+        async with avm.host.open(path, behaviors=[keeper, relay]) as h:
+            sink = await h.spawn("sink", keeper)
+            made = await h.spawn_many(relay, ((f"r{i:03}", sink) for i in range(250)), chunk=64)
+            assert made == 250
+            assert _resident(h) <= {avm.host.REPLIES, "sink"}  # evicted at once
+            assert len(h.machines()) == 251
+            assert h.record("r100").state == sink  # initialized by its init batch
+            await h.send(h.cap("r007"), ("n", 7, 1))
+            await h.idle()
+            assert (await h.state("sink"))["log"] == ((7, 1),)
+            # a taken name stops it; the machines before it stay created
+            try:
+                await h.spawn_many(relay, [("x0", sink), ("r005", sink), ("x1", sink)])
+            except avm.AvmError:
+                pass
+            else:
+                raise AssertionError("spawned a second r005")
+            names = {m.name for m in h.machines()}
+            assert "x0" in names and "x1" not in names
+            kept = await h.spawn_many(keeper, [("k", None)], resident=True)
+            assert kept == 1 and "k" in _resident(h)
+
+    async def again():
+        async with avm.host.open(path, behaviors=[keeper, relay], resident_max=10) as h:
+            assert len(h.machines()) == 253
+            await h.send(h.cap("r249"), ("n", 249, 2))
+            await h.idle()
+            assert (await h.state("sink"))["log"] == ((7, 1), (249, 2))
+
+    run(go())
+    run(again())

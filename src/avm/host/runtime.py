@@ -172,13 +172,15 @@ class Runtime:
             return False
         return self._load(address)
 
-    def _load(self, address: bytes, created: Iterable[Any] = ()) -> bool:
+    def _load(self, address: bytes, created: Iterable[Any] = (), exact: bool = True) -> bool:
         """Put an evicted machine back into the network from its committed rows.
 
         Its state is decoded and its ``Self`` rebound (Store.read_machine). Batches to
         it that were queued while it was out (``created``: their Created events) crossed
         without its keys, so a ``Self`` of its own in them arrived unbound: they are
         stripped again with its keys, as Store.load does for queued batches.
+        ``exact=False``: batches to it came in some other way (the wire), so the core's
+        index is rebuilt at the next step rather than kept.
         """
         got = self.store.read_machine(address)
         if got is None:
@@ -201,7 +203,10 @@ class Runtime:
                     net, e.chan, replace_fields(b, messages=msgs)))  # always a new object
             return net, []
 
-        self.net, _ = nw.outside(self.net, self.env, act)
+        if exact:
+            self.net, _ = nw.outside(self.net, self.env, act)
+        else:
+            self.net, _ = act(self.net)
         self.loads += 1
         self._lru[address] = time.monotonic()
         return True
@@ -212,7 +217,7 @@ class Runtime:
         lru = self._lru
         machines = self.net.machines._m
         now = -1.0
-        missing: dict[bytes, list] | None = None
+        missing: dict[bytes, list | None] | None = None
         for e in evs:
             t = type(e)
             if t is events.Applied:
@@ -222,7 +227,9 @@ class Runtime:
                 if type(a) is bytes and a not in machines:
                     if missing is None:
                         missing = {}
-                    missing.setdefault(a, []).append(e)
+                    got = missing.setdefault(a, [])
+                    if got is not None:
+                        got.append(e)
                     continue
             elif t is events.Spawned:
                 a = e.address
@@ -231,7 +238,7 @@ class Runtime:
                 if type(a) is bytes and a not in machines:
                     if missing is None:
                         missing = {}
-                    missing.setdefault(a, [])
+                    missing[a] = None  # not a batch we can name: rebuild the index
                     continue
             else:
                 continue
@@ -242,7 +249,7 @@ class Runtime:
                 lru.move_to_end(a)
         if missing is not None and self.evicted_any:
             for a, created in missing.items():
-                self._load(a, created)
+                self._load(a, created or (), exact=created is not None)
 
     def _busy(self) -> set:
         """Addresses with batches queued to or from them, or in flight between hosts."""
