@@ -104,6 +104,9 @@ def test_evicted_machine_answers_with_its_state_and_self(tmp_path):
             assert "avm_machine_evictions_total 4" in text
             assert "avm_machine_loads_total 2" in text
             assert "avm_machines_resident 2" in text
+            assert 'avm_machines{status="running"} 3' in text
+            assert [m.name for m in h.machines("k", limit=2)] == ["k0", "k1"]
+            assert [m.name for m in h.machines("k2")] == ["k2"]
 
     run(go())
 

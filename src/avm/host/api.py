@@ -168,17 +168,35 @@ class Host:
         """The committed record of machine ``name`` (name, state, behavior, status...)."""
         return self._committed_record(self._rt.committed, self.address(name), name)
 
-    def machines(self, prefix: str = "") -> list[MachineInfo]:
-        """The machines whose names start with ``prefix``, by name; evicted ones too."""
+    def machines(self, prefix: str = "", limit: int | None = None) -> list[MachineInfo]:
+        """The machines whose names start with ``prefix``, by name (the first ``limit``);
+        evicted ones too (their committed rows)."""
         net = self._rt.committed
         out = {m.name: MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
                for a, m in net.machines.items()
                if m.name != REPLIES and m.name.startswith(prefix)}
         if self._rt.evicted_any:
-            for name, a, b, st, kv in self._rt.store.machine_rows(prefix):
-                if name not in out and name != REPLIES and name.startswith(prefix):
+            # The first `limit` of the union are among the first `limit` of each side.
+            for name, a, b, st, kv in self._rt.store.machine_rows(
+                    prefix, None if limit is None else limit + 1):
+                if name not in out and name != REPLIES:
                     out[name] = MachineInfo(name, a, b, st, kv)
-        return sorted(out.values(), key=lambda i: i.name)
+        rows = sorted(out.values(), key=lambda i: i.name)
+        return rows if limit is None else rows[:limit]
+
+    def statuses(self) -> dict[str, int]:
+        """Committed machines by status (running, suspended, stopped)."""
+        rt = self._rt
+        if not rt.evicted_any:
+            out: dict[str, int] = {}
+            for m in self.machines():
+                out[m.status] = out.get(m.status, 0) + 1
+            return out
+        out = rt.store.statuses()
+        replies = rt.committed.machines.get(self._replies_addr)
+        if replies is not None and out.get(replies.status):
+            out[replies.status] -= 1
+        return {k: v for k, v in out.items() if v}
 
     def machine_stats(self) -> dict[str, tuple[int, int]]:
         """name -> (batches applied, batches failed) since this host was opened."""

@@ -274,7 +274,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
         """The machines (by name; at most ``limit``) with their statistics since the host
         started."""
         per, depth = host.machine_stats(), _depths(host)
-        rows = host.machines(prefix)[:limit]
+        rows = host.machines(prefix, limit)
         return JSONResponse({"machines": [_info(m, per, depth) for m in rows]})
 
     @app.get("/machines/{name}", response_model=MachineOut, dependencies=rd, tags=["machines"],

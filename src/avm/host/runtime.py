@@ -49,6 +49,7 @@ from ..core import inbox
 from ..core import network as nw
 from ..core.conserve import needs_transit, strip
 from ..core.network import Env, Network, events
+from ..core.sim import paced_gc
 from ..core.values import replace_fields
 from .metrics import GROUP_BUCKETS, LATENCY_BUCKETS, Histogram, event
 from .store import Dirty, GroupCommitter, Store, StoreError, dirty_from_events
@@ -144,6 +145,7 @@ class Runtime:
         self.evictions = 0
         self._evict_timer: asyncio.TimerHandle | None = None
         self._count_check = 0  # the resident count at which a full host tries again
+        self._gc: Any = None  # the collector's pacing while the loop runs
 
     # -- eviction -----------------------------------------------------------------------
     def evict_config(self, resident_max: int | None, idle_seconds: float | None,
@@ -373,6 +375,12 @@ class Runtime:
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            # The collector is paced while the host runs, as in Sim.run: a host's network
+            # is a persistent value of many small containers, and with Python's default
+            # thresholds full collections (which walk every object, so their cost grows
+            # with what is queued and stored) run often and free nothing.
+            self._gc = paced_gc()
+            self._gc.__enter__()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="avm-host")
             self._wake.set()
 
@@ -394,6 +402,9 @@ class Runtime:
                 pass
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
+        if self._gc is not None:
+            self._gc.__exit__(None, None, None)
+            self._gc = None
 
     def check_ok(self) -> None:
         """Refuse work once a commit failed or the host is closing."""

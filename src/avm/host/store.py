@@ -488,14 +488,23 @@ class Store:
         except (AvmError, sqlite3.Error, ValueError, TypeError) as e:
             raise StoreError(f"machine {address.hex()[:16]}... cannot be loaded: {e}") from e
 
-    def machine_rows(self, prefix: str = "") -> list[tuple]:
-        """(name, address, behavior, status, keyver) of the committed machines, by name."""
+    def machine_rows(self, prefix: str = "", limit: int | None = None) -> list[tuple]:
+        """(name, address, behavior, status, keyver) of the committed machines whose
+        names start with ``prefix``, by name (at most ``limit``)."""
         r = self._readers()
         if r is None:
             return []
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        hi = prefix + "\U0010ffff"  # a range on the name index, exact and case-sensitive
         return r[0].execute("SELECT name, address, behavior, status, keyver FROM machines "
-                            "WHERE name LIKE ? ESCAPE '\\' ORDER BY name", (like,)).fetchall()
+                            "WHERE name >= ? AND name < ? ORDER BY name LIMIT ?",
+                            (prefix, hi, -1 if limit is None else limit)).fetchall()
+
+    def statuses(self) -> dict[str, int]:
+        """Committed machines by status."""
+        r = self._readers()
+        if r is None:
+            return {}
+        return dict(r[0].execute("SELECT status, count(*) FROM machines GROUP BY status"))
 
     def count_machines(self) -> int:
         if self._db is None:
