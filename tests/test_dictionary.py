@@ -243,7 +243,9 @@ def test_the_docs_example_runs(capsys):
 
     doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "dictionary.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
         exec(compile(block, "docs/dictionary.md", "exec"), {})
-    assert "step 'SIZE = 2\\n' 'SIZE = 3\\n' 'SIZE = 4\\n'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "step 'SIZE = 2\\n' 'SIZE = 3\\n' 'SIZE = 4\\n'" in out
+    assert "3 peek [('$.n', 2, 4)] [('n', 4)]\nMap({'n': 2})" in out  # the peek block

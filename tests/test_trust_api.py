@@ -101,7 +101,7 @@ PUBLIC_API = [
 DOCUMENTED_BARE = ("address_of", "verify_identity", "verify_signature")
 
 #: Submodules that are reached as modules (``avm.testing``), not exported as names.
-SUBMODULES = {"core", "testing", "cli", "host"}
+SUBMODULES = {"core", "testing", "cli", "host", "naming", "wire"}
 
 
 def test_all_is_pinned():

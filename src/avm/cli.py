@@ -72,6 +72,7 @@ examples:
   avm demo                                       a durable host with the examples running
   avm host run --store app.avm --app examples/counter.py
   avm store check app.avm                        integrity check, decode every state
+  avm name serve --listen 127.0.0.1:7300         a naming DHT node (docs/naming.md)
   avm version
 
 The network between hosts and the web page are not built yet.
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .host import cli as host_cli  # the host's commands: store, host, demo
 
     host_cli.add_parsers(sub)
+    from .naming import cli as naming_cli  # avm name: DHT node, publish, resolve
+
+    naming_cli.add_parser(sub)
     sub.add_parser("version", help="print the avm version",
                    description="Print the installed avm version.",
                    epilog="example:\n  avm version", formatter_class=fmt)
@@ -270,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .host import cli as host_cli
 
             return host_cli.run(args)
+        if args.command == "name":
+            from .naming import cli as naming_cli
+
+            return naming_cli.run(args)
         if args.command == "version":
             print(f"avm {__version__} (Python {sys.version.split()[0]})")
             return EXIT_OK

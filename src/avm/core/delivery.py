@@ -42,6 +42,12 @@ from .schedule import hlc_recv, rng_float, rng_int
 from .values import Map
 
 __all__ = [
+    "DUPLICATE",
+    "NEXT",
+    "EARLY",
+    "arrival",
+    "acked_range",
+    "backoff_ticks",
     "send_batch",
     "transmit",
     "next_timed",
@@ -63,6 +69,37 @@ __all__ = [
 RETURNED = "~returned"
 #: Why a batch whose retry budget was spent, and that the receiver then skipped, failed.
 UNREACHABLE = "unreachable: retry budget spent; not applied"
+
+
+# ---------------------------------------------------------------------------------------
+# The per-channel rules, shared with the hosts' wire protocol (avm.wire.session)
+# ---------------------------------------------------------------------------------------
+
+#: What :func:`arrival` says about a batch: already had, the one expected, or early.
+DUPLICATE, NEXT, EARLY = "duplicate", "next", "early"
+
+
+def arrival(got: int, seq: int, held: bool) -> str:
+    """How a receiver that has ``got`` batches of a channel in order treats number ``seq``.
+
+    ``held``: a batch with that number already arrived early and waits. A number at or
+    below ``got``, or one already held, is a :data:`DUPLICATE` (it applies nothing); the
+    number after ``got`` is :data:`NEXT` (accept it, then the held ones that follow); a
+    later one is :data:`EARLY` (hold it, the gap will be filled by retransmission).
+    """
+    if seq <= got or held:
+        return DUPLICATE
+    return NEXT if seq == got + 1 else EARLY
+
+
+def acked_range(acked: int, upto: int) -> range:
+    """The numbers a cumulative acknowledgement of ``upto`` settles after ``acked``."""
+    return range(acked + 1, upto + 1)
+
+
+def backoff_ticks(base: int, attempts: int, cap: int) -> int:
+    """The wait before retry number ``attempts + 1``: doubling from ``base``, at most ``cap``."""
+    return min(base << min(attempts, 16), cap)
 
 
 def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
@@ -232,7 +269,7 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
     if b.abandoned:
         net = with_(net, outbox=_outbox_set(net, key, (b, net.now + cfg.retry_ticks_max, attempts)))
         return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, _wire_tomb(b))
-    backoff = min(cfg.retry_ticks << min(attempts, 16), cfg.retry_ticks_max)
+    backoff = backoff_ticks(cfg.retry_ticks, attempts, cfg.retry_ticks_max)
     net = with_(net, outbox=_outbox_set(net, key, (b, net.now + backoff, attempts + 1)),
                   stats=bump(net.stats, "wire.retry"))
     dst = host_of_dest(net, b.dest)
@@ -254,7 +291,7 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
         upto = payload
         acked = net.acked.get(chan, 0)
         outbox = net.outbox
-        for s in range(acked + 1, upto + 1):
+        for s in acked_range(acked, upto):
             if (chan, s) in outbox:
                 outbox = outbox.delete((chan, s))
         net = with_(net, outbox=outbox, acked=net.acked._set_plain(chan, max(acked, upto)))
@@ -264,10 +301,11 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
     evs: list = []
     h = net.hosts[dst]
     net = with_(net, hosts=net.hosts._set_plain(dst, with_(h, clock=hlc_recv(h.clock, b.ts, at))))
-    if seq <= got or (chan, seq) in net.held:
+    how = arrival(got, seq, (chan, seq) in net.held)
+    if how == DUPLICATE:
         net = with_(net, stats=bump(net.stats, "wire.duplicate-refused"))
         evs.append(events.Wire("refused-duplicate", kind, src, dst, chan, seq, at))
-    elif seq == got + 1:
+    elif how == NEXT:
         net = accept(net, chan, b)
         if b.abandoned:
             net = _settle(net, chan, seq, evs)

@@ -65,6 +65,7 @@ from .errors import (
 from .keys import check_material, fresh_material, sim_secret, stream_key
 from .machine import (
     SIGNAL,
+    BatchResult,
     Failure,
     Message,
     capability_problem,
@@ -129,6 +130,7 @@ __all__ = [
     "set_status",
     "rebind",
     "set_state",
+    "peek_batch",
     "state_of",
     "MachineImage",
     "export_machine",
@@ -1020,3 +1022,34 @@ def _count_nulled(net: Network, env: Env, b: Batch) -> Network:
     if t.relevant:
         stats = bump(stats, "null.relevant", t.n_relevant)
     return with_(net, stats=stats)
+
+
+def peek_batch(net: Network, env: Env, address: bytes, fn: Any, state: Any,
+               batch: Batch, runner: Any = None) -> tuple[Any, tuple]:
+    """A dry run: what ``batch`` would do to ``state`` under step function ``fn``.
+
+        "A debugger's 'peek' runs a step and throws the result away." (STYLE, habit 9)
+
+    The batch's capabilities are opened with ``address``'s keys in ``net``, as when it
+    ran, and the step is folded over its messages by :func:`run_batch`, the very
+    function every batch runs by, so a peek follows the batching rules exactly. Nothing
+    is applied: ``net`` is only read. Returns ``(result, groups)``: the
+    :class:`~avm.core.machine.BatchResult` and, when it succeeded, its outputs as they
+    would be sent, ``((destination, messages), ...)`` grouped by destination (rule 3) and
+    stripped for transit as :func:`_emit` sends them. A batch that does not open fails
+    as ``unseal``. ``runner``: where the fold runs, with the signature of
+    ``Env.batch_runner`` (a host's isolated worker, given the machine's record with
+    ``state``); by default here.
+    """
+    auth = _open_batch(net, env, address, batch)
+    if auth.error is not None or auth.messages is None:
+        failure = Failure("unseal", auth.error or "not opened")
+        return BatchResult(False, None, (), failure, 0, None), ()
+    if runner is None:
+        r = run_batch(fn, state, auth.messages)
+    else:
+        rec = with_(machine_record(net, address), state=state)
+        r = runner(net, address, rec, fn, auth.messages, False)
+    if not r.ok:
+        return r, ()
+    return r, tuple((d, transit(net.keys, d, group)) for d, group in partition(r.outputs))

@@ -575,6 +575,10 @@ class _Opened:
                 env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock, domains)
             rt.evict_config(rmax, idle, keep=(net.names[REPLIES],), lazy=lazy)
+            if store.durable:  # batches of machines bound to words, for peek
+                from .peek import recorder
+
+                rt.recorder = recorder(rt)
             if fresh:
                 rt.dirty = Dirty(everything=True)
                 await rt.durable()

@@ -144,6 +144,15 @@ class Client:
         return (await self._call("POST", f"/machines/{name}/restart",
                                  json={"info": info}))["status"]
 
+    async def peek(self, name: str, *, source: str | None = None, version: int | None = None,
+                   word: str | None = None, branch: str | None = None,
+                   last: int = 10) -> dict[str, Any]:
+        """A dry run of ``name``'s newest batches against ``source`` or ``version``
+        (admin token: it runs code); the report as JSON."""
+        body = {"source": source, "version": version, "word": word, "branch": branch,
+                "last": last}
+        return await self._call("POST", f"/machines/{name}/peek", json=body)
+
     async def destroy(self, name: str) -> str:
         return (await self._call("POST", f"/machines/{name}/destroy"))["status"]
 

@@ -2,12 +2,15 @@
 
 These commands open the store file's dictionary directly (its own SQLite connection;
 safe while a host runs the store). Binding a running host's machines to words goes
-through the host (``host.live`` in Python); its HTTP routes are still to come.
+through the host (``host.live`` in Python, or its HTTP routes). ``avm dict peek`` asks the
+running host over its HTTP API (admin token: a peek runs code), as ``avm machine`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,9 @@ EPILOG = """examples:
   avm dict branch dev --store app.avm
   avm dict merge dev --into main --store app.avm
   avm dict diff 3 7 --store app.avm
-  avm dict tag v1 7 --store app.avm"""
+  avm dict tag v1 7 --store app.avm
+  avm dict peek counter counter2.py --store app.avm      (a dry run on the running host)
+  avm dict peek counter --version 7 --last 5 --store app.avm"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +79,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = store(ds.add_parser("tag", help="name a version (tags never move)"))
     q.add_argument("name")
     q.add_argument("version", type=int)
+    q = ds.add_parser(
+        "peek", help="dry run: replay a machine's recent batches with new code, commit nothing",
+        description="Replay the newest batches of a machine bound to a word against source "
+                    "text (FILE) or a stored version, on the running host, and show per batch "
+                    "how the state and outputs would differ. Nothing is committed. Needs the "
+                    "admin token (a peek runs code, where the machine's batches run).")
+    q.add_argument("machine", help="the machine's name")
+    q.add_argument("file", nargs="?", help="the new source (- for stdin); or --version")
+    q.add_argument("--version", type=int, help="a version id of the dictionary instead")
+    q.add_argument("--word", help="the word the source is a version of (default: the bound one)")
+    q.add_argument("--branch", help="the branch use() reads (default: the binding's)")
+    q.add_argument("--last", type=int, default=10, help="batches to replay (default 10)")
+    g = q.add_argument_group("which host")
+    g.add_argument("--store", help="the host's store: reads its token file STORE.http")
+    g.add_argument("--token-file", help="the token file written by avm host run")
+    g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
+    g.add_argument("--token", help="the admin token (default: the token file's)")
+    g.add_argument("--json", action="store_true", help="print the host's JSON answer")
 
 
 def _read(path: str) -> str:
@@ -82,6 +105,8 @@ def _read(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """One ``avm dict`` command; errors raise AvmError (the caller prints them)."""
+    if args.dict_command == "peek":
+        return asyncio.run(_peek(args))
     if not Path(args.store).exists():
         print(f"avm: no store at {args.store}; create one with avm host run --store "
               f"{args.store}", file=sys.stderr)
@@ -135,4 +160,39 @@ def run(args: argparse.Namespace) -> int:
         elif cmd == "tag":
             d.tag(args.name, args.version)
             print(f"tag {args.name} -> @{args.version}")
+    return 0
+
+
+async def _peek(args: argparse.Namespace) -> int:
+    from .client import connect
+    from .http import token_file_for
+
+    if (args.file is None) == (args.version is None):
+        print("avm: give the new source FILE, or --version ID (not both)", file=sys.stderr)
+        return 2
+    source = _read(args.file) if args.file is not None else None
+    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
+    async with connect(args.url, args.token, token_file=token_file) as c:
+        r = await c.peek(args.machine, source=source, version=args.version, word=args.word,
+                         branch=args.branch, last=args.last)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"peek {r['name']} with {r['code']}: {r['replayed']} batches replayed, "
+          f"{r['differ']} differ")
+    if r.get("note"):
+        print(r["note"])
+    for b in r["batches"]:
+        line = f"  #{b['seq']} from {b['from']}: {'equal' if b['equal'] else 'differs'}"
+        if not b["peek"]["ok"]:
+            line += f"; the new version fails: {b['peek']['failure']}"
+        elif not b["committed"]["ok"]:
+            line += f"; it had failed: {b['committed']['failure']}"
+        print(line)
+        for what in ("state", "outputs"):
+            for ch in b["changes"][what]:
+                print(f"    {what} {ch['path']}: {json.dumps(ch['committed'])} -> "
+                      f"{json.dumps(ch['peek'])}")
+        if b["changes"]["cut"]:
+            print("    (more changes not shown)")
     return 0

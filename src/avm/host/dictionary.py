@@ -438,6 +438,21 @@ class Dictionary:
                        if w != word)
         return Recipe(branch, word, v.id, v.source, others)
 
+    def recipe_source(self, branch: str, word: str, source: str) -> Recipe:
+        """The Recipe of ``source`` as if it were a new version of ``word`` on ``branch``
+        (version 0: nothing is stored), for a dry run (``host.live.peek``). Source that
+        does not compile raises :class:`CompileError` with the compiler's message; it is
+        only compiled here, never run."""
+        source = check_source(_check_name("word", word), source)
+        others = tuple((w, self.version(vid).source) for w, vid in self.words(branch).items()
+                       if w != word)
+        return Recipe(branch, word, 0, source, others)
+
+    def load_source(self, branch: str, word: str, source: str) -> Any:
+        """Run ``source`` as a version of ``word`` on ``branch`` (its ``use()`` reaches the
+        branch's words) and return its ``behavior``, storing nothing."""
+        return self.recipe_source(branch, word, source).load()
+
 
 @dataclass(frozen=True)
 class Recipe:

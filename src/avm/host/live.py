@@ -25,6 +25,7 @@ from .dictionary import MAIN, Dictionary, DictionaryError, Recipe, Version
 
 if TYPE_CHECKING:
     from .api import Host
+    from .peek import PeekReport
 
 __all__ = ["Live", "PREFIX", "behavior_name", "parse_name", "load_named", "recipe_named",
            "in_worker"]
@@ -129,6 +130,16 @@ class Live:
         await self.host._control(machine, lambda net, a: nw.rebind(net, a, previous, env))
         self.dictionary.set_binding(machine, branch, word, False, previous, current)
         return previous
+
+    async def peek(self, machine: str, new: str | int, *, last: int = 10,
+                   word: str | None = None, branch: str | None = None) -> PeekReport:
+        """A dry run: replay ``machine``'s newest ``last`` batches with ``new`` (a version
+        id, or source text of its word, compiled but not stored) and report, per batch,
+        how the state and outputs differ from what was committed. Commits nothing;
+        with isolated workers it runs in the machine's worker (docs/dictionary.md, "Peek")."""
+        from .peek import peek
+
+        return await peek(self.host, machine, new, last=last, word=word, branch=branch)
 
     def bindings(self) -> dict[str, tuple[str, str, bool, str, str | None]]:
         return self.dictionary.bindings()

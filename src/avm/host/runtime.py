@@ -119,6 +119,9 @@ class Runtime:
         self.watches: dict[tuple, Listener] = {}
         #: called with every step's events (tests feed avm.testing.Checker with it)
         self.tap: Callable[[list], None] | None = None
+        #: called with (network before, network after, events) of every step the loop
+        #: takes; avm.host.peek records there the batches of machines bound to words
+        self.recorder: Callable[[Network, Network, list], None] | None = None
         #: called with every list of events (a step's, or an act's with the Dirty it
         #: named, else None); the HTTP API's live events (avm.host.http_events) subscribe
         #: while a browser listens. Subscribers must be quick and never raise.
@@ -529,6 +532,8 @@ class Runtime:
                         self._track(evs)
                     if self.tap is not None:
                         self.tap(evs)
+                    if self.recorder is not None:
+                        self.recorder(before, net, evs)
                     if self.listeners or self.watches:
                         self._observe(evs)
                     if self.subscribers:

@@ -61,6 +61,9 @@ __all__ = [
     "DURABILITY_MODES",
     "HISTORY_ROWS_MAX",
     "LOG_ROWS_MAX",
+    "REPLAY_PER_MACHINE_MAX",
+    "REPLAY_ROWS_MAX",
+    "AUDIT_ROWS_MAX",
     "StoreError",
     "Dirty",
     "dirty_from_events",
@@ -77,6 +80,12 @@ DURABILITY_MODES = ("full", "normal", "memory")
 HISTORY_ROWS_MAX = 10_000
 #: Rows kept in each of the failure and drop logs (the counters in stats keep counting).
 LOG_ROWS_MAX = 100_000
+#: Batches kept for a dry run ("peek", avm.host.peek) per machine bound to a word, and
+#: in all; each row holds the state before, the batch, and what it committed.
+REPLAY_PER_MACHINE_MAX = 32
+REPLAY_ROWS_MAX = 10_000
+#: Operators' state edits kept in the audit table.
+AUDIT_ROWS_MAX = 100_000
 KEY_FILE_SUFFIX = ".keys"
 DOMAIN_KEY = "domain:"
 KEY_FILE_MODE = 0o600
@@ -120,6 +129,19 @@ CREATE INDEX timers_due ON timers (due_ms);
 """,
 }
 
+#: Tables added without a schema version (created if missing; an older avm ignores them):
+#: the replay log of bound machines' batches, and the audit log of operators' edits.
+_AUX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replay (id INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+    dest BLOB NOT NULL, chan BLOB NOT NULL, seq INTEGER NOT NULL, behavior TEXT NOT NULL,
+    ok INTEGER NOT NULL, failure TEXT NOT NULL, before BLOB NOT NULL, batch BLOB NOT NULL,
+    after BLOB, outputs BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS replay_dest ON replay (dest, id);
+CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at INTEGER NOT NULL,
+    who TEXT NOT NULL, machine TEXT NOT NULL, act TEXT NOT NULL, detail TEXT NOT NULL,
+    before BLOB NOT NULL, after BLOB NOT NULL);
+"""
+
 _KEYS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS secret (id INTEGER PRIMARY KEY CHECK (id = 0), value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (address BLOB NOT NULL, version INTEGER NOT NULL,
@@ -156,6 +178,11 @@ class Dirty:
     history: list = field(default_factory=list)
     #: address -> trust domain (avm.host.isolation), kept in the meta table
     domains: dict = field(default_factory=dict)
+    #: batches of machines bound to words, for peek: (at, chan, seq, dest, behavior, ok,
+    #: failure, state before, batch, state after or None, ((dest, messages), ...))
+    replay: list = field(default_factory=list)
+    #: operators' edits: (at ms, who, machine name, act, detail, value before, value after)
+    audit: list = field(default_factory=list)
     #: machine made by a spawner -> the machine that asked for it (its trust domain
     #: follows; see Runtime._adopt). Nothing to write by itself.
     parents: dict = field(default_factory=dict)
@@ -173,13 +200,16 @@ class Dirty:
         self.drops += other.drops
         self.history += other.history
         self.domains.update(other.domains)
+        self.replay += other.replay
+        self.audit += other.audit
         self.parents.update(other.parents)
         self.everything = self.everything or other.everything
 
     def __bool__(self) -> bool:
         return bool(self.everything or self.machines or self.keys or self.pending
                     or self.heads or self.sent or self.random or self.chans or self.failures
-                    or self.drops or self.history or self.domains)
+                    or self.drops or self.history or self.domains or self.replay
+                    or self.audit)
 
 
 def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
@@ -331,6 +361,7 @@ class Store:
             self._keys = _connect(self.key_path, "FULL")
             self._keys.executescript(_KEYS_SCHEMA)
             self._migrate()
+            self._db.executescript(_AUX_SCHEMA)
         except sqlite3.Error as e:
             self.close()
             raise StoreError(f"cannot open the store at {self.path}: {e}") from e
@@ -590,6 +621,7 @@ class Store:
                 _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
                 _append_log(db, "history", "(at, chan, seq, dest, ok, steps, read_only)",
                             rows.history, HISTORY_ROWS_MAX)
+                _write_aux(db, rows)
                 if self.fault is not None:
                     self.fault("rows")
             if self.fault is not None:
@@ -623,6 +655,45 @@ def _append_log(db: sqlite3.Connection, table: str, cols: str, rows: list, keep:
     if last is not None and last > keep:
         db.execute(f"DELETE FROM {table} WHERE id <= ?", (last - keep,))  # noqa: S608
     del cur
+
+
+def _aux_rows(dirty: Dirty) -> tuple[list, list]:
+    """The replay and audit rows of a commit, encoded. Only the newest
+    REPLAY_PER_MACHINE_MAX batches of each machine are kept, so a busy machine costs at
+    most that many encodings of its state per commit."""
+    replay: list = []
+    if dirty.replay:
+        seen: dict[bytes, int] = {}
+        keep = []
+        for r in reversed(dirty.replay):
+            n = seen.get(r[3], 0)
+            if n < REPLAY_PER_MACHINE_MAX:
+                seen[r[3]] = n + 1
+                keep.append(r)
+        for at, chan, seq, dest, behavior, ok, failure, before, batch, after, outs in reversed(keep):
+            replay.append((at, dest, _blob(chan), seq, behavior, int(ok), failure,
+                           encode(before), encode(batch),
+                           None if after is None else encode(after), encode(outs)))
+    audit = [(at, who, name, act, detail, encode(b), encode(a))
+             for at, who, name, act, detail, b, a in dirty.audit]
+    return replay, audit
+
+
+def _write_aux(db: sqlite3.Connection, rows: _Rows) -> None:
+    """Append the replay rows (bounded per machine and in all) and the audit rows; a
+    destroyed machine's replay rows go with it."""
+    if rows.replay:
+        _append_log(db, "replay", "(at, dest, chan, seq, behavior, ok, failure, before, "
+                    "batch, after, outputs)", rows.replay, REPLAY_ROWS_MAX)
+        for dest in {r[1] for r in rows.replay}:
+            db.execute("DELETE FROM replay WHERE dest = ? AND id <= (SELECT id FROM replay "
+                       "WHERE dest = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                       (dest, dest, REPLAY_PER_MACHINE_MAX))
+    if rows.machines_gone:
+        db.executemany("DELETE FROM replay WHERE dest = ?", rows.machines_gone)
+    if rows.audit:
+        _append_log(db, "audit", "(at, who, machine, act, detail, before, after)", rows.audit,
+                    AUDIT_ROWS_MAX)
 
 
 class _Rows:
@@ -685,6 +756,7 @@ class _Rows:
         self.drops = [(a, _blob(c), s, _blob(d), r) for a, c, s, d, r in dirty.drops]
         self.history = [(a, _blob(c), s, _blob(d), int(o), n, int(r))
                         for a, c, s, d, o, n, r in dirty.history]
+        self.replay, self.audit = _aux_rows(dirty)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Hops and lookups per second of the naming DHT, simulated in one process (issue 8).
+
+    python bench/dht.py                      # 1,000 nodes, both wires
+    python bench/dht.py --nodes 2000 --wire direct --lookups 1000
+
+Builds a Kademlia network with :mod:`avm.naming.sim` (the ``kademlia`` package's
+protocol, routing tables and crawls; nodes join one by one through a random earlier
+node), publishes signed routing records from random nodes and looks them up from other
+random nodes. Prints, per wire (``datagram``: rpcudp and MessagePack over an in-memory
+datagram transport; ``direct``: the same handlers without the encoding):
+
+* hops (rounds of the iterative lookup until the first valid record) p50, p90 and max,
+  beside the bound the issue sets, log2(N);
+* lookups per second of avm's lookup (every value verified: signature, address, expiry;
+  the newest kept) beside the package's own ``ValueSpiderCrawl`` over the same network
+  (no verification: it returns the first value it sees), and the ratio.
+
+One process plays every node, so lookups/s is the cost of the whole network's work per
+lookup (every node's handlers run here), not one node's. Verified records are cached by
+their exact bytes (:data:`avm.naming.records.VERIFIED_CACHE_MAX`), shared by the nodes of
+the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from kademlia.crawling import ValueSpiderCrawl  # noqa: E402
+from kademlia.node import Node  # noqa: E402
+
+from avm.core.caps import IdentityKey  # noqa: E402
+from avm.naming.records import dht_key, make_record  # noqa: E402
+from avm.naming.sim import build  # noqa: E402
+
+
+def pct(xs: list[int], q: float) -> int:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def measure(n: int, wire: str, records: int, lookups: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    net, nodes = await build(n, seed=seed, wire=wire)
+    join = time.perf_counter() - t0
+    rng = random.Random(seed + 1)
+    now = 1_700_000_000_000
+    recs = []
+    for i in range(records):
+        key = IdentityKey.from_seed(b"bench-dht" + i.to_bytes(8, "big") * 4)
+        rec = make_record(key, [f"127.0.0.1:{7000 + i}"], seq=1, issued_ms=now, ttl_ms=3600_000)
+        await nodes[rng.randrange(n)].put(rec)
+        recs.append(rec)
+    plan = [(recs[rng.randrange(records)], nodes[rng.randrange(n)]) for _ in range(lookups)]
+
+    hops, found = [], 0
+    sent = net.datagrams
+    t1 = time.perf_counter()
+    for rec, asker in plan:
+        got = await asker.get(rec.address)
+        found += got.record is not None and got.record.data == rec.data
+        hops.append(got.found_in_round or 0)
+    ours = time.perf_counter() - t1
+    per_lookup = (net.datagrams - sent) / lookups
+
+    # the package's own lookup over the same network, no verification
+    t2 = time.perf_counter()
+    theirs_found = 0
+    for rec, asker in plan:
+        target = Node(dht_key(rec.address))
+        nearest = asker.protocol.router.find_neighbors(target)
+        value = await ValueSpiderCrawl(asker.protocol, target, nearest, asker.ksize,
+                                       asker.alpha).find()
+        theirs_found += value == rec.data
+    theirs = time.perf_counter() - t2
+    for d in nodes:
+        d.stop()
+    return dict(n=n, wire=wire, join=join, contacts=sum(d.contacts() for d in nodes) / n,
+                found=found, theirs_found=theirs_found, lookups=lookups, hops=hops,
+                ours=lookups / ours, theirs=lookups / theirs, per_lookup=per_lookup)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--wire", choices=["direct", "datagram", "both"], default="both")
+    ap.add_argument("--records", type=int, default=100)
+    ap.add_argument("--lookups", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    wires = ["direct", "datagram"] if a.wire == "both" else [a.wire]
+    bound = math.log2(a.nodes)
+    print(f"# {a.nodes} nodes, k=20, alpha=3, {a.records} records, {a.lookups} lookups, "
+          f"seed {a.seed}; bound log2(N) = {bound:.2f} hops")
+    print(f"{'wire':9} {'join s':>7} {'contacts':>8} {'found':>9} {'hops p50':>8} {'p90':>4} "
+          f"{'max':>4} {'msgs/lookup':>11} {'avm lookups/s':>13} {'package/s':>10} {'ratio':>6}")
+    for wire in wires:
+        r = asyncio.run(measure(a.nodes, wire, a.records, a.lookups, a.seed))
+        h = r["hops"]
+        print(f"{wire:9} {r['join']:7.1f} {r['contacts']:8.1f} {r['found']:>4}/{r['lookups']:<4} "
+              f"{pct(h, .5):8} {pct(h, .9):4} {max(h):4} {r['per_lookup']:11.1f} "
+              f"{r['ours']:13.0f} {r['theirs']:10.0f} {r['ours'] / r['theirs']:6.2f}")
+        print(f"{'':9} package lookup found {r['theirs_found']}/{r['lookups']}; "
+              f"max hops {max(h)} {'<=' if max(h) <= bound else '>'} log2(N) {bound:.2f}")
+
+
+if __name__ == "__main__":
+    main()
