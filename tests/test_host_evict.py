@@ -188,7 +188,9 @@ def test_eviction_under_load_loses_nothing(tmp_path):
             for k in range(n_msgs):  # waves of sends while the previous waves run
                 await asyncio.gather(*(h.send(relays[i], ("n", i, k))
                                        for i in range(n_relays)))
-                await asyncio.sleep(0)
+                if k % 3 == 2:  # now and then down to the limit: the next waves load
+                    await h.idle()
+                    assert len(h._rt.net.machines) <= 4
             await h.idle()
             assert h._rt.evictions > n_relays and h._rt.loads > n_relays
             log = (await h.state("sink"))["log"]
