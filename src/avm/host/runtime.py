@@ -554,6 +554,8 @@ class Runtime:
                 if self.committer is not None and self.committer.failed is not None:
                     self._fail(self.committer.failed)
                     return
+                if idle:
+                    self._count_check = 0  # what was busy may have finished: try again
                 if self._evict_due():
                     try:
                         await self.evict()
