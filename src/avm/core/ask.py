@@ -42,6 +42,7 @@ __all__ = [
     "AskFailed",
     "AskTimeout",
     "fill_reply",
+    "outside_request",
 ]
 
 #: The first element of every ask context ``(ASK, tag, kind)``.
@@ -78,6 +79,26 @@ def fill_reply(request: Any, reply: Capability) -> Any:
     raise UsageError("a request needs a place for the reply capability: write it as a "
                      "function of the reply (lambda reply: ('get', reply)) or put "
                      "avm.REPLY in the tuple (('get', avm.REPLY))")
+
+
+def outside_request(request: Any, reply: Capability) -> Any:
+    """The content a host's ``ask`` sends for ``request``.
+
+    Every request ``Sim.ask`` takes means the same here (:data:`REPLY` marks and
+    functions of the reply, as in :func:`fill_reply`), so a test's asks carry over to a
+    host unchanged. A host also appends the reply capability to a text or a tuple
+    without a mark: ``"get"`` sends ``("get", reply)``, ``("get", 1)`` sends ``("get", 1,
+    reply)``."""
+    if type(request) is ReplyMark or callable(request) or (
+            type(request) is tuple and any(type(x) is ReplyMark for x in request)):
+        return fill_reply(request, reply)
+    if type(request) is str:
+        return (request, reply)
+    if type(request) is tuple:
+        return (*request, reply)
+    raise UsageError(f"ask takes a text, a tuple (with avm.REPLY where the reply goes, or "
+                     f"the reply is appended) or a function of the reply capability, not "
+                     f"{type(request).__name__}")
 
 
 def pending_asks(state: Any) -> Map:

@@ -26,6 +26,7 @@ from .inbox import next_timed_scan, note_outbox, note_wire
 from .netvalue import (
     Batch,
     Env,
+    HostRecord,
     Network,
     accept,
     bump,
@@ -48,6 +49,10 @@ __all__ = [
     "arrival",
     "acked_range",
     "backoff_ticks",
+    "add_peer_host",
+    "add_remote",
+    "receive_batch",
+    "receive_ack",
     "send_batch",
     "transmit",
     "next_timed",
@@ -119,7 +124,8 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     # Local, unless batches of this channel are still on the wire (a machine moved here, or
     # was exported): a local batch must not overtake them (rule 4).
     settled = got is None or got >= net.next_seq.get(chan, 0)
-    if type(dest) is not bytes or settled and (dst_host == src_host or dest not in net.machines):
+    if type(dest) is not bytes or settled and (dst_host == src_host or (
+            dest not in net.machines and dest not in net.remote)):
         return enqueue_local(net, sender, dest, msgs, src_host, priority, notify, count)
     seq = net.next_seq.get(chan, 0) + 1
     net, ts = stamp(net, src_host)
@@ -288,15 +294,32 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
         return with_(net, stats=bump(net.stats, "wire.corrupt-refused")), [
             events.Wire("corrupt-refused", kind, src, dst, chan, seq, at)]
     if kind == "ack":
-        upto = payload
-        acked = net.acked.get(chan, 0)
-        outbox = net.outbox
-        for s in acked_range(acked, upto):
-            if (chan, s) in outbox:
-                outbox = outbox.delete((chan, s))
-        net = with_(net, outbox=outbox, acked=net.acked._set_plain(chan, max(acked, upto)))
-        return net, [events.Wire("acked", kind, src, dst, chan, upto, at)]
-    b: Batch = payload
+        net = receive_ack(net, chan, payload)
+        return net, [events.Wire("acked", kind, src, dst, chan, payload, at)]
+    net, evs, got = receive_batch(net, src, dst, chan, seq, payload)
+    # Acknowledge cumulatively what is now durable in the inbox.
+    net, more = transmit(net, "ack", dst, src, chan, got, got)
+    return net, evs + more
+
+
+def receive_ack(net: Network, chan: tuple, upto: int) -> Network:
+    """The receiver acknowledged ``chan`` up to ``upto``: those batches leave the outbox."""
+    acked = net.acked.get(chan, 0)
+    outbox = net.outbox
+    for s in acked_range(acked, upto):
+        if (chan, s) in outbox:
+            outbox = outbox.delete((chan, s))
+    return with_(net, outbox=outbox, acked=net.acked._set_plain(chan, max(acked, upto)))
+
+
+def receive_batch(net: Network, src: str, dst: str, chan: tuple, seq: int,
+                  b: Batch) -> tuple[Network, list, int]:
+    """Host ``dst`` receives batch ``seq`` of ``chan`` from host ``src``: accepted once and
+    in order (:func:`arrival`), held if early, refused if had. Returns the network, the
+    events and the highest number now received in order (what to acknowledge, once
+    committed). The simulator's :func:`deliver` and a real host's wire both call it."""
+    at = net.now
+    kind = "batch"
     got = net.received.get(chan, 0)
     evs: list = []
     h = net.hosts[dst]
@@ -323,9 +346,35 @@ def deliver(net: Network, key: tuple) -> tuple[Network, list]:
         net = with_(net, held=net.held.set((chan, seq), b),
                       stats=bump(net.stats, "wire.early"))
         evs.append(events.Wire("held-early", kind, src, dst, chan, seq, at))
-    # Acknowledge cumulatively what is now durable in the inbox.
-    net, more = transmit(net, "ack", dst, src, chan, got, got)
-    return net, evs + more
+    return net, evs, got
+
+
+def add_peer_host(net: Network, name: str, address: bytes) -> Network:
+    """Name another host this network reaches over a real wire (a host's peer).
+
+    The peer is recorded as a host that is never up *in this network*: what the core
+    transmits to it is dropped at delivery time ("lost-host-down") and stays in the
+    outbox, retried with back-off, until an acknowledgement comes in through
+    :func:`receive_ack`. The host's shell (``avm.host.peering``) carries each such
+    transmission over its link instead.
+    """
+    if type(name) is not str or not name.startswith("~") or len(name) < 2 or name in net.hosts:
+        # "~" sorts after every letter and digit: the core's fallbacks (the first host by
+        # name, for a client or an unknown address) stay this network's own host.
+        raise UsageError(f"a peer host needs a new name starting with '~', not {name!r}")
+    if type(address) is not bytes or len(address) != 32:
+        raise UsageError("a peer host's address is 32 bytes")
+    far = HostRecord(name, address, up=False, down_until=(1 << 62))
+    return with_(net, hosts=net.hosts._set_plain(name, far))
+
+
+def add_remote(net: Network, address: bytes, host: str) -> Network:
+    """Say that machine ``address`` lives on peer ``host``: batches to it go on the wire."""
+    if host not in net.hosts or net.hosts[host].up:
+        raise UsageError(f"{host!r} is not a peer host of this network")
+    if type(address) is not bytes or len(address) != 32 or address in net.machines:
+        raise UsageError("a remote machine is a 32-byte address of no local machine")
+    return with_(net, remote=net.remote._set_plain(address, host))
 
 
 def _wire_tomb(b: Batch) -> Batch:

@@ -161,6 +161,10 @@ class Network:
     timer_order: tuple = ()
     # The spawner service (avm.core.spawner): ("grant", id) -> Map, ("revoke", id) -> id.
     spawners: Map = field(default_factory=Map)
+    # Machines of other hosts, for a host that reaches them over the wire: address ->
+    # host name (avm.core.delivery.add_remote). Empty in the simulator, where every
+    # machine of the network is in ``machines``.
+    remote: Map = field(default_factory=Map)
 
 
 class events:  # noqa: N801 - a namespace
@@ -439,6 +443,9 @@ def host_of_dest(net: Network, dest: Any) -> str:
         m = net.machines.get(dest)
         if m is not None:
             return m.host
+        r = net.remote.get(dest)
+        if r is not None:
+            return r
     return next(iter(sorted(net.hosts)))
 
 

@@ -529,8 +529,12 @@ def submit(
             batch = transit(net.keys, dest, batch)
             if count:
                 count = None  # stripping rebuilt items: count them again
-        net, evs = enqueue_local(net, ("client", client), dest, batch, host, prio,
-                                  count=count)
+        if dest in net.remote:  # a machine of a peer host: numbered, on the wire
+            net, evs = send_batch(net, ("client", client), dest, batch,
+                                  host_of_sender(net, ("client", client)), prio, count=count)
+        else:
+            net, evs = enqueue_local(net, ("client", client), dest, batch, host, prio,
+                                      count=count)
         out.extend(evs)
     return net, out
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import network as nw
+from ..core.ask import outside_request
 from ..core.caps import Capability
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
@@ -44,6 +45,8 @@ from .runtime import RESIDENT_MAX_DEFAULT, Runtime, host_config
 from .store import Dirty, Store, StoreError
 
 __all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "StoreError"]
+
+_NOTHING: Any = object()  # Host.set_state without a whole value
 
 #: The name of the host's own machine that receives the answers to :meth:`Host.ask`.
 REPLIES = "avm.host.replies"
@@ -152,6 +155,31 @@ class Host:
         if addr is None:
             raise UnknownName(f"no machine named {name!r}")
         return self._committed_record(net, addr, name).state
+
+    async def state_at(self, name: str, path: str) -> Any:
+        """The part of ``name``'s committed state at ``path`` (avm.host.valuepath)."""
+        from .valuepath import get_at
+
+        return get_at(await self.state(name), path)
+
+    async def set_state(self, name: str, value: Any = _NOTHING, *,
+                        set: Iterable[tuple[str, Any]] = (),  # noqa: A002 - the API's verb
+                        expect: Iterable[tuple[str, Any]] = (), who: str = "embedded") -> Any:
+        """An operator's edit of ``name``'s state (the whole ``value``, or ``set`` paths),
+        through the core's value rules as one transaction, with its audit row in the same
+        commit; ``expect`` paths must still hold. Returns the ``Edit`` once committed
+        (:mod:`avm.host.stateedit`)."""
+        from .stateedit import NOTHING, edit_state
+
+        return await edit_state(self, name, value=NOTHING if value is _NOTHING else value,
+                                set=set, expect=expect, who=who)
+
+    async def audit(self, machine: str | None = None, limit: int = 100,
+                    before: int | None = None) -> list[dict]:
+        """The audit of state edits, newest first (of ``machine``, or every machine)."""
+        from .stateedit import audit
+
+        return await audit(self, machine, limit, before)
 
     def _committed_record(self, net: Network, addr: bytes, name: str) -> MachineRecord:
         """The committed record: from ``net``, else (an evicted machine) from the store,
@@ -362,21 +390,17 @@ class Host:
                   client: str = "client") -> Any:
         """Send a request and return the first answer sent to its reply capability.
 
-        ``content`` is a tuple (the reply capability is appended: ``("get",)`` sends
-        ``("get", reply)``), a str (``"get"`` sends the same), or a function of the
-        reply capability that builds the content. Raises :class:`AskFailed` if the
-        request's batch fails or is dropped, ``TimeoutError`` past ``timeout`` seconds.
+        ``content`` is what ``Sim.ask`` takes (a tuple with ``avm.REPLY`` where the
+        reply capability goes, or a function of the reply capability that builds the
+        content), or a tuple or str without the mark, to which the reply is appended
+        (``("get",)`` and ``"get"`` send ``("get", reply)``); see
+        :func:`avm.core.ask.outside_request`. Raises
+        :class:`AskFailed` if the request's batch fails or is dropped, ``TimeoutError``
+        past ``timeout`` seconds.
         """
         token = ("ask", os.urandom(12))  # unique across restarts: a stale answer matches nothing
         reply = mint(self._rt.net, self._rt.env, self._replies_addr, token)
-        if callable(content):
-            msg = content(reply)
-        elif type(content) is tuple:
-            msg = (*content, reply)
-        elif type(content) is str:
-            msg = (content, reply)
-        else:
-            raise UsageError("ask takes a tuple, a str, or a function of the reply capability")
+        msg = outside_request(content, reply)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._asks[token] = fut
         try:

@@ -671,6 +671,16 @@ class Connection:
         r = self._recv.get(channel)
         return r.committed if r is not None else self.committed_seq(channel)
 
+    def sent(self, channel: tuple) -> int:
+        """The highest number of ``channel`` sent in this session (0 if none)."""
+        s = self._send.get(channel)
+        return s.sent if s is not None else 0
+
+    def handed_out(self, channel: tuple) -> int:
+        """The highest number of ``channel`` handed out in order (receiving side)."""
+        r = self._recv.get(channel)
+        return r.got if r is not None else self.committed_seq(channel)
+
     def statistics(self) -> Statistics:
         c = self._counts
         return Statistics(
