@@ -315,3 +315,19 @@ def test_dict_peek_help(capsys):
     assert main(["dict", "peek", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--version" in out and "admin token" in out and "--url" in out
+
+
+def test_after_a_state_edit_the_replay_starts_again_from_the_committed_state(tmp_path):
+    async def go():
+        async with avm.host.open(tmp_path / "h.avm") as h:
+            await bound_counter(h)
+            await h.send(h.cap("c"), ("tick",))
+            await h.idle()
+            await h.set_state("c", set=[("n", 10)], who="ann")
+            await h.send(h.cap("c"), ("tick",))
+            await h.idle()
+            r = await h.live.peek("c", counter(2))
+            assert [b.start for b in r.batches] == ["committed", "committed"]
+            assert [b.state_changes for b in r.batches] == [[("$.n", 1, 2)], [("$.n", 11, 12)]]
+
+    run(go())

@@ -299,6 +299,7 @@ def test_garbage_datagrams_are_counted_and_the_node_keeps_answering():
                 b"\x00" + mid + umsgpack.packb(["store", [1, 2, 3, 4]]),  # wrong arity
                 b"\x00" + mid + umsgpack.packb(["find_node", [b"x"]]),    # wrong arity
                 b"\x00" + mid + umsgpack.packb(["ping", [{"a": 1}]]),
+                b"\x00" + mid + umsgpack.packb(["store", [b"short id", os.urandom(20), b"v"]]),
                 b"\x00" + mid + b"\xc1" * 50,                         # reserved code
                 b"\x00" + mid + b"\x00" * (records.RECORD_BYTES_MAX * 5),  # oversized
                 b"\x00" + mid + umsgpack.packb({"a": 1}),
@@ -309,7 +310,13 @@ def test_garbage_datagrams_are_counted_and_the_node_keeps_answering():
             sock.close()
             ok, their_id = await nodes[0].protocol.ping(target.address, nodes[0].node.id)
             assert ok and their_id == target.node.id
-            assert dict(target.protocol.dropped) == {"malformed": 6, "arguments": 1, "size": 1}
+            assert dict(target.protocol.dropped) == {"malformed": 6, "arguments": 2, "size": 1}
+            stats = target.statistics()
+            assert stats.dropped == {"malformed": 6, "arguments": 2, "size": 1}
+            # no contact with a malformed id got into the routing table
+            ids = [n.id for b in target.protocol.router.buckets for n in b.nodes.values()]
+            assert ids and all(type(i) is bytes and len(i) == 20 for i in ids)
+            assert stats.contacts >= 1 and stats.storage.records == 0
         finally:
             stop(nodes)
 
@@ -372,3 +379,62 @@ def test_find_neighbors_is_exact_where_the_package_traverser_misses():
 
     asyncio.run(main())
 
+
+
+def test_resolution_takes_the_newest_of_the_local_table_and_the_dht():
+    async def main():
+        clock = Clock()
+        nodes = await network(3, clock)
+        try:
+            one, two, three = (rec(seq=s, clock=clock, endpoints=(f"127.0.0.1:{7400 + s}",))
+                               for s in (1, 2, 3))
+            key = dht_key(one.address)
+            for d in nodes[1:]:
+                assert d.storage.offer(key, two.data) is None
+            behind = Naming(KEY_B, dht=nodes[0], clock_ms=clock)
+            behind.learn(one.data)  # the local table is behind the DHT
+            assert (await behind.resolve(one.address)).seq == 2
+            assert behind.local[one.address].seq == 2  # and catches up
+            ahead = Naming(KEY_B, dht=nodes[0], clock_ms=clock)
+            ahead.learn(three.data)  # the local table is ahead of the DHT
+            assert (await ahead.resolve(one.address)).seq == 3
+        finally:
+            stop(nodes)
+
+    asyncio.run(main())
+
+
+def test_a_lookup_keeps_going_until_it_has_values_wanted_records():
+    """A knows P1 (holds seq 1) and P3 (no record, knows P2, which holds seq 2).
+
+    Round 1 asks P1 and P3 together: one record, and P2's address. With values_wanted=2
+    the lookup goes on to ask P2 in round 2 and returns the newer record; stopping at
+    the first record found would return the old one.
+    """
+    from kademlia.node import Node
+
+    from avm.naming.sim import MemoryNetwork
+
+    async def main():
+        clock = Clock()
+        net = MemoryNetwork()
+        a, p1, p2, p3 = (DhtNode(clock_ms=clock, wait_timeout=1.0, values_wanted=2)
+                         for _ in range(4))
+        for i, d in enumerate((a, p1, p2, p3)):
+            net.add(d, ("127.0.0.1", 30000 + i))
+        old, new = rec(seq=1, clock=clock), rec(seq=2, clock=clock)
+        key = dht_key(old.address)
+        assert p1.storage.offer(key, old.data) is None
+        assert p2.storage.offer(key, new.data) is None
+        def know(x, y):
+            x.protocol.router.add_contact(Node(y.node.id, *y.transport.addr))
+        know(a, p1)
+        know(a, p3)
+        know(p3, p2)
+        got = await a.get(old.address)
+        assert got.record is not None and got.record.seq == 2
+        assert (got.rounds, got.found_in_round, got.valid) == (2, 1, 2)
+        for d in (a, p1, p2, p3):
+            d.stop()
+
+    asyncio.run(main())

@@ -205,6 +205,13 @@ def test_good_endpoints(text):
     assert check_endpoint(text) is None
 
 
+def test_split_endpoint_gives_what_a_dialer_needs():
+    assert records.split_endpoint("127.0.0.1:7400") == ("127.0.0.1", 7400)
+    assert records.split_endpoint("[::1]:1") == ("::1", 1)
+    with pytest.raises(UsageError):
+        records.split_endpoint("localhost:7400")
+
+
 @pytest.mark.parametrize("text", [
     "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:07400", "127.000.0.1:1",
     "::1:7400", "[::01]:1", "[0:0:0:0:0:0:0:1]:1", "localhost:80", "example.org:443",
@@ -343,3 +350,24 @@ def test_storage_reports_records_older_than_for_republication():
     clock.mono = 150.0
     assert s.iter_older_than(60) == [(dht_key(a.address), a.data)]
     assert len(s.iter_older_than(10)) == 2
+
+
+def test_naming_imports_only_the_core_of_avm():
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "src" / "avm" / "naming"
+    bad = []
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level == 2 and not mod.startswith("core"):
+                    bad.append(f"{path.name}: from ..{mod}")
+                if node.level == 0 and mod.startswith("avm") and not mod.startswith(
+                        ("avm.core", "avm.naming")):
+                    bad.append(f"{path.name}: from {mod}")
+            elif isinstance(node, ast.Import):
+                bad += [f"{path.name}: import {a.name}" for a in node.names
+                        if a.name.startswith("avm") and not a.name.startswith("avm.core")]
+    assert len(list(pkg.glob("*.py"))) >= 6 and bad == []

@@ -44,6 +44,8 @@ from .store import Dirty, Store, StoreError
 
 __all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "StoreError"]
 
+_NOTHING: Any = object()  # Host.set_state without a whole value
+
 #: The name of the host's own machine that receives the answers to :meth:`Host.ask`.
 REPLIES = "avm.host.replies"
 ASK_SECONDS_DEFAULT = 30.0
@@ -147,6 +149,31 @@ class Host:
         if addr is None:
             raise UnknownName(f"no machine named {name!r}")
         return net.machines[addr].state
+
+    async def state_at(self, name: str, path: str) -> Any:
+        """The part of ``name``'s committed state at ``path`` (avm.host.valuepath)."""
+        from .valuepath import get_at
+
+        return get_at(await self.state(name), path)
+
+    async def set_state(self, name: str, value: Any = _NOTHING, *,
+                        set: Iterable[tuple[str, Any]] = (),  # noqa: A002 - the API's verb
+                        expect: Iterable[tuple[str, Any]] = (), who: str = "embedded") -> Any:
+        """An operator's edit of ``name``'s state (the whole ``value``, or ``set`` paths),
+        through the core's value rules as one transaction, with its audit row in the same
+        commit; ``expect`` paths must still hold. Returns the ``Edit`` once committed
+        (:mod:`avm.host.stateedit`)."""
+        from .stateedit import NOTHING, edit_state
+
+        return await edit_state(self, name, value=NOTHING if value is _NOTHING else value,
+                                set=set, expect=expect, who=who)
+
+    async def audit(self, machine: str | None = None, limit: int = 100,
+                    before: int | None = None) -> list[dict]:
+        """The audit of state edits, newest first (of ``machine``, or every machine)."""
+        from .stateedit import audit
+
+        return await audit(self, machine, limit, before)
 
     def machines(self) -> list[MachineInfo]:
         net = self._rt.committed

@@ -1,5 +1,6 @@
 """The host's commands of ``avm``: ``avm store backup|check``, ``avm host run``, ``avm demo``,
-``avm machine ls|state|send|ask|suspend|resume|stop|restart|destroy``.
+``avm machine ls|state|send|ask|suspend|resume|stop|restart|destroy``, ``avm dict ...``,
+``avm state get|edit|audit``.
 
 Kept apart from :mod:`avm.cli` (the simulator's commands), which only registers them.
 ``avm machine`` talks to a running host through its HTTP control API
@@ -22,7 +23,7 @@ from .store import StoreError, backup, check
 
 __all__ = ["add_parsers", "run"]
 
-COMMANDS = ("store", "host", "demo", "machine", "dict")
+COMMANDS = ("store", "host", "demo", "machine", "dict", "state")
 
 _CONTENT_HELP = ("the message as a Python literal: '(\"add\", 1)', '\"get\"', "
                  "'{\"k\": 1}'; cap(\"machine\", context) is a capability to a machine")
@@ -43,8 +44,10 @@ examples:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from .dict_cli import add_parser as add_dict
+    from .state_cli import add_parser as add_state
 
     add_dict(sub)
+    add_state(sub)
     fmt = argparse.RawDescriptionHelpFormatter
     store = sub.add_parser(
         "store", help="back up or check a host's store", formatter_class=fmt,
@@ -159,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "machine":
             return asyncio.run(_machine(args))
+        if args.command == "state":
+            from .state_cli import run as run_state
+
+            return run_state(args)
         if args.command == "dict":
             from .dict_cli import run as run_dict
 

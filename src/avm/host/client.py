@@ -99,6 +99,33 @@ class Client:
         """``{"name", "state" (JSON), "text"}``: the committed state."""
         return await self._call("GET", f"/machines/{name}/state")
 
+    async def state_at(self, name: str, path: str = "") -> dict[str, Any]:
+        """``{"name", "path", "value" (JSON), "text"}``: one part of the committed state."""
+        return await self._call("GET", f"/machines/{name}/state/at", params={"path": path})
+
+    async def audit(self, name: str | None = None, *, limit: int = 100,
+                    before: int | None = None) -> dict[str, Any]:
+        """``{"rows", "next"}``: operators' state edits, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        return await self._call("GET", "/audit" if name is None else f"/machines/{name}/audit",
+                                params=params)
+
+    async def batches(self, kind: str, *, machine: str | None = None, limit: int = 100,
+                      before: int | None = None) -> dict[str, Any]:
+        """``{"rows", "next"}`` of ``history``, ``failures`` or ``drops``, newest first;
+        ``dead-letters`` pages by offset (pass ``next`` as ``before``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if kind == "dead-letters":
+            params["offset"] = before or 0
+        else:
+            if machine is not None:
+                params["machine"] = machine
+            if before is not None:
+                params["before"] = before
+        return await self._call("GET", f"/batches/{kind}", params=params)
+
     async def failures(self, limit: int = 100) -> list[dict[str, Any]]:
         return (await self._call("GET", "/failures", params={"limit": limit}))["rows"]
 
@@ -152,6 +179,17 @@ class Client:
         body = {"source": source, "version": version, "word": word, "branch": branch,
                 "last": last}
         return await self._call("POST", f"/machines/{name}/peek", json=body)
+
+    async def edit_state(self, name: str, *, value: str | None = None,
+                         set: list[tuple[str, str]] | None = None,  # noqa: A002 - the API's verb
+                         expect: list[tuple[str, str]] | None = None,
+                         who: str = "http") -> dict[str, Any]:
+        """Edit ``name``'s state (``value``: the whole, a Python literal; ``set``: (path,
+        literal) pairs) as one audited transaction; ``{"changes", ...}`` once committed."""
+        body = {"value": value, "who": who,
+                "set": [{"path": p, "value": v} for p, v in set or ()],
+                "expect": [{"path": p, "value": v} for p, v in expect or ()]}
+        return await self._call("POST", f"/machines/{name}/state", json=body)
 
     async def destroy(self, name: str) -> str:
         return (await self._call("POST", f"/machines/{name}/destroy"))["status"]

@@ -373,6 +373,9 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_peek import add_peek_routes  # the peek route (admin: it runs code)
 
     add_peek_routes(app, host, rd, ad, names)
+    from .http_state import add_state_routes  # state parts and edits, audit, batch pages
+
+    add_state_routes(app, host, rd, ad, names)
 
     from .http_events import add_event_routes
 

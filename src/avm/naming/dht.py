@@ -56,12 +56,13 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
 
 from .records import DHT_KEY_BYTES, RecordError, RouteRecord, dht_key, newest, verify_record
-from .storage import RecordStorage, wall_ms
+from .storage import RecordStorage, StorageStatistics, wall_ms
 
 __all__ = [
     "AvmProtocol",
     "AvmRoutingTable",
     "DhtNode",
+    "DhtStatistics",
     "Lookup",
     "NodeCrawl",
     "RecordCrawl",
@@ -304,6 +305,16 @@ class RecordCrawl(ValueSpiderCrawl):
 
 
 @dataclass(frozen=True)
+class DhtStatistics:
+    """Counters of one :class:`DhtNode` (STYLE habit 14: long-lived things can be seen)."""
+
+    contacts: int
+    buckets: int
+    storage: StorageStatistics
+    dropped: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Lookup:
     """What one lookup found: the newest valid record (or None) and how it went."""
 
@@ -361,6 +372,10 @@ class DhtNode:
             self.transport.close()
         for t in list(self.protocol._tasks):
             t.cancel()
+        for fut, timer in list(self.protocol._outstanding.values()):  # rpcudp's requests
+            timer.cancel()
+            fut.cancel()
+        self.protocol._outstanding.clear()
 
     async def _refresh_loop(self, seconds: float) -> None:
         while True:
@@ -381,9 +396,9 @@ class DhtNode:
 
     async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
         """Join through the peers at ``addrs``; returns how many contacts it then has."""
-        answers = await asyncio.gather(*(self.protocol.ping(tuple(a), self.node.id)
-                                         for a in addrs))
-        peers = [Node(r[1], a[0], a[1]) for a, r in zip(addrs, answers, strict=False)
+        at = [(str(h), int(p)) for h, p in addrs]
+        answers = await asyncio.gather(*(self.protocol.ping(a, self.node.id) for a in at))
+        peers = [Node(r[1], a[0], a[1]) for a, r in zip(at, answers, strict=True)
                  if r[0] and _is_id(r[1])]
         for p in peers:
             self.protocol.welcome_if_new(p)
@@ -442,4 +457,9 @@ class DhtNode:
 
     def contacts(self) -> int:
         return sum(len(b) for b in self.protocol.router.buckets)
+
+    def statistics(self) -> DhtStatistics:
+        """A snapshot: contacts, buckets, what the storage holds and refused, drops."""
+        return DhtStatistics(self.contacts(), len(self.protocol.router.buckets),
+                             self.storage.statistics(), dict(self.protocol.dropped))
 
