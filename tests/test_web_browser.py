@@ -234,6 +234,8 @@ def test_a_failure_appears_live_with_its_reason(page, shots):
     fail = page.locator("#machine-batches li.failure").first
     expect(fail).to_contain_text("failed: exception")
     expect(fail.locator(".reason")).to_contain_text("unsupported operand")
+    # and the store's failure log, which the machine's view lists too
+    expect(page.locator("#machine-failures li.failure").first).to_contain_text("unsupported operand")
     page.goto(page.url.split("#")[0] + "#batches")
     expect(page.locator('#batch-log li.failure[data-machine="live.counter"]').first).to_be_visible()
     page.check("#batch-failures")
@@ -289,5 +291,6 @@ def test_edit_one_field_of_a_map_state(page):
     page.click("#state-tree form button[type=submit]")
     expect(page.locator("#m-result")).to_contain_text(re.compile(r"set (\$\.)?next_invite: \d+ \u2192 50"))
     expect(page.locator('#state-tree li[data-path="next_invite"] > .row .v-num')).to_have_text("50")
+    expect(page.locator("#machine-audit li").first).to_contain_text("next_invite 5 \u2192 50")
     # a capability cannot be written back from its opaque form: no edit button on it
     expect(page.locator('#state-tree li[data-path="null"] > .row .edit')).to_have_count(0)

@@ -13,7 +13,7 @@ const SERIES = 60;
 
 const S = {
   view: "machines",
-  features: { peek: false, step: false, stateEdit: null },
+  features: { peek: false, step: false, stateEdit: null, logs: false, audit: false },
   machines: new Map(),      // name -> row of GET /machines (and status from events)
   lastCounts: new Map(),    // name -> [batches, time] for the /s column
   sort: { key: "name", dir: 1 },
@@ -184,8 +184,28 @@ async function refreshMachine() {
     $("m-rollback").title = b.bound && b.previous ? `back to ${b.previous}` : "no earlier behavior";
     $("m-peek").hidden = !(S.features.peek && b.bound);
     $("m-step").hidden = !S.features.step;
-    await refreshState();
+    await Promise.all([refreshState(), refreshLogs()]);
   } catch (e) { notice(explain(e)); }
+}
+
+// The machine's failures and state edits as the store keeps them (when the host has
+// those routes): what happened before the page was opened.
+async function refreshLogs() {
+  const name = S.selected;
+  if (S.features.logs) {
+    const { rows } = await api(`/batches/failures?machine=${q(name)}&limit=20`);
+    if (name !== S.selected) return;
+    $("machine-failures").innerHTML = rows.map((r) => `<li class="failure" data-seq="${r.seq}"><span class="t">${time(r.at)}</span>
+      #${r.seq} from ${escapeHtml(String(Array.isArray(r.chan) ? r.chan[0] : r.chan))} <b>${escapeHtml(r.rule)}</b>
+      <span class="reason">${escapeHtml(r.detail)}</span></li>`).join("") || '<li class="muted">none</li>';
+  }
+  if (S.features.audit) {
+    const { rows } = await api(`/machines/${q(name)}/audit?limit=20`);
+    if (name !== S.selected) return;
+    $("machine-audit-title").hidden = $("machine-audit").hidden = false;
+    $("machine-audit").innerHTML = rows.map((r) => `<li class="operator"><span class="t">${time(r.at)}</span>${escapeHtml(r.who)}:
+      ${escapeHtml((r.changes || []).map((c) => `${c.path || "$"} ${JSON.stringify(c.before)} \u2192 ${JSON.stringify(c.after)}`).join(", ") || r.detail)}</li>`).join("") || '<li class="muted">none</li>';
+  }
 }
 
 async function refreshState() {
@@ -220,7 +240,7 @@ function editField(path, old, li) {
       const c = (r.changes || []).map((x) => `${x.path || "$"}: ${JSON.stringify(x.before)} \u2192 ${JSON.stringify(x.after)}`);
       result(`set ${c.join(", ") || path} (audited, by ${r.who})`, true);
       form.remove();
-      await refreshState();
+      await Promise.all([refreshState(), refreshLogs()]);
     } catch (e) {
       result(e instanceof ApiError && e.status === 409 ? `${path} changed since you read it: refresh and edit again` : explain(e), false);
     }
@@ -332,6 +352,7 @@ function onEvent(kind, d) {
   S.pending.push([kind, d]);
   if (S.pending.length > LOG_MAX * 2) S.pending.splice(0, S.pending.length - LOG_MAX);
   if ((kind === "batch" || kind === "failure") && d.machine === S.selected && $("m-follow").checked) stateSoon();
+  if ((kind === "failure" || kind === "operator") && d.machine === S.selected) logsSoon();
   drawSoon();
 }
 
@@ -339,6 +360,12 @@ let stateTimer = null;
 function stateSoon() {
   if (stateTimer || S.view !== "machine") return;
   stateTimer = setTimeout(() => { stateTimer = null; refreshState(); }, 300);
+}
+
+let logsTimer = null;
+function logsSoon() {
+  if (logsTimer || S.view !== "machine") return;
+  logsTimer = setTimeout(() => { logsTimer = null; refreshLogs().catch(() => {}); }, 500);
 }
 
 let drawing = false;
@@ -556,6 +583,8 @@ async function features() {
     const paths = doc.paths || {};
     S.features.peek = !!paths["/machines/{name}/peek"];
     S.features.step = !!paths["/machines/{name}/step"]?.post;
+    S.features.logs = !!paths["/batches/failures"];
+    S.features.audit = !!paths["/machines/{name}/audit"];
     if (paths["/machines/{name}/state"]?.post) {
       // an audited edit: the whole state at "$", else one path, expecting the value the
       // editor saw (a 409 says it changed meanwhile)
