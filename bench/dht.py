@@ -11,6 +11,9 @@ datagram transport; ``direct``: the same handlers without the encoding):
 
 * hops (rounds of the iterative lookup until the first valid record) p50, p90 and max,
   beside the bound the issue sets, log2(N);
+* with ``--hostile F`` (0.25 by default), a network where that fraction of nodes forges
+  every FIND_VALUE answer: how many lookups return the real record, and how many a wrong
+  one, for avm's lookup and for the package's;
 * lookups per second of avm's lookup (every value verified: signature, address, expiry;
   the newest kept) beside the package's own ``ValueSpiderCrawl`` over the same network
   (no verification: it returns the first value it sees), and the ratio; the three kinds
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import random
 import sys
@@ -41,7 +45,7 @@ from kademlia.node import Node  # noqa: E402
 from avm.core.caps import IdentityKey  # noqa: E402
 from avm.naming import records as naming_records  # noqa: E402
 from avm.naming.records import dht_key, make_record  # noqa: E402
-from avm.naming.sim import build  # noqa: E402
+from avm.naming.sim import ForgingProtocol, build  # noqa: E402
 
 
 def pct(xs: list[int], q: float) -> int:
@@ -102,13 +106,49 @@ async def measure(n: int, wire: str, records: int, lookups: int, seed: int) -> d
                 ours=lookups / ours, theirs=lookups / theirs, cold=lookups / cold, per_lookup=per_lookup)
 
 
+async def measure_hostile(n: int, records: int, lookups: int, seed: int,
+                          hostile: float) -> dict:
+    net, nodes = await build(n, seed=seed, hostile=hostile)
+    rng = random.Random(seed + 1)
+    now = 1_700_000_000_000
+    recs = []
+    for i in range(records):
+        key = IdentityKey.from_seed(b"bench-dht" + i.to_bytes(8, "big") * 4)
+        rec = make_record(key, [f"127.0.0.1:{7000 + i}"], seq=1, issued_ms=now, ttl_ms=3600_000)
+        await nodes[rng.randrange(n)].put(rec)
+        recs.append(rec)
+    out = dict(hostile=sum(isinstance(d.protocol, ForgingProtocol) for d in nodes), found=0,
+               wrong=0, refused=0, hops=[], theirs_found=0, theirs_wrong=0)
+    for _ in range(lookups):
+        rec, asker = recs[rng.randrange(records)], nodes[rng.randrange(n)]
+        got = await asker.get(rec.address)
+        ok = got.record is not None and got.record.data == rec.data
+        out["found"] += ok
+        out["wrong"] += got.record is not None and not ok
+        out["refused"] += got.invalid
+        out["hops"].append(got.found_in_round or 0)
+        target = Node(dht_key(rec.address))
+        value = await ValueSpiderCrawl(asker.protocol, target,
+                                       asker.protocol.router.find_neighbors(target),
+                                       asker.ksize, asker.alpha).find()
+        out["theirs_found"] += value == rec.data
+        out["theirs_wrong"] += value is not None and value != rec.data
+    for d in nodes:
+        d.stop()
+    return out
+
+
 def main() -> None:
+    # the package's crawl warns on every lookup that meets forgeries ("Got multiple values")
+    logging.getLogger("kademlia.crawling").setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--wire", choices=["direct", "datagram", "both"], default="both")
     ap.add_argument("--records", type=int, default=100)
     ap.add_argument("--lookups", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--hostile", type=float, default=0.25,
+                    help="then a run with this fraction of nodes forging every answer")
     a = ap.parse_args()
     wires = ["direct", "datagram"] if a.wire == "both" else [a.wire]
     bound = math.log2(a.nodes)
@@ -128,6 +168,15 @@ def main() -> None:
               f"ratio {r['cold'] / r['theirs']:.2f}")
         print(f"{'':9} package lookup found {r['theirs_found']}/{r['lookups']}; "
               f"max hops {max(h)} {'<=' if max(h) <= bound else '>'} log2(N) {bound:.2f}")
+    if a.hostile > 0:
+        h = asyncio.run(measure_hostile(a.nodes, a.records, a.lookups, a.seed, a.hostile))
+        print(f"# hostile: {h['hostile']}/{a.nodes} nodes answer every FIND_VALUE with a "
+              f"forgery (direct wire): a tampered copy, or their own record")
+        print(f"avm: found {h['found']}/{a.lookups}, wrong records returned {h['wrong']}, "
+              f"forgeries refused {h['refused']}, hops p50 {pct(h['hops'], .5)} "
+              f"max {max(h['hops'])}")
+        print(f"package ValueSpiderCrawl: found {h['theirs_found']}/{a.lookups}, wrong values "
+              f"returned {h['theirs_wrong']}")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,13 @@ def test_good_endpoints(text):
     assert check_endpoint(text) is None
 
 
+def test_split_endpoint_gives_what_a_dialer_needs():
+    assert records.split_endpoint("127.0.0.1:7400") == ("127.0.0.1", 7400)
+    assert records.split_endpoint("[::1]:1") == ("::1", 1)
+    with pytest.raises(UsageError):
+        records.split_endpoint("localhost:7400")
+
+
 @pytest.mark.parametrize("text", [
     "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:07400", "127.000.0.1:1",
     "::1:7400", "[::01]:1", "[0:0:0:0:0:0:0:1]:1", "localhost:80", "example.org:443",

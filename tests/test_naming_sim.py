@@ -57,3 +57,13 @@ def test_a_1000_node_dht_resolves_in_at_most_log2_n_hops():
     assert min(report.hops) >= 1 and max(report.hops) >= 2
     # the network is a real Kademlia one: nobody knows everybody
     assert 20 <= report.contacts_mean < n / 4
+
+
+def test_with_a_quarter_of_the_nodes_forging_every_lookup_still_gets_the_real_record():
+    # hostile nodes route honestly but answer FIND_VALUE with a tampered copy (another
+    # endpoint, a higher sequence, the original signature) or their own valid record
+    report = asyncio.run(run(300, records=20, lookups=150, seed=2, hostile=0.25))
+    assert report.hostile > 50 and report.forged_answers > 100
+    assert report.refused == report.forged_answers  # every forgery handed out was refused
+    assert report.wrong == 0 and report.found == report.lookups
+    assert max(report.rounds) <= math.log2(300)

@@ -116,7 +116,8 @@ examples:
   avm sim examples.chat --seed 42 --hosts h0,h1,h2 --faults loss=0.1,delay=1-20 --quiet
   avm sim myapp/net.py --faults all --seed 9 --debug
 
-exit status: 0 finished, 1 an invariant failed, 2 bad command line or error in user code.
+exit status: 0 finished, 1 an invariant failed, 2 bad command line or error in user code,
+3 stopped by --steps while still busy (see --until).
 """
 
 

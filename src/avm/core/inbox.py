@@ -53,6 +53,7 @@ __all__ = [
     "note_wire",
     "note_outbox",
     "note_rebuild",
+    "note_keys_added",
 ]
 
 with_ = replace_fields
@@ -61,13 +62,14 @@ with_ = replace_fields
 class Journal:
     """What one step touched, for the index: filled while the step runs."""
 
-    __slots__ = ("chans", "wire", "outbox", "rebuild")
+    __slots__ = ("chans", "wire", "outbox", "rebuild", "keys_added")
 
     def __init__(self) -> None:
         self.chans: list = []  # channels whose head may have changed
         self.wire: list = []  # wire keys added
         self.outbox: list = []  # outbox keys set
         self.rebuild = False  # something a key depends on changed: rebuild the index
+        self.keys_added: list = []  # machines whose keys came in (none had any before)
 
 
 #: The journal of the step running in this context (None outside a step). A ContextVar,
@@ -87,6 +89,15 @@ def note_outbox(key: tuple) -> None:
     j = _JOURNAL.get()
     if j is not None:
         j.outbox.append(key)
+
+
+def note_keys_added(address: bytes) -> None:
+    """Keys for a machine that had none came into the network (spawn; a host loading a
+    machine it had evicted). No entry of the index depends on them unless the act also
+    journals its channel, so the index need not be rebuilt for them."""
+    j = _JOURNAL.get()
+    if j is not None:
+        j.keys_added.append(address)
 
 
 def note_rebuild() -> None:
@@ -294,7 +305,8 @@ class Index:
     def advance(self, before: Network, after: Network, env: Env, authenticate: Authenticate,
                 journal: Journal) -> None:
         """``after`` is what a step made of ``before`` (which the index described)."""
-        if (self.net is not before or journal.rebuild or after.keys is not before.keys
+        if (self.net is not before or journal.rebuild
+                or after.keys is not before.keys and not _only_added(before, after, journal)
                 or len(self.ready) > 2 * len(after.live) + 1024
                 or len(self.outbox) > 2 * len(after.outbox) + 1024):
             self.rebuild(after, env, authenticate)
@@ -374,6 +386,17 @@ class Index:
                 best = (retry_at, k, "retry")
             break
         return best
+
+
+def _only_added(before: Network, after: Network, journal: Journal) -> bool:
+    """Did the keys change only by the additions the journal names?"""
+    added = set(journal.keys_added)
+    if not added:
+        return False
+    bk, ak = before.keys._m, after.keys._m
+    if len(ak) != len(bk) + len(added):
+        return False
+    return all(a in ak and a not in bk for a in added)
 
 
 def step_journal() -> tuple[Journal, Any]:

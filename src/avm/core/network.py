@@ -24,7 +24,7 @@ One step does one thing, in this order of preference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from . import inbox, spawner, timers
@@ -126,6 +126,7 @@ __all__ = [
     "spawn",
     "submit",
     "step",
+    "outside",
     "set_status",
     "rebind",
     "set_state",
@@ -221,6 +222,7 @@ def spawn(
         names=net.names.set(name, address),
         keys=net.keys._set_plain(address, _NO_KEYS.set(0, raw_bytes)),
     )
+    inbox.note_keys_added(address)
     key = (env_obj or Env()).sealing_key(0, raw_bytes)
     sig = seal_context(address, key, signal)
     envmap = commons_env(net, host)  # shared between machines: a Map is immutable
@@ -231,9 +233,16 @@ def spawn(
     msgs = ((sig, ("init", args)), (sig, ("self", Self(address, 0, key))), (sig, ("env", envmap)))
     # Checked once: the capability and the Self hold nothing substructural (the signal
     # context was refused above if it did), the arguments and the env were counted.
-    net, evs = enqueue_local(net, ("host", host), address, msgs, host, 1.0,
-                             count=n_args + n_env)
+    sender = _HOST_SENDERS.get(host)
+    if sender is None:  # one tuple per host: a host keeps a channel number per machine
+        if len(_HOST_SENDERS) >= 1024:
+            _HOST_SENDERS.clear()
+        sender = _HOST_SENDERS[host] = ("host", host)
+    net, evs = enqueue_local(net, sender, address, msgs, host, 1.0, count=n_args + n_env)
     return net, address, [events.Spawned(name, address, host, net.now), *evs]
+
+
+_HOST_SENDERS: dict[str, tuple] = {}
 
 
 def rotate_key(net: Network, address: bytes, keep_old: bool = False,
@@ -528,6 +537,32 @@ def submit(
                                       count=count)
         out.extend(evs)
     return net, out
+
+
+def outside(net: Network, env: Env, act: Callable[[Network], tuple[Network, list]],
+            ) -> tuple[Network, list]:
+    """Apply ``act(net) -> (net, events)``, an act from outside the steps, keeping the
+    scheduler's index in ``env`` current instead of rebuilt at the next step (which
+    costs O(live channels): a host that submits, spawns or moves its clock between
+    steps would otherwise pay that for every act).
+
+    Only for acts that change the inbox through :mod:`avm.core.inbox` (``submit``,
+    ``enqueue_local``, ``accept``: journaled), keys only by adding machines that had
+    none (``spawn``, or :func:`avm.core.inbox.note_keys_added`), and nothing else the
+    index orders by (a machine's status, an existing machine's keys): anything else
+    leaves the index to be rebuilt, as before. The clock is not part of the order.
+    """
+    idx = env.index
+    if idx.net is not net:
+        return act(net)
+    journal, token = inbox.step_journal()
+    try:
+        out, evs = act(net)
+    finally:
+        inbox.end_journal(token)
+    if out is not net:
+        idx.advance(net, out, env, _authenticate, journal)
+    return out, evs
 
 
 def step(net: Network, env: Env) -> tuple[Network, list]:

@@ -21,6 +21,7 @@ host must be opened with every behavior its machines use (``behaviors=``), or
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,13 +34,14 @@ from ..core.ask import outside_request
 from ..core.caps import Capability
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.machine import Failure, Message
-from ..core.netvalue import enqueue_local, events, mint
+from ..core.netvalue import MachineRecord, enqueue_local, events, mint
 from ..core.network import Env, Network
+from ..core.sim import paced_gc
 from .dictionary import Dictionary
 from .isolation import MEMORY_BYTES_DEFAULT, SECONDS_DEFAULT, Pool
 from .live import Live, in_worker, load_named, parse_name, recipe_named
 from .metrics import event
-from .runtime import Runtime, host_config
+from .runtime import RESIDENT_MAX_DEFAULT, Runtime, host_config
 from .store import Dirty, Store, StoreError
 
 __all__ = ["open", "close", "Host", "AskFailed", "MachineInfo", "REPLIES", "StoreError"]
@@ -49,6 +51,8 @@ _NOTHING: Any = object()  # Host.set_state without a whole value
 #: The name of the host's own machine that receives the answers to :meth:`Host.ask`.
 REPLIES = "avm.host.replies"
 ASK_SECONDS_DEFAULT = 30.0
+#: Machines :meth:`Host.spawn_many` creates per act and commit.
+SPAWN_CHUNK = 5_000
 
 
 class AskFailed(AvmError):
@@ -136,7 +140,9 @@ class Host:
 
     def cap(self, name: str, context: Any = None, priority: float = 0.0) -> Capability:
         """A capability to machine ``name`` with ``context``, minted as its host may."""
-        return mint(self._rt.net, self._rt.env, self.address(name), context, priority)
+        addr = self.address(name)
+        self._rt.resident(addr)  # an evicted machine's keys are in the store
+        return mint(self._rt.net, self._rt.env, addr, context, priority)
 
     async def state(self, name: str) -> Any:
         """The committed state of machine ``name``.
@@ -145,10 +151,10 @@ class Host:
         :meth:`idle`, to read a state after some work.
         """
         net = await self._rt.durable()
-        addr = net.names.get(name)
+        addr = net.names.get(name) or self._rt.net.names.get(name)
         if addr is None:
             raise UnknownName(f"no machine named {name!r}")
-        return net.machines[addr].state
+        return self._committed_record(net, addr, name).state
 
     async def state_at(self, name: str, path: str) -> Any:
         """The part of ``name``'s committed state at ``path`` (avm.host.valuepath)."""
@@ -175,11 +181,50 @@ class Host:
 
         return await audit(self, machine, limit, before)
 
-    def machines(self) -> list[MachineInfo]:
+    def _committed_record(self, net: Network, addr: bytes, name: str) -> MachineRecord:
+        """The committed record: from ``net``, else (an evicted machine) from the store,
+        which holds its last committed rows."""
+        m = net.machines.get(addr)
+        if m is None:
+            got = self._rt.store.read_machine(addr) if self._rt.evicted_any else None
+            if got is None:
+                raise UnknownName(f"no machine named {name!r}")
+            m = got[0]
+        return m
+
+    def record(self, name: str) -> MachineRecord:
+        """The committed record of machine ``name`` (name, state, behavior, status...)."""
+        return self._committed_record(self._rt.committed, self.address(name), name)
+
+    def machines(self, prefix: str = "", limit: int | None = None) -> list[MachineInfo]:
+        """The machines whose names start with ``prefix``, by name (the first ``limit``);
+        evicted ones too (their committed rows)."""
         net = self._rt.committed
-        return sorted((MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
-                       for a, m in net.machines.items() if m.name != REPLIES),
-                      key=lambda i: i.name)
+        out = {m.name: MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
+               for a, m in net.machines.items()
+               if m.name != REPLIES and m.name.startswith(prefix)}
+        if self._rt.evicted_any:
+            # The first `limit` of the union are among the first `limit` of each side.
+            for name, a, b, st, kv in self._rt.store.machine_rows(
+                    prefix, None if limit is None else limit + 1):
+                if name not in out and name != REPLIES:
+                    out[name] = MachineInfo(name, a, b, st, kv)
+        rows = sorted(out.values(), key=lambda i: i.name)
+        return rows if limit is None else rows[:limit]
+
+    def statuses(self) -> dict[str, int]:
+        """Committed machines by status (running, suspended, stopped)."""
+        rt = self._rt
+        if not rt.evicted_any:
+            out: dict[str, int] = {}
+            for m in self.machines():
+                out[m.status] = out.get(m.status, 0) + 1
+            return out
+        out = rt.store.statuses()
+        replies = rt.committed.machines.get(self._replies_addr)
+        if replies is not None and out.get(replies.status):
+            out[replies.status] -= 1
+        return {k: v for k, v in out.items() if v}
 
     def machine_stats(self) -> dict[str, tuple[int, int]]:
         """name -> (batches applied, batches failed) since this host was opened."""
@@ -241,18 +286,99 @@ class Host:
                 rt.domains[addr] = domain
             return net, evs
 
-        rt.apply(act)
+        rt.apply(act, journaled=True)
         if domain is not None:
             rt.dirty.domains[made[0]] = domain  # committed with the machine
         cap = self.cap(name, context)
         await rt.durable()
         return cap
 
+    async def spawn_many(self, behavior: Callable | str, pairs: Iterable[tuple[str, Any]], *,
+                         env: Mapping[str, Any] | None = None, chunk: int = SPAWN_CHUNK,
+                         resident: bool = False) -> int:
+        """Create one machine per ``(name, init argument)`` pair, all of one behavior;
+        returns how many, once all are committed and initialized.
+
+        The bulk path: each chunk of ``chunk`` machines is spawned by the core's own
+        ``spawn`` in one act, their init batches run by the core's ``step``, and the chunk
+        is written as one group commit; then (unless ``resident``, or in memory) the new
+        machines are evicted at once, so creating a million keeps only their names and
+        channel numbers in memory. A pair that cannot be spawned (a taken name, a bad
+        argument) raises as :meth:`spawn` does; the chunks before it stay created.
+        """
+        bname = behavior if isinstance(behavior, str) else self.behavior(behavior)
+        if bname not in self._rt.env.behaviors:
+            raise UnknownName(f"no behavior named {bname!r}")
+        if type(chunk) is not int or chunk < 1:
+            raise UsageError(f"chunk is a positive int, not {chunk!r}")
+        rt = self._rt
+        if self._pool is not None:
+            self._pool.add(bname, rt.env.behaviors[bname])
+        it = iter(pairs)
+        total = 0
+        previous: list[bytes] = []
+        error: list[AvmError] = []
+        with paced_gc():
+            while True:
+                part = list(itertools.islice(it, chunk))
+                if not part:
+                    break
+                made: list[bytes] = []
+                inits: list[tuple] = []
+
+                def act(net: Network, part: list = part, made: list = made,
+                        inits: list = inits, error: list = error) -> tuple[Network, list]:
+                    out: list = []
+                    try:
+                        for pair in part:
+                            if type(pair) is not tuple or len(pair) != 2:
+                                raise UsageError("spawn_many takes (name, init argument) "
+                                                 f"pairs, got {pair!r:.60}")
+                            net, addr, evs = nw.spawn(net, pair[0], bname, pair[1],
+                                                      host=rt.host, env=env, env_obj=rt.env)
+                            made.append(addr)
+                            out.extend(evs)
+                    except AvmError as e:
+                        if not made:
+                            raise
+                        error.append(e)  # the ones before it stay spawned; raised below
+                    inits.extend((e.chan, e.seq) for e in out if type(e) is events.Created)
+                    return net, out
+
+                rt.apply(act, journaled=True)
+                done = asyncio.get_running_loop().create_future()
+                if inits:
+                    last = inits[-1]  # same priority, later timestamp: the chunk's last init
+
+                    def fin(e: Any, done: asyncio.Future = done) -> None:
+                        if not done.done():
+                            done.set_result(None)
+
+                    rt.watches[last] = fin
+                else:
+                    done.set_result(None)
+                # The previous chunk is committed and evicted while the loop runs this
+                # chunk's init batches (evict waits for the commits first).
+                if previous and not resident:
+                    await rt.evict(only=previous)
+                await done
+                previous = made
+                total += len(made)
+                if error:
+                    break
+            await rt.durable()
+            if previous and not resident:
+                await rt.evict(only=previous)
+        if error:
+            raise error[0]
+        return total
+
     async def submit(self, messages: Iterable[tuple[Capability, Any]], *, client: str = "client",
                      priority: float | None = None) -> list[tuple]:
         """Send one batch per destination (rule 3); returns their ``(channel, seq)`` once
         committed. A bad message refuses the whole call and queues nothing."""
-        evs = self._rt.apply(lambda net: nw.submit(net, messages, client, priority))
+        evs = self._rt.apply(lambda net: nw.submit(net, messages, client, priority),
+                             journaled=True)
         await self._rt.durable()
         return [(e.chan, e.seq) for e in evs if type(e) is events.Created]
 
@@ -278,7 +404,8 @@ class Host:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._asks[token] = fut
         try:
-            evs = self._rt.apply(lambda net: nw.submit(net, [(cap, msg)], client))
+            evs = self._rt.apply(lambda net: nw.submit(net, [(cap, msg)], client),
+                                 journaled=True)
             def done(ev: Any) -> None:
                 _request_done(ev, fut)
 
@@ -301,6 +428,7 @@ class Host:
         addr = self.address(name)
         if addr == self._replies_addr:
             raise UsageError(f"{REPLIES} is the host's own machine")
+        self._rt.resident(addr)  # an evicted machine comes back to be acted on
         d = Dirty(machines={addr}, keys={addr} if keys else set())
         self._rt.apply(lambda net: act(net, addr), d)
         await self._rt.durable()
@@ -366,13 +494,14 @@ class Host:
 
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until no batch can run (everything queued has run or is suspended),
-        and that is committed. For tests and scripts."""
+        that is committed, and no eviction round is due. For tests and scripts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             self._rt.check_ok()
             await self._rt.durable()
-            if not self._rt._wake.is_set() and not _runnable(self._rt.net):
+            if (not self._rt._wake.is_set() and not _runnable(self._rt.net)
+                    and not self._rt._evict_due()):
                 return
             if loop.time() > deadline:
                 raise TimeoutError("the host did not become idle")
@@ -402,9 +531,17 @@ class _Opened:
 
     def __init__(self, path: str | os.PathLike | None, behaviors: Any, durability: str | None,
                  host: str, clock: Callable[[], float], isolation: str = "inline",
-                 budgets: tuple[float, int] = (SECONDS_DEFAULT, MEMORY_BYTES_DEFAULT)) -> None:
+                 budgets: tuple[float, int] = (SECONDS_DEFAULT, MEMORY_BYTES_DEFAULT),
+                 resident: tuple[int | None, float | None] = (RESIDENT_MAX_DEFAULT, None),
+                 ) -> None:
         if isolation not in ("inline", "workers"):
             raise UsageError(f"isolation is 'inline' or 'workers', not {isolation!r}")
+        rmax, idle = resident
+        if rmax is not None and (type(rmax) is not int or rmax < 1):
+            raise UsageError(f"resident_max is a positive int or None, not {rmax!r}")
+        if idle is not None and (not isinstance(idle, int | float) or not idle >= 0):
+            raise UsageError(f"idle_seconds is a number >= 0 or None, not {idle!r}")
+        self._resident = resident
         self._args = (path, behaviors, durability, host)
         self._clock = clock
         self._isolation = isolation
@@ -420,13 +557,18 @@ class _Opened:
         table = _behavior_table(behaviors)
         store = await asyncio.to_thread(Store, None if path is None else Path(path), mode)
         try:
-            net = await asyncio.to_thread(store.load)
+            rmax, idle = self._resident
+            if not store.durable:
+                rmax = idle = None  # nothing to load an evicted machine from
+            net = await asyncio.to_thread(store.load, rmax, (REPLIES,))
             env = Env(table)
             fresh = net is None
+            lazy = net is not None and len(net.machines) < len(net.names)
             if net is None:
                 net = nw.new_network(0, host_config(), (hostname,), secret=os.urandom(32))
                 net, _, _ = nw.spawn(net, REPLIES, REPLIES, None, host=hostname, env_obj=env)
-            missing = sorted({m.behavior for m in net.machines.values()} - set(table))
+            used = store.behaviors() if lazy else {m.behavior for m in net.machines.values()}
+            missing = sorted(used - set(table))
             recipes: dict[str, Any] = {}
             if missing and path is not None and any(parse_name(n) for n in missing):
                 # machines bound to dictionary words: their versions are in the store.
@@ -456,6 +598,7 @@ class _Opened:
                 pool.domains = domains  # the runtime's table: spawned machines join it
                 env.batch_runner = pool.run
             rt = Runtime(store, net, env, hostname, self._clock, domains)
+            rt.evict_config(rmax, idle, keep=(net.names[REPLIES],), lazy=lazy)
             if store.durable:  # batches of machines bound to words, for peek
                 from .peek import recorder
 
@@ -497,7 +640,9 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
          durability: str | None = None, host: str = "h0",
          clock: Callable[[], float] = time.time, isolation: str = "inline",
          step_seconds: float = SECONDS_DEFAULT,
-         step_memory_bytes: int = MEMORY_BYTES_DEFAULT) -> _Opened:
+         step_memory_bytes: int = MEMORY_BYTES_DEFAULT,
+         resident_max: int | None = RESIDENT_MAX_DEFAULT,
+         idle_seconds: float | None = None) -> _Opened:
     """Open (or create) the host whose store is ``path``; ``None`` for one in memory.
 
     ``behaviors``: the step functions its machines use, as a list of named behaviors
@@ -510,7 +655,11 @@ def open(path: str | os.PathLike | None, *, behaviors: Any = None,  # noqa: A001
     one owner's code) or ``"workers"`` (one worker process per trust domain, with
     ``step_seconds`` and ``step_memory_bytes`` budgets per batch; see
     :mod:`avm.host.isolation`).
+    ``resident_max``, ``idle_seconds``: cold machines are evicted from memory (a durable
+    store only): at most ``resident_max`` machines stay in memory, least recently used
+    out first, and any machine idle for ``idle_seconds`` goes; a message to an evicted
+    machine loads it from the store before its batch runs. None: no limit.
     """
     return _Opened(path, behaviors, durability, host, clock, isolation,
-                   (step_seconds, step_memory_bytes))
+                   (step_seconds, step_memory_bytes), (resident_max, idle_seconds))
 

@@ -303,7 +303,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
         """The machines (by name; at most ``limit``) with their statistics since the host
         started."""
         per, depth = host.machine_stats(), _depths(host)
-        rows = [m for m in host.machines() if m.name.startswith(prefix)][:limit]
+        rows = host.machines(prefix, limit)
         return JSONResponse({"machines": [_info(m, per, depth) for m in rows]})
 
     @app.get("/machines/{name}", response_model=MachineOut, dependencies=rd, tags=["machines"],
@@ -413,6 +413,10 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_events import add_event_routes
 
     app.state.feed = add_event_routes(app, host, rd)
+
+    from .http_web import add_web_routes
+
+    add_web_routes(app)
     return app
 
 
@@ -429,18 +433,21 @@ class _Denied(Exception):
 
 
 def _one(host: Host, name: str) -> Any:
-    net = host.network
-    addr = net.names.get(name) if name != REPLIES else None
-    m = net.machines.get(addr) if addr is not None else None
+    addr = host.network.names.get(name) if name != REPLIES else None
+    try:
+        m = host.record(name) if addr is not None else None  # evicted ones from the store
+    except UnknownName:
+        m = None
     if m is None or addr is None:
         raise UnknownName(f"no machine named {name!r}: GET /machines lists them")
     return MachineInfo(m.name, addr, m.behavior, m.status, m.keyver)
 
 
 def _status(host: Host, name: str) -> str:
-    addr = host.network.names.get(name)
-    m = host.network.machines.get(addr) if addr is not None else None
-    return m.status if m is not None else "destroyed"
+    try:
+        return host.record(name).status if name in host.network.names else "destroyed"
+    except UnknownName:
+        return "destroyed"
 
 
 def _depths(host: Host) -> dict[str, int]:

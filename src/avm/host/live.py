@@ -95,6 +95,7 @@ class Live:
         name = behavior_name(branch, word, v.id)
         env = self.host._rt.env
         addr = self.host.address(machine)
+        self.host._rt.resident(addr)  # an evicted machine comes back to be rebound
         self._ensure(name, addr)
         previous = self.host._rt.net.machines[addr].behavior
         await self.host._control(machine, lambda net, a: nw.rebind(net, a, name, env))

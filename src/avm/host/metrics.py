@@ -125,6 +125,14 @@ def render(host: Any) -> str:
            [(f'{{machine="{_label(k)}"}}', v) for k, v in sorted(depth.items())])
     metric("avm_machines", "gauge", "Machines in the host, by status.",
            [(f'{{status="{s}"}}', n) for s, n in sorted(_statuses(host).items())])
+    metric("avm_machines_resident", "gauge",
+           "Machines in memory (the others are evicted to the store, loaded on demand).",
+           [("", len(net.machines))])
+    metric("avm_machine_loads_total", "counter",
+           "Evicted machines loaded back from the store since the host started.",
+           [("", rt.loads)])
+    metric("avm_machine_evictions_total", "counter",
+           "Machines evicted from memory since the host started.", [("", rt.evictions)])
     out.append("# HELP avm_commit_latency_seconds Time from handing a commit to the writer "
                "until it is durable.")
     out.append("# TYPE avm_commit_latency_seconds histogram")
@@ -138,10 +146,7 @@ def render(host: Any) -> str:
 
 
 def _statuses(host: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in host.machines():
-        out[m.status] = out.get(m.status, 0) + 1
-    return out
+    return host.statuses()  # type: ignore[no-any-return]
 
 
 class JsonFormatter(logging.Formatter):

@@ -212,7 +212,7 @@ async def peek(host: Host, machine: str, new: str | int, *, last: int = LAST_DEF
     addr = host.address(machine)
     d = host.live.dictionary
     bound = host.live.bindings().get(machine)
-    current = host._rt.net.machines[addr].behavior
+    current = host.record(machine).behavior  # evicted machines too (from the store)
     parsed = parse_name(bound[3]) if bound is not None else parse_name(current)
     if type(new) is int and type(new) is not bool:
         v = d.version(new)

@@ -56,6 +56,7 @@ class _Peer:
     endpoint: tuple[str, int] | None
     dialer: Dialer | None = None
     due: set = field(default_factory=set)  # (chan, seq) transmissions to carry
+    asked: set = field(default_factory=set)  # (chan, seq) the peer asked for again
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -91,11 +92,7 @@ class Peering:
         self.peers[core] = p
         self._by_address[address] = core
         p.task = asyncio.ensure_future(self._carry(p))
-        # what the outbox held for it before a restart goes out again
-        for (chan, seq), (b, _, _) in self.rt.committed.outbox.items():
-            if self.rt.committed.remote.get(b.dest) == core:
-                p.due.add((chan, seq))
-        p.wake.set()
+        p.wake.set()  # what the outbox held for it before a restart goes out again
 
     def add_remote(self, address: bytes, peer: str) -> None:
         """Machine ``address`` lives on peer ``peer``."""
@@ -134,13 +131,21 @@ class Peering:
             else:
                 link = await p.dialer.link()
             net = await self.rt.durable()  # only what is committed leaves
-            due, p.due = sorted(p.due, key=lambda k: (repr(k[0]), k[1])), set()
+            p.due.clear()
+            asked, p.asked = p.asked, set()
+            # The committed outbox is the truth: every batch of it for this peer, in order
+            # per channel, that is not on this link yet (or that the peer asked for again).
+            # A batch already on the link is not sent again: TCP delivers it and the
+            # receiver acks it once committed; the core's retry timer (made for lossy
+            # links) only wakes this loop, and re-sending happens on a new link.
+            todo = sorted((k for k, (b, _, _) in net.outbox.items()
+                           if net.remote.get(b.dest) == p.name),
+                          key=lambda k: (repr(k[0]), k[1]))
             try:
-                for chan, seq in due:
-                    entry = net.outbox.get((chan, seq))
-                    if entry is None:
-                        continue  # acknowledged meanwhile
-                    b = entry[0]
+                for chan, seq in todo:
+                    if seq <= link.conn.sent(chan) and (chan, seq) not in asked:
+                        continue
+                    b = net.outbox[(chan, seq)][0]
                     frame = Batch(b.sender, b.dest, seq, tuple(b.ts), float(b.priority),
                                   b.messages, b.notify, bool(b.abandoned))
                     if seq > link.conn.sent(chan):  # a new number needs room in the window
@@ -148,7 +153,7 @@ class Peering:
                     await link.send(frame)
                     self.counts["sent"] += 1
             except WireError:
-                p.due.update(due)  # the link broke: the core's retries bring them back
+                pass  # the link broke: the core's next retry wakes this loop again
 
     # -- receiving --------------------------------------------------------------------
     def _committed_seq(self, peer: bytes, chan: tuple) -> int:
@@ -178,7 +183,9 @@ class Peering:
                 self.rt.apply(_ack_act(e.channel, e.upto), Dirty(heads={e.channel}))
             elif isinstance(e, GapRequested):
                 p = self.peers[peer]
-                p.due.update((e.channel, s) for s in range(e.first, e.last + 1))
+                gap = {(e.channel, s) for s in range(e.first, min(e.last, e.first + 1024) + 1)}
+                p.due |= gap
+                p.asked |= gap
                 p.wake.set()
         if touched:
             net = await self.rt.durable()  # the ack says "committed"

@@ -41,16 +41,30 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..core import inbox
 from ..core import network as nw
+from ..core.conserve import needs_transit, strip
 from ..core.network import Env, Network, events
+from ..core.sim import paced_gc
 from ..core.values import replace_fields
 from .metrics import GROUP_BUCKETS, LATENCY_BUCKETS, Histogram, event
 from .store import Dirty, GroupCommitter, Store, StoreError, dirty_from_events
 
-__all__ = ["Runtime", "CHUNK_STEPS", "host_config"]
+__all__ = ["Runtime", "CHUNK_STEPS", "host_config", "RESIDENT_MAX_DEFAULT"]
+
+#: Machines a durable host keeps in memory before it evicts the least recently used
+#: ones (``open(..., resident_max=)``; None keeps every machine).
+RESIDENT_MAX_DEFAULT = 100_000
+#: An eviction round brings the resident machines down to this share of the limit, so
+#: that rounds (each rebuilds the scheduler's index once) stay rare under load.
+EVICT_TO = 0.9
+#: Commits an eviction round waits for before it gives up until the next round (each
+#: try waits for everything handed to the writer; other tasks may hand over more).
+EVICT_TRIES = 5
 
 #: Steps run before the loop yields to other tasks and hands the rows to the writer.
 CHUNK_STEPS = 2_000
@@ -122,10 +136,254 @@ class Runtime:
         self.group_size = Histogram(GROUP_BUCKETS)
         if self.committer is not None:
             self.committer.on_commit = self.group_size.observe
+        # -- eviction (see evict_config) --
+        self.resident_max: int | None = None
+        self.idle_seconds: float | None = None
+        self.keep: set[bytes] = set()  # addresses never evicted (the host's own machine)
+        #: resident machines, least recently used first -> when last used (monotonic s)
+        self._lru: OrderedDict[bytes, float] = OrderedDict()
+        self.evicting = False
+        self.evicted_any = False  # some machine is in the store only
+        self.loads = 0
+        self.evictions = 0
+        self._evict_timer: asyncio.TimerHandle | None = None
+        self._count_check = 0  # the resident count at which a full host tries again
+        self._gc: Any = None  # the collector's pacing while the loop runs
+
+    # -- eviction -----------------------------------------------------------------------
+    def evict_config(self, resident_max: int | None, idle_seconds: float | None,
+                     keep: Iterable[bytes] = (), lazy: bool = False) -> None:
+        """Evict cold machines: keep at most ``resident_max`` in memory (least recently
+        used out first) and evict any idle for ``idle_seconds``; None for no limit.
+
+        Only a durable store can evict (the evicted state is read back from it).
+        ``lazy``: the network was loaded without every machine (Store.load).
+        """
+        self.resident_max = resident_max
+        self.idle_seconds = idle_seconds
+        self.keep = set(keep)
+        self.evicting = self.store.durable and (resident_max is not None
+                                                or idle_seconds is not None)
+        self.evicted_any = self.evicted_any or lazy
+        now = time.monotonic()
+        self._lru = OrderedDict((a, now) for a in self.net.machines._m)
+
+    def resident(self, address: bytes) -> bool:
+        """Make sure machine ``address`` is in memory (loading it from the store);
+        False if the store has no such machine either."""
+        if address in self.net.machines._m:
+            return True
+        if not self.evicted_any:
+            return False
+        return self._load(address)
+
+    def _load(self, address: bytes, created: Iterable[Any] = (), exact: bool = True) -> bool:
+        """Put an evicted machine back into the network from its committed rows.
+
+        Its state is decoded and its ``Self`` rebound (Store.read_machine). Batches to
+        it that were queued while it was out (``created``: their Created events) crossed
+        without its keys, so a ``Self`` of its own in them arrived unbound: they are
+        stripped again with its keys, as Store.load does for queued batches.
+        ``exact=False``: batches to it came in some other way (the wire), so the core's
+        index is rebuilt at the next step rather than kept.
+        """
+        got = self.store.read_machine(address)
+        if got is None:
+            return False
+        rec, versions = got
+
+        def act(net: Network) -> tuple[Network, list]:
+            keys = net.keys.set(address, versions)
+            inbox.note_keys_added(address)
+            net = replace_fields(net, machines=net.machines.set(address, rec), keys=keys)
+            for e in created:
+                b = net.pending.get((e.chan, e.seq))
+                if b is None:
+                    continue
+                # A new batch object: the index's entry for the old one (made while the
+                # machine was out, without its keys) is no longer current.
+                msgs = strip(b.messages, address, keys) if needs_transit(b.messages) \
+                    else b.messages
+                net = replace_fields(net, pending=inbox.replaced(
+                    net, e.chan, replace_fields(b, messages=msgs)))  # always a new object
+            return net, []
+
+        if exact:
+            self.net, _ = nw.outside(self.net, self.env, act)
+        else:
+            self.net, _ = act(self.net)
+        self.loads += 1
+        self._lru[address] = time.monotonic()
+        return True
+
+    def _track(self, evs: list) -> None:
+        """After a step or an act: note which machines were used (LRU), and load the
+        receivers of new batches that are in the store only, before the next step."""
+        lru = self._lru
+        machines = self.net.machines._m
+        now = -1.0
+        missing: dict[bytes, list | None] | None = None
+        for e in evs:
+            t = type(e)
+            if t is events.Applied:
+                a = e.dest
+            elif t is events.Created:
+                a = e.dest
+                if type(a) is bytes and a not in machines:
+                    if missing is None:
+                        missing = {}
+                    got = missing.setdefault(a, [])
+                    if got is not None:
+                        got.append(e)
+                    continue
+            elif t is events.Spawned:
+                a = e.address
+            elif t is events.Wire and e.kind == "batch":
+                a = e.chan[1]
+                if type(a) is bytes and a not in machines:
+                    if missing is None:
+                        missing = {}
+                    missing[a] = None  # not a batch we can name: rebuild the index
+                    continue
+            else:
+                continue
+            if type(a) is bytes:
+                if now < 0:
+                    now = time.monotonic()
+                lru[a] = now
+                lru.move_to_end(a)
+        if missing is not None and self.evicted_any:
+            for a, created in missing.items():
+                self._load(a, created or (), exact=created is not None)
+
+    def _busy(self) -> set:
+        """Addresses with batches queued to or from them, or in flight between hosts."""
+        busy: set = set()
+        net = self.net
+        for chans in (net.live._m, net.held._m, net.outbox._m):
+            for k in chans:
+                chan = k[0] if type(k[0]) is tuple and len(k) == 2 and type(k[1]) is int else k
+                for x in chan:
+                    if type(x) is bytes:
+                        busy.add(x)
+        return busy
+
+    def _evict_due(self) -> bool:
+        if not self.evicting or self.failed is not None or self._closing:
+            return False
+        n = len(self.net.machines._m)
+        limit = self.resident_max
+        if limit is not None and n > limit and n >= self._count_check:
+            return True
+        idle = self.idle_seconds
+        if idle is not None and self._lru:
+            oldest = next(iter(self._lru.values()))
+            return time.monotonic() - oldest >= idle
+        return False
+
+    async def evict(self, only: Iterable[bytes] | None = None) -> int:
+        """One eviction round now (the loop runs them by itself); returns how many.
+
+        ``only``: evict these machines (those that may go), whatever the limits.
+
+        Pending commits are finished first, and a machine is evicted only if its last
+        change is committed (nothing of it waits in the rows of the next commit) and it
+        has nothing queued or in flight, so the store holds exactly what is dropped from
+        memory and nothing can be lost or reordered.
+        """
+        if not self.evicting:
+            return 0
+        for _ in range(EVICT_TRIES):
+            await self.durable()
+            last = self._last
+            if last is None or last[2].done():
+                break
+            # another task handed over a commit meanwhile: wait for that one too
+        else:
+            return 0
+        if self._closing or self.failed is not None:
+            return 0
+        net = self.net
+        machines = net.machines
+        n = len(machines._m)
+        limit = self.resident_max
+        target = n if limit is None or n <= limit else int(limit * EVICT_TO)
+        idle = self.idle_seconds
+        cutoff = time.monotonic() - idle if idle is not None else -1.0
+        busy = self._busy()
+        dirty = self.dirty
+        keep = self.keep
+        lru = self._lru
+        victims: list[bytes] = []
+        skipped = []
+        if only is not None:
+            victims = [a for a in only if a in machines._m and a not in keep
+                       and a not in busy and a not in dirty.machines and a not in dirty.keys]
+            victims = list(dict.fromkeys(victims))
+        for a, t in () if only is not None else lru.items():
+            if n - len(victims) <= target and t > cutoff:
+                break
+            if a in keep or a not in machines._m:
+                skipped.append((a, False))
+            elif a in busy or a in dirty.machines or a in dirty.keys:
+                skipped.append((a, True))
+            else:
+                victims.append(a)
+        now = time.monotonic()
+        for a, stays in skipped:  # busy ones count as used now; the others leave the LRU
+            if stays:
+                lru[a] = now
+                lru.move_to_end(a)
+            else:
+                del lru[a]
+        if limit is not None and n - len(victims) > limit:
+            # Everything else is busy: try again only once the host grew by a tenth.
+            self._count_check = n - len(victims) + max(1, limit // 10)
+        if not victims:
+            return 0
+        keys = net.keys
+        env = self.env
+        rings = env._rings
+        per = self.per_machine
+        for a in victims:
+            machines = machines.delete(a)
+            keys = keys.delete(a)
+            rings.pop(a, None)
+            lru.pop(a, None)
+            per.pop(a, None)  # its statistics count again from its next load
+        # The Env's caches are bounded, but their bounds are large (10,000 key objects
+        # of about 2 KB of native memory each, 100,000 opened contexts that keep their
+        # keys alive): emptied here, they refill with the resident machines' only. A
+        # cache never changes a result.
+        env._keys.clear()
+        env._unsealed.clear()
+        env.auth_cache.clear()
+        self.net = replace_fields(net, machines=machines, keys=keys)
+        self.evictions += len(victims)
+        self.evicted_any = True
+        return len(victims)
+
+    def _schedule_idle_eviction(self) -> None:
+        if self.idle_seconds is None or not self.evicting or self._closing:
+            return
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
+        delay = self.idle_seconds
+        if self._lru:
+            delay = max(0.0, next(iter(self._lru.values())) + self.idle_seconds
+                        - time.monotonic())
+        self._evict_timer = asyncio.get_running_loop().call_later(delay + 0.001,
+                                                                  self._wake.set)
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            # The collector is paced while the host runs, as in Sim.run: a host's network
+            # is a persistent value of many small containers, and with Python's default
+            # thresholds full collections (which walk every object, so their cost grows
+            # with what is queued and stored) run often and free nothing.
+            self._gc = paced_gc()
+            self._gc.__enter__()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="avm-host")
             self._wake.set()
 
@@ -134,6 +392,8 @@ class Runtime:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._evict_timer is not None:
+            self._evict_timer.cancel()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -145,6 +405,9 @@ class Runtime:
                 pass
         if self.committer is not None:
             await asyncio.to_thread(self.committer.close)
+        if self._gc is not None:
+            self._gc.__exit__(None, None, None)
+            self._gc = None
 
     def check_ok(self) -> None:
         """Refuse work once a commit failed or the host is closing."""
@@ -160,21 +423,28 @@ class Runtime:
             raise StoreError("this host is closed")
 
     # -- acting on the network ----------------------------------------------------------
-    def apply(self, act: Callable[[Network], tuple[Network, list]], dirty: Dirty | None = None) -> list:
+    def apply(self, act: Callable[[Network], tuple[Network, list]], dirty: Dirty | None = None,
+              journaled: bool = False) -> list:
         """Apply an act of the core (submit, spawn, set_status...) to the network now.
 
         ``dirty`` names rows the act touches that its events do not tell (a status
-        change, a machine destroyed). Raises what the act raises, and then changed
-        nothing.
+        change, a machine destroyed). ``journaled``: the act is one the core's index
+        follows (submit, spawn: :func:`avm.core.network.outside`), so the next step
+        does not rebuild it. Raises what the act raises, and then changed nothing.
         """
         self.check_ok()
-        net, evs = act(self.net)
+        if journaled:
+            net, evs = nw.outside(self.net, self.env, act)
+        else:
+            net, evs = act(self.net)
         self.net = net
         dirty_from_events(evs, self.dirty)
         if self.tap is not None:
             self.tap(evs)
         if dirty is not None:
             self.dirty.merge(dirty)
+        if self.evicting:
+            self._track(evs)
         self._observe(evs)
         for fn in self.subscribers:
             fn(evs, dirty)
@@ -224,7 +494,9 @@ class Runtime:
     def _tick_clock(self) -> None:
         ms = int(self.clock() * 1000)
         if ms > self.net.now:
-            self.net = replace_fields(self.net, now=ms)
+            # The clock is not part of the scheduler's order: the index stays current.
+            self.net, _ = nw.outside(self.net, self.env,
+                                     lambda net: (replace_fields(net, now=ms), []))
 
     async def _loop(self) -> None:
         step = nw.step
@@ -239,6 +511,7 @@ class Runtime:
                 idle = False
                 env = self.env
                 dirty = self.dirty
+                evicting = self.evicting
                 while n < CHUNK_STEPS:
                     before = self.net
                     net, evs = step(before, env)
@@ -255,6 +528,8 @@ class Runtime:
                     dirty_from_events(evs, dirty)
                     if dirty.parents:
                         self._adopt(dirty)
+                    if evicting:
+                        self._track(evs)
                     if self.tap is not None:
                         self.tap(evs)
                     if self.recorder is not None:
@@ -280,6 +555,15 @@ class Runtime:
                     self._fail(self.committer.failed)
                     return
                 if idle:
+                    self._count_check = 0  # what was busy may have finished: try again
+                if self._evict_due():
+                    try:
+                        await self.evict()
+                    except StoreError as e:
+                        self._fail(e)
+                        return
+                if idle:
+                    self._schedule_idle_eviction()
                     break
                 await asyncio.sleep(0)
 

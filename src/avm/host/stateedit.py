@@ -120,6 +120,7 @@ async def edit_state(host: Host, name: str, *, value: Any = NOTHING,
         raise UsageError(f"{REPLIES} is the host's own machine")
     addr = host.address(name)
     rt = host._rt
+    rt.resident(addr)  # an evicted machine comes back to be edited
     at = int(rt.clock() * 1000)
     dirty = Dirty(machines={addr})
     done: list[Edit] = []

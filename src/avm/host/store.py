@@ -334,6 +334,8 @@ class Store:
         self.fault: Callable[[str], None] | None = None
         self._db: sqlite3.Connection | None = None
         self._keys: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None  # readers for machines loaded on demand
+        self._rkeys: sqlite3.Connection | None = None
         if self.path is not None:
             self._open()
 
@@ -393,20 +395,25 @@ class Store:
         return int(self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
 
     def close(self) -> None:
-        for c in (self._db, self._keys):
+        for c in (self._rdb, self._rkeys, self._db, self._keys):
             if c is not None:
                 try:
                     c.close()
                 except sqlite3.Error:
                     pass
-        self._db = self._keys = None
+        self._db = self._keys = self._rdb = self._rkeys = None
 
     # -- reading ------------------------------------------------------------------------
-    def load(self) -> Network | None:
+    def load(self, resident_max: int | None = None, keep: Iterable[str] = ()) -> Network | None:
         """The network as last committed, or None for an empty store.
 
         Every state is decoded and every ``Self`` of its own machine is bound again to
         the machine's keys (a stored ``Self`` names the key version, never the key).
+
+        ``resident_max``: when the store holds more machines than that, only the ones
+        with queued batches (to or from them) and those named in ``keep`` are loaded;
+        the others stay in the store (their names and channel numbers are loaded) and
+        the runtime loads them on demand (:meth:`read_machine`).
         """
         db, kdb = self._db, self._keys
         if db is None or kdb is None:
@@ -414,31 +421,48 @@ class Store:
         row = db.execute("SELECT value FROM meta WHERE key='header'").fetchone()
         if row is None:
             return None
+        lazy = resident_max is not None and self.count_machines() > resident_max
         try:
             net = decode(_upgrade_header(bytes(row[0])))
             srow = kdb.execute("SELECT value FROM secret WHERE id=0").fetchone()
             if type(net) is not Network or srow is None:
                 raise StoreError("the header or the network secret is missing")
-            keys: dict[bytes, dict[int, bytes]] = {}
-            for addr, ver, key in kdb.execute("SELECT address, version, key FROM keys"):
-                keys.setdefault(addr, {})[ver] = key
-            keymap = Map({a: Map(vs) for a, vs in keys.items()})
-            machines: dict[bytes, MachineRecord] = {}
-            names: dict[str, bytes] = {}
-            for addr, name, behavior, status, keyver, host, signal, state in db.execute(
-                    "SELECT address, name, behavior, status, keyver, host, signal, state FROM machines"):
-                if addr not in keys:
-                    raise StoreError(f"machine {name!r} has no keys in {self.key_path}")
-                st = strip(decode(state), addr, keymap)  # rebind its own Self
-                machines[addr] = MachineRecord(name, st, behavior, decode(signal), host,
-                                               keyver, status)
-                names[name] = addr
-            pending = {}
+            queued = []
             for chan, seq, blob in db.execute("SELECT chan, seq, batch FROM queue"):
                 b = decode(blob)
                 if type(b) is not Batch:
                     raise StoreError("a queued row is not a batch")
-                c = decode(chan)
+                queued.append((decode(chan), seq, b))
+            machines: dict[bytes, MachineRecord] = {}
+            names: dict[str, bytes] = {}
+            keys: dict[bytes, Map] = {}
+            if lazy:
+                for addr, name in db.execute("SELECT address, name FROM machines"):
+                    names[name] = addr
+                want = {names[n] for n in keep if n in names}
+                for c, _, b in queued:
+                    want.update(x for x in (c[0], b.dest) if type(x) is bytes)
+                for addr in want:
+                    got = self.read_machine(addr)
+                    if got is not None:
+                        machines[addr], keys[addr] = got
+                keymap = Map(keys)
+            else:
+                raw: dict[bytes, dict[int, bytes]] = {}
+                for addr, ver, key in kdb.execute("SELECT address, version, key FROM keys"):
+                    raw.setdefault(addr, {})[ver] = key
+                keymap = Map({a: Map(vs) for a, vs in raw.items()})
+                for addr, name, behavior, status, keyver, host, signal, state in db.execute(
+                        "SELECT address, name, behavior, status, keyver, host, signal, state "
+                        "FROM machines"):
+                    if addr not in raw:
+                        raise StoreError(f"machine {name!r} has no keys in {self.key_path}")
+                    st = strip(decode(state), addr, keymap)  # rebind its own Self
+                    machines[addr] = MachineRecord(name, st, behavior, decode(signal), host,
+                                                   keyver, status)
+                    names[name] = addr
+            pending = {}
+            for c, seq, b in queued:
                 pending[(c, seq)] = replace_fields(b, messages=strip(b.messages, b.dest, keymap))
             head = {decode(c): s + 1 for c, s in db.execute("SELECT chan, seq FROM applied")}
             next_seq = {decode(c): s for c, s in db.execute("SELECT chan, seq FROM sent")}
@@ -452,6 +476,77 @@ class Store:
             net, secret=srow[0], machines=Map(machines), names=Map(names), keys=keymap,
             pending=Map(pending), head=Map(head), live=Map(live), next_seq=Map(next_seq),
             random_n=Map(random_n))
+
+    # -- reading one machine (eviction: avm.host.runtime loads cold machines on demand) --
+    def _readers(self) -> tuple[sqlite3.Connection, sqlite3.Connection] | None:
+        """Read-only connections of their own (WAL: they see committed rows only, and
+        never wait for the writer thread, which owns the main connections)."""
+        if self._db is None or self.path is None or self.key_path is None:
+            return None
+        if self._rdb is None or self._rkeys is None:
+            self._rdb = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                        check_same_thread=False)
+            self._rkeys = sqlite3.connect(f"file:{self.key_path}?mode=ro", uri=True,
+                                          check_same_thread=False)
+        return self._rdb, self._rkeys
+
+    def read_machine(self, address: bytes) -> tuple[MachineRecord, Map] | None:
+        """The committed record of one machine and its key versions, or None.
+
+        As :meth:`load` does for every machine: the state is decoded and every ``Self``
+        of the machine in it is bound again to its keys.
+        """
+        r = self._readers()
+        if r is None:
+            return None
+        db, kdb = r
+        try:
+            row = db.execute("SELECT name, behavior, status, keyver, host, signal, state "
+                             "FROM machines WHERE address = ?", (address,)).fetchone()
+            if row is None:
+                return None
+            vs = {v: k for v, k in kdb.execute(
+                "SELECT version, key FROM keys WHERE address = ?", (address,))}
+            if not vs:
+                raise StoreError(f"machine {row[0]!r} has no keys in {self.key_path}")
+            versions = Map(vs)
+            name, behavior, status, keyver, host, signal, state = row
+            st = strip(decode(state), address, Map({address: versions}))
+            return MachineRecord(name, st, behavior, decode(signal), host, keyver,
+                                 status), versions
+        except StoreError:
+            raise
+        except (AvmError, sqlite3.Error, ValueError, TypeError) as e:
+            raise StoreError(f"machine {address.hex()[:16]}... cannot be loaded: {e}") from e
+
+    def machine_rows(self, prefix: str = "", limit: int | None = None) -> list[tuple]:
+        """(name, address, behavior, status, keyver) of the committed machines whose
+        names start with ``prefix``, by name (at most ``limit``)."""
+        r = self._readers()
+        if r is None:
+            return []
+        hi = prefix + "\U0010ffff"  # a range on the name index, exact and case-sensitive
+        return r[0].execute("SELECT name, address, behavior, status, keyver FROM machines "
+                            "WHERE name >= ? AND name < ? ORDER BY name LIMIT ?",
+                            (prefix, hi, -1 if limit is None else limit)).fetchall()
+
+    def statuses(self) -> dict[str, int]:
+        """Committed machines by status."""
+        r = self._readers()
+        if r is None:
+            return {}
+        return dict(r[0].execute("SELECT status, count(*) FROM machines GROUP BY status"))
+
+    def count_machines(self) -> int:
+        if self._db is None:
+            return 0
+        return int(self._db.execute("SELECT count(*) FROM machines").fetchone()[0])
+
+    def behaviors(self) -> set[str]:
+        """The behavior names the store's machines use."""
+        if self._db is None:
+            return set()
+        return {b for (b,) in self._db.execute("SELECT DISTINCT behavior FROM machines")}
 
     def domains(self) -> dict[bytes, str]:
         """The trust domain of each machine spawned with one (avm.host.isolation).

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..core.caps import IdentityKey, address_text, parse_address
 from ..core.errors import AvmError
-from .records import check_endpoint
+from .records import check_endpoint, split_endpoint
 
 __all__ = ["add_parser", "run", "COMMAND"]
 
@@ -38,11 +38,10 @@ examples:
 
 
 def _hostport(text: str) -> tuple[str, int]:
-    why = check_endpoint(text)
-    if why is not None:
-        raise argparse.ArgumentTypeError(why)
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    try:
+        return split_endpoint(text)
+    except AvmError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _endpoint(text: str) -> str:

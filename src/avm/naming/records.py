@@ -68,6 +68,7 @@ __all__ = [
     "verify_record",
     "dht_key",
     "check_endpoint",
+    "split_endpoint",
     "newest",
     "record_order",
 ]
@@ -167,6 +168,19 @@ def check_endpoint(text: Any) -> str | None:
     if host != want:
         return f"endpoint {text!r} is not in canonical form (write {want}:{port})"
     return None
+
+
+def split_endpoint(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:7400"`` -> ``("127.0.0.1", 7400)``; ``"[::1]:7400"`` -> ``("::1", 7400)``.
+
+    What a dialer needs (``asyncio.open_connection(host, port)``). Raises ``UsageError``
+    for text that :func:`check_endpoint` refuses.
+    """
+    why = check_endpoint(text)
+    if why is not None:
+        raise UsageError(why)
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _body(resource: bytes, endpoints: tuple[str, ...], host: bytes | None, seq: int,

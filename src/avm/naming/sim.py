@@ -42,13 +42,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import codec
 from ..core.caps import IdentityKey
+from ..core.values import Map
 from .dht import AvmProtocol, DhtNode, Lookup
 from .records import RouteRecord, make_record
 from .storage import RecordStorage
 
-__all__ = ["MemoryNetwork", "MemoryTransport", "DirectProtocol", "SimReport", "build", "run",
-           "plain"]
+__all__ = ["MemoryNetwork", "MemoryTransport", "DirectProtocol", "ForgingProtocol", "SimReport",
+           "build", "run", "plain"]
 
 
 def plain(v: Any) -> Any:
@@ -87,13 +89,17 @@ class MemoryNetwork:
         self.bytes = 0
         self.lost = 0
 
-    def add(self, node: DhtNode, addr: tuple[str, int], wire: str = "datagram") -> None:
-        if wire == "direct":
-            node.protocol = DirectProtocol(node.node, node.storage, node.ksize,
-                                           node.protocol._wait_timeout)
-            node.protocol.net = self
-        elif wire != "datagram":
+    def add(self, node: DhtNode, addr: tuple[str, int], wire: str = "datagram",
+            hostile: bool = False) -> None:
+        """Put ``node`` on the network at ``addr``; ``hostile``: it forges its answers."""
+        if wire not in ("direct", "datagram"):
             raise ValueError(f"wire is 'datagram' or 'direct', not {wire!r}")
+        if wire == "direct" or hostile:
+            cls = {(True, False): DirectProtocol, (True, True): ForgingDirect,
+                   (False, True): ForgingProtocol}[(wire == "direct", hostile)]
+            node.protocol = cls(node.node, node.storage, node.ksize, node.protocol._wait_timeout)
+            if wire == "direct":
+                node.protocol.net = self
         node.attach(MemoryTransport(self, addr))
         self.nodes[addr] = node.protocol
 
@@ -146,6 +152,41 @@ class DirectProtocol(AvmProtocol):
         return rpc
 
 
+class ForgingProtocol(AvmProtocol):
+    """A hostile node: it routes honestly but answers every FIND_VALUE with a forgery.
+
+    If it holds the record asked for, it hands out a tampered copy (other endpoints, the
+    original signature); if not, a valid record of its own, signed by its own key, for
+    its own address. Either way a resolver must refuse it and keep looking.
+    """
+
+    forged = 0
+    own: bytes = b""
+
+    def rpc_find_value(self, sender: Any, nodeid: Any, key: Any) -> Any:
+        if type(key) is not bytes:
+            return None
+        self.forged += 1
+        held = self.storage.get(key)
+        if held is None:
+            if not self.own:
+                ident = IdentityKey.from_seed(b"sim-hostile" + self.source_node.id * 2)
+                self.own = make_record(ident, ["10.6.6.6:1"], seq=SEQ_FORGED,
+                                       issued_ms=self.storage.clock_ms(), ttl_ms=3600_000).data
+            return {"value": self.own}
+        m = codec.decode(held)
+        return {"value": codec.encode(Map({**m, "ep": ("10.6.6.6:1",), "seq": SEQ_FORGED}))}
+
+
+class ForgingDirect(ForgingProtocol, DirectProtocol):
+    """:class:`ForgingProtocol` on the ``direct`` wire."""
+
+
+#: The sequence number forgers claim: higher than any honest one, so a resolver that
+#: took the highest sequence without checking signatures would pick the forgery.
+SEQ_FORGED = (1 << 62)
+
+
 @dataclass
 class SimReport:
     """What a simulated run measured."""
@@ -164,6 +205,10 @@ class SimReport:
     rounds: list[int] = field(default_factory=list)     # rounds of the whole lookup
     lookup_seconds: float = 0.0
     datagrams: int = 0
+    hostile: int = 0          # nodes that forge every FIND_VALUE answer
+    forged_answers: int = 0   # forgeries they handed out
+    refused: int = 0          # values lookups refused (invalid)
+    wrong: int = 0            # lookups that returned a record other than the one published
 
     def percentile(self, xs: list[int], q: float) -> int:
         s = sorted(xs)
@@ -171,10 +216,14 @@ class SimReport:
 
 
 async def build(n: int, *, seed: int = 1, ksize: int = 20, alpha: int = 3,
-                clock_ms: Any = None, values_wanted: int = 1, wire: str = "direct"
-                ) -> tuple[MemoryNetwork, list[DhtNode]]:
-    """``n`` nodes that joined one by one, each through a random earlier node."""
+                clock_ms: Any = None, values_wanted: int = 1, wire: str = "direct",
+                hostile: float = 0.0) -> tuple[MemoryNetwork, list[DhtNode]]:
+    """``n`` nodes that joined one by one, each through a random earlier node.
+
+    A fraction ``hostile`` of them (drawn by the seed) are :class:`ForgingProtocol` nodes.
+    """
     rng = random.Random(seed)
+    bad = random.Random(seed + 7)
     net = MemoryNetwork()
     clock = clock_ms if clock_ms is not None else (lambda: 1_700_000_000_000)
     nodes: list[DhtNode] = []
@@ -182,7 +231,7 @@ async def build(n: int, *, seed: int = 1, ksize: int = 20, alpha: int = 3,
         d = DhtNode(ksize=ksize, alpha=alpha, node_id=rng.randbytes(20),
                     storage=RecordStorage(clock_ms=clock), clock_ms=clock,
                     values_wanted=values_wanted, wait_timeout=5.0)
-        net.add(d, ("127.0.0.1", 20000 + i), wire)
+        net.add(d, ("127.0.0.1", 20000 + i), wire, hostile=bad.random() < hostile)
         if nodes:
             via = nodes[rng.randrange(len(nodes))]
             await d.bootstrap([via.transport.addr])
@@ -192,12 +241,12 @@ async def build(n: int, *, seed: int = 1, ksize: int = 20, alpha: int = 3,
 
 async def run(n: int = 1000, *, records: int = 50, lookups: int = 300, seed: int = 1,
               ksize: int = 20, alpha: int = 3, values_wanted: int = 1,
-              wire: str = "direct") -> SimReport:
+              wire: str = "direct", hostile: float = 0.0) -> SimReport:
     """Build a network of ``n`` nodes, publish ``records``, do ``lookups``; measure."""
     rng = random.Random(seed + 1)
     t0 = time.perf_counter()
     net, nodes = await build(n, seed=seed, ksize=ksize, alpha=alpha,
-                             values_wanted=values_wanted, wire=wire)
+                             values_wanted=values_wanted, wire=wire, hostile=hostile)
     join = time.perf_counter() - t0
     now = 1_700_000_000_000
     published: list[RouteRecord] = []
@@ -219,10 +268,16 @@ async def run(n: int = 1000, *, records: int = 50, lookups: int = 300, seed: int
         found: Lookup = await asker.get(rec.address)
         if found.record is not None and found.record.data == rec.data:
             report.found += 1
+        elif found.record is not None:
+            report.wrong += 1
+        report.refused += found.invalid
         report.rounds.append(found.rounds)
         report.hops.append(found.found_in_round if found.found_in_round is not None else 0)
     report.lookup_seconds = time.perf_counter() - t1
     report.datagrams = net.datagrams - sent
+    forgers = [d.protocol for d in nodes if isinstance(d.protocol, ForgingProtocol)]
+    report.hostile = len(forgers)
+    report.forged_answers = sum(p.forged for p in forgers)
     for d in nodes:
         d.stop()
     return report
