@@ -35,6 +35,7 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.codec import decode
 from ..core.errors import AvmError, UnknownName, UsageError
@@ -55,6 +57,7 @@ __all__ = ["Tokens", "HttpApi", "serve", "make_app", "token_file_for", "read_tok
            "parse_bind", "DEFAULT_BIND", "TOKEN_FILE_SUFFIX"]
 
 DEFAULT_BIND = "127.0.0.1:0"
+_STATUSES = {int(x) for x in HTTPStatus}
 TOKEN_FILE_SUFFIX = ".http"
 LOG_LIMIT_MAX = 10_000
 MACHINES_LIMIT_MAX = 100_000
@@ -195,6 +198,18 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class _ValidationItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class HTTPValidationError(BaseModel):
+    """FastAPI's answer to a request that does not fit the route's schema (422)."""
+
+    detail: list[_ValidationItem]
+
+
 # ---------------------------------------------------------------------------------------
 # The application
 # ---------------------------------------------------------------------------------------
@@ -252,6 +267,20 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
         else:
             status, text = 400, str(e)
         return JSONResponse({"error": type(e).__name__, "detail": text}, status)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, e: OverflowError) -> JSONResponse:
+        # a number too large for the store (SQLite's 64-bit integers): bad input
+        return JSONResponse({"error": "OverflowError", "detail": f"a number is out of "
+                             f"range: {e}"}, 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own (a body that is not JSON: 400, no such route: 404) in the shape
+        # every error of this API has, so answers match the documented ErrorOut.
+        phrase = HTTPStatus(e.status_code).phrase if e.status_code in _STATUSES else "error"
+        return JSONResponse({"error": phrase, "detail": str(e.detail)}, e.status_code,
+                            headers=getattr(e, "headers", None))
 
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, e: TimeoutError) -> JSONResponse:
@@ -320,7 +349,11 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
 
     @app.post("/machines/{name}/ask", response_model=AnswerOut, dependencies=ad,
               tags=["messages"], responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut},
-                                            422: {"model": ErrorOut}, 504: {"model": ErrorOut}})
+                                            422: {"model": ErrorOut | HTTPValidationError,
+                                                  "description": "the request failed or was "
+                                                  "dropped (ErrorOut), or its body is not "
+                                                  "valid (HTTPValidationError)"},
+                                            504: {"model": ErrorOut}})
     async def ask(name: str, body: AskIn) -> JSONResponse:
         """Send a request with a reply capability appended; answer with the first reply."""
         cap = _target(name, body.context)

@@ -29,7 +29,8 @@ __all__ = ["add_peek_routes", "PeekIn", "PeekOut"]
 class PeekIn(BaseModel):
     source: str | None = Field(None, description="Python source of the word to try (compiled "
                                "and run, never stored). Give this or `version`.")
-    version: int | None = Field(None, description="A version id of the dictionary to try.")
+    version: int | None = Field(None, ge=0, le=(1 << 63) - 1,
+                                description="A version id of the dictionary to try.")
     word: str | None = Field(None, description="The word `source` is a version of (default: "
                              "the word the machine is bound to).")
     branch: str | None = Field(None, description="The branch whose words `use()` reaches "

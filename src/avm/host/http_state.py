@@ -39,7 +39,9 @@ PAGE_MAX = 10_000
 
 # At module level: FastAPI resolves the (string) annotations of routes in their globals.
 Limit = Annotated[int, Query(ge=1, le=PAGE_MAX)]
-Before = Annotated[int | None, Query(description="Only rows with a smaller id (paging).")]
+ROW_ID_MAX = (1 << 63) - 1  # SQLite's integers
+Before = Annotated[int | None, Query(ge=0, le=ROW_ID_MAX,
+                                     description="Only rows with a smaller id (paging).")]
 
 _PATH_HELP = ('A path into the state: accounts.ann, log[2], ["a b"] (avm state); '
               'empty for the whole state.')
@@ -233,7 +235,7 @@ def add_state_routes(app: FastAPI, host: Host, rd: list, ad: list, names: Any) -
     @app.get("/batches/dead-letters", response_model=PageOut, dependencies=rd, tags=tags_b)
     async def dead_letters(host_name: Annotated[str | None, Query(alias="host", description=
                                                                    "only this host's")] = None,
-                           offset: Annotated[int, Query(ge=0)] = 0,
+                           offset: Annotated[int, Query(ge=0, le=ROW_ID_MAX)] = 0,
                            limit: Limit = 100) -> JSONResponse:
         """Linear and relevant values nobody could take back (D7), oldest first, per host;
         capabilities opaque."""
