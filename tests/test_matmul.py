@@ -115,6 +115,9 @@ class _SpyNumpy:
     (((2**62, 2**62),), ((1,), (1,)), False),  # ...and here it does not
     (((2**62,),), ((2,),), False),  # 2**63 does not fit
     (((-(2**62),),), ((4,),), False),  # a large negative does not fit either
+    (((0,),), ((2**63,),), False),  # small sums, but an entry int64 cannot hold
+    (((2**63,),), ((0,),), False),
+    (((0,),), ((2**63 - 1,),), True),
     (((1.5,),), ((2,),), False),  # floats stay in Python
     (((Fraction(1, 3),),), ((3,),), False),
 ])

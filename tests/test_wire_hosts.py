@@ -142,3 +142,54 @@ def test_a_replayed_batch_from_the_true_peer_applies_nothing(tmp_path):
             await pa.close()
             await pb.close()
     run(go())
+
+
+def test_forged_and_tampered_capabilities_over_the_wire_apply_nothing(tmp_path):
+    """P7 across hosts: capabilities changed on their way (sealed bytes, priority, key
+    version, kind) reach B's machine as batches that fail to unseal; none applies.
+    A true capability sent last on the same channel applies exactly once."""
+    import random
+
+    from avm.core.caps import Capability
+
+    async def go():
+        async with avm.host.open(tmp_path / "a.avm", behaviors=[counter]) as a, \
+                avm.host.open(tmp_path / "b.avm", behaviors=[counter]) as b:
+            cap = await b.spawn("counter", counter, 0)
+            other = b.cap("counter", ("another", "context"))
+            pa, pb, _ = await pair(a, b)
+            pa.add_remote(cap.address, "b")
+            rnd = random.Random(5)
+            n = 300
+            for i in range(n):
+                sealed = bytearray(cap.sealed)
+                keyver, kind, prio = cap.keyver, cap.kind, cap.priority
+                how = i % 5
+                if how == 0:
+                    j = rnd.randrange(len(sealed))
+                    sealed[j] ^= 1 << rnd.randrange(8)
+                elif how == 1:
+                    prio = rnd.choice([0.25, 0.5, 1.0, -1.0])  # priority is authenticated
+                elif how == 2:
+                    keyver += 1 + rnd.randrange(3)
+                elif how == 3:
+                    sealed = bytearray(other.sealed[:len(sealed)] + bytes(rnd.randrange(1, 4)))
+                else:
+                    cut = rnd.randrange(16, len(sealed))  # the shortest a sealed context may be
+                    sealed = sealed[:cut] + bytes(rnd.randrange(1, 17))
+                forged = Capability(cap.address, keyver, kind, prio, bytes(sealed))
+                assert forged != cap
+                await a.send(forged, ("add", 1))
+            await a.send(cap, ("add", 1))
+
+            async def done():
+                return (not (await a._rt.durable()).outbox
+                        and (await b._rt.durable()).received.get((("client", "client"), cap.address)) == n + 1)
+            await until(done, timeout=60)
+            await b.idle()
+            assert await b.state("counter") == 1  # 0 of 300 forgeries applied
+            stats = b.stats()
+            assert stats["drop.unseal"] == n, stats  # each forgery dropped as failing to unseal
+            await pa.close()
+            await pb.close()
+    run(go())

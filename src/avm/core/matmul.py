@@ -102,8 +102,9 @@ def product(a: tuple, b: tuple) -> tuple:
 
 
 def _ints_fit(a: tuple, b: tuple) -> bool:
-    """Whether every partial sum of ``a @ b`` fits in a signed 64-bit int (then numpy's
-    answer is the exact one)."""
+    """Whether every entry and every partial sum of ``a @ b`` fits in a signed 64-bit
+    int (then numpy's answer is the exact one). The entries count on their own: a zero
+    matrix times a huge one has small sums, but the huge entries do not convert."""
     ma = mb = 0
     for m, is_a in ((a, True), (b, False)):
         for r in m:
@@ -115,4 +116,4 @@ def _ints_fit(a: tuple, b: tuple) -> bool:
                     ma = max(ma, v)
                 else:
                     mb = max(mb, v)
-    return ma * mb * len(b) <= _INT64
+    return ma <= _INT64 and mb <= _INT64 and ma * mb * len(b) <= _INT64

@@ -37,6 +37,30 @@ __all__ = ["DEMO_APPS", "demo", "host_run"]
 DEMO_APPS = (("examples.counter", "counter."), ("examples.bank", "bank."),
              ("examples.chat", "chat."))
 REPORT_SECONDS = 2.0
+#: The demo's machine whose code lives in the dictionary (edit it on the web page).
+LIVE = "live.counter"
+LIVE_SOURCE = '''"""A counter whose code lives in the host's dictionary: edit STEP on the web page."""
+import avm
+
+behavior = avm.Behavior("live.counter")
+STEP = 1
+
+
+@behavior.init
+def _init(state, args):
+    return [], 0
+
+
+@behavior.on("tick")
+def _tick(n):
+    return [], n + STEP
+
+
+@behavior.on("add")
+def _add(n, k):
+    return [], n + k
+'''
+LIVE_TICK_SECONDS = 0.5
 
 
 def _import_examples() -> list[tuple[ModuleType, str]]:
@@ -58,6 +82,29 @@ async def _build(h: Host, apps: list[tuple[ModuleType, str]]) -> None:
         if build is not None:
             build(BuildOnHost(h, prefix))
     await h.flush()
+
+
+async def _build_live(h: Host) -> None:
+    """The word ``live.counter`` and a machine of that name following it (first run)."""
+    from .dictionary import MAIN
+    from .live import behavior_name
+
+    if any(m.name == LIVE for m in h.machines()):
+        return
+    d = h.live.dictionary
+    v = (d.head(MAIN, LIVE) if LIVE in d.words(MAIN)
+         else d.edit(MAIN, LIVE, LIVE_SOURCE, author="demo", message="count by one"))
+    name = behavior_name(MAIN, LIVE, v.id)
+    h.behavior(d.load(MAIN, LIVE, version=v.id), name)
+    await h.spawn(LIVE, name)
+    await h.live.bind(LIVE, LIVE)  # follows the word: an edit takes effect at its next tick
+
+
+async def _live_client(h: Host, stop: asyncio.Event) -> None:
+    c = h.cap(LIVE)
+    while not stop.is_set():
+        await h.send(c, ("tick",), client="demo.ticker")
+        await _pause(stop, LIVE_TICK_SECONDS)
 
 
 async def _counter_client(h: Host, stop: asyncio.Event) -> None:
@@ -146,7 +193,8 @@ async def _http(h: Host, bind: str | None, store: Path) -> AsyncIterator[HttpApi
 def _http_lines(api: HttpApi | None, path: Path) -> str:
     if api is None:
         return ""
-    return (f"HTTP control API: {api.url} (OpenAPI {api.url}/openapi.json, Prometheus "
+    return (f"web page: open {api.url}/ (paste the admin token from the file below)\n"
+            f"HTTP control API: {api.url} (OpenAPI {api.url}/openapi.json, Prometheus "
             f"{api.url}/metrics)\n  tokens (admin, read-only) in {api.token_file} (mode 0600)\n")
 
 
@@ -165,6 +213,7 @@ async def demo(folder: str | None = None, seconds: float | None = None,
             _http(h, http, path) as api:
         fresh = not h.machines()
         await _build(h, apps)
+        await _build_live(h)
         machine = "" if api is None else f"""  avm machine ls --store {path}        # the machines, their batches and failures
   avm machine ask counter.counter '"get"' --context '"main"' --store {path}
   avm machine send counter.counter '("add", 10)' --context '"main"' --store {path}
@@ -174,7 +223,8 @@ async def demo(folder: str | None = None, seconds: float | None = None,
         print(f"""avm demo: a host with {len(h.machines())} machines, store {path}
   {'created' if fresh else 'reopened'}; durability: full (every commit is fsynced)
   running: the counter (incremented and asked by a client), the bank (a client moves
-  money between accounts through a teller), the chat room.
+  money between accounts through a teller), the chat room, and live.counter, whose
+  code is the dictionary word live.counter (edit it on the web page: docs/web.md).
 {_http_lines(api, path)}
 What to type, in another terminal:
 {machine}  avm store check {path}            # integrity check, decode every state
@@ -185,7 +235,8 @@ Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store
         stop = asyncio.Event()
         restore = _stop_on_signals(stop)
         clients = [asyncio.create_task(_counter_client(h, stop)),
-                   asyncio.create_task(_bank_client(h, stop, bank))]
+                   asyncio.create_task(_bank_client(h, stop, bank)),
+                   asyncio.create_task(_live_client(h, stop))]
         try:
             await _serve(h, stop, seconds, out, lambda: _report(h, out, bank))
         finally:

@@ -380,6 +380,10 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_events import add_event_routes
 
     app.state.feed = add_event_routes(app, host, rd)
+
+    from .http_web import add_web_routes
+
+    add_web_routes(app)
     return app
 
 
