@@ -46,8 +46,10 @@ export function drawNetwork(svg, machines, traffic, { host = "host", onPick = nu
   }
   for (const name of machines.keys()) if (!weight.has(name)) weight.set(name, 0);
   const names = [...weight.keys()].sort((a, b) => weight.get(b) - weight.get(a) || (a < b ? -1 : 1)).slice(0, limit);
-  const inside = names.filter((n) => machines.has(n)).sort();
-  const outside = names.filter((n) => !machines.has(n)).sort();
+  // a machine the page has not listed is still a machine; senders outside are "client:x"
+  const isMachine = (n) => machines.has(n) || !n.includes(":");
+  const inside = names.filter(isMachine).sort();
+  const outside = names.filter((n) => !isMachine(n)).sort();
   const pos = new Map();
   const box = { x: 220, y: 30, w: W - 250, h: H - 60 };
   const cx = box.x + box.w / 2, cy = box.y + box.h / 2;
@@ -81,7 +83,7 @@ export function drawNetwork(svg, machines, traffic, { host = "host", onPick = nu
   }
   for (const n of names) {
     const [x, y] = pos.get(n);
-    const m = machines.get(n);
+    const m = machines.get(n) || (isMachine(n) ? { status: "" } : null);
     const g = el("g", { class: "node " + (m ? m.status || "" : "client"), "data-name": n, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})` });
     g.append(el("circle", { r: size(n).toFixed(1) }));
     g.append(el("text", { x: size(n) + 4, y: 4 }, n));
