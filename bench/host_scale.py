@@ -90,10 +90,14 @@ def part_create(n: int, chunk: int) -> dict:
             out = {"machines": made, "seconds": dt, "rate": made / dt,
                    "rss_per_machine": (r1 - r0) / made, "resident": len(h._rt.net.machines)}
             print(json.dumps(out), flush=True)  # the figures, whatever happens next
-            t = time.perf_counter()
-            answer = await h.ask(h.cap(f"m{n // 2}"), "get")  # one of them, from the store
-            assert answer == ("n", n // 2), answer
-            out["ask_evicted_ms"] = (time.perf_counter() - t) * 1e3
+            times = []
+            for j in range(21):  # asks to evicted machines, each loaded on demand
+                i = (n // 21) * j + 7 if n > 21 else j % n
+                t = time.perf_counter()
+                answer = await h.ask(h.cap(f"m{i}"), "get")
+                times.append(time.perf_counter() - t)
+                assert answer == ("n", i), answer
+            out["ask_evicted_ms"] = sorted(times)[len(times) // 2] * 1e3
             out["loads"] = h._rt.loads
             return out
 
@@ -205,7 +209,7 @@ def main() -> None:
               f"runs at {keys['rate']:,.0f}/s here)")
         print(f"avm: {c['rss_per_machine']:,.0f} bytes of RSS per machine "
               f"({c['resident']:,} left in memory; target <= 1,024); an ask to an evicted "
-              f"one (loaded on demand) {c['ask_evicted_ms']:.1f} ms")
+              f"one (loaded on demand, median of 21) {c['ask_evicted_ms']:.1f} ms")
         if pyk is not None:
             print(f"  avm / Pykka memory per machine: "
                   f"{c['rss_per_machine'] / pyk['rss_per_actor']:.3f}x; "
