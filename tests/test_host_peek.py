@@ -331,3 +331,44 @@ def test_after_a_state_edit_the_replay_starts_again_from_the_committed_state(tmp
             assert [b.state_changes for b in r.batches] == [[("$.n", 1, 2)], [("$.n", 11, 12)]]
 
     run(go())
+
+
+def test_dict_bind_and_rollback_on_the_running_host(tmp_path, capsys):
+    """``avm dict bind`` / ``rollback`` (issue 9 item 5) over the host's API: the machine
+    counts by two from its next batch with its state kept, then by one again; a wrong
+    token changes nothing."""
+    from avm.cli import main
+    from avm.host import http as hh
+
+    store = tmp_path / "h.avm"
+
+    async def go():
+        async with avm.host.open(store) as h:
+            await bound_counter(h)
+            await h.send(h.cap("c"), ("tick",))
+            await h.idle()
+            v2 = h.live.dictionary.edit("main", "by2", counter(2), author="ann").id
+            async with hh.serve(h, token_file=hh.token_file_for(store)) as api:
+                s = ["--store", str(store)]
+                rc = await asyncio.to_thread(
+                    main, ["dict", "bind", "c", "by2", "--url", api.url, "--token",
+                           api.tokens.read])
+                assert rc == 2 and "403" in capsys.readouterr().err
+                assert h.live.bindings()["c"][1] == "counter"
+                rc = await asyncio.to_thread(main, ["dict", "bind", "c", "by2", *s])
+                assert rc == 0
+                assert f"runs dict:main/by2@{v2}" in capsys.readouterr().out
+                await h.send(h.cap("c"), ("tick",))
+                await h.idle()
+                assert (await h.state("c"))["n"] == 3  # 1 + 2: state kept, new code
+                rc = await asyncio.to_thread(main, ["dict", "rollback", "c", "--json", *s])
+                assert rc == 0
+                assert json.loads(capsys.readouterr().out)["behavior"].startswith(
+                    "dict:main/counter@")
+                await h.send(h.cap("c"), ("tick",))
+                await h.idle()
+                assert (await h.state("c"))["n"] == 4
+                rc = await asyncio.to_thread(main, ["dict", "bind", "c", "nope", *s])
+                assert rc == 2 and "nope" in capsys.readouterr().err
+
+    run(go())

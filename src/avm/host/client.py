@@ -171,6 +171,17 @@ class Client:
         return (await self._call("POST", f"/machines/{name}/restart",
                                  json={"info": info}))["status"]
 
+    async def bind(self, name: str, word: str, *, branch: str = "main",
+                   version: int | None = None) -> dict[str, Any]:
+        """Run ``word`` on machine ``name`` from its next batch (admin token); following
+        the word's head, or pinned to ``version``."""
+        return await self._call("POST", f"/machines/{name}/bind",
+                                json={"word": word, "branch": branch, "version": version})
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """Undo the machine's last rebind (admin token)."""
+        return await self._call("POST", f"/machines/{name}/rollback")
+
     async def peek(self, name: str, *, source: str | None = None, version: int | None = None,
                    word: str | None = None, branch: str | None = None,
                    last: int = 10) -> dict[str, Any]:

@@ -29,7 +29,10 @@ EPILOG = """examples:
   avm dict diff 3 7 --store app.avm
   avm dict tag v1 7 --store app.avm
   avm dict peek counter counter2.py --store app.avm      (a dry run on the running host)
-  avm dict peek counter --version 7 --last 5 --store app.avm"""
+  avm dict peek counter --version 7 --last 5 --store app.avm
+  avm dict bind c counter --store app.avm                 (c follows counter's head)
+  avm dict bind c counter --version 7 --store app.avm     (c pinned to version 7)
+  avm dict rollback c --store app.avm                     (c runs what it ran before)"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +82,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = store(ds.add_parser("tag", help="name a version (tags never move)"))
     q.add_argument("name")
     q.add_argument("version", type=int)
+    def host(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        g = q.add_argument_group("which host")
+        g.add_argument("--store", help="the host's store: reads its token file STORE.http")
+        g.add_argument("--token-file", help="the token file written by avm host run")
+        g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
+        g.add_argument("--token", help="the admin token (default: the token file's)")
+        g.add_argument("--json", action="store_true", help="print the host's JSON answer")
+        return q
+
+    q = host(ds.add_parser(
+        "bind", help="run a word on a machine of the running host, from its next batch",
+        description="Bind a machine of the running host to a word: it runs the word's head "
+                    "from its next batch on, with its state kept, and follows new versions "
+                    "(or, with --version, stays pinned to that one). A version that does "
+                    "not compile or load is refused before the machine is touched. Needs "
+                    "the admin token."))
+    q.add_argument("machine", help="the machine's name")
+    q.add_argument("word", help="the dictionary word")
+    q.add_argument("--branch", default=MAIN)
+    q.add_argument("--version", type=int, help="pin this version id (default: follow the head)")
+    q = host(ds.add_parser(
+        "rollback", help="undo a machine's last rebind, in one action",
+        description="The machine runs the behavior it ran before its last rebind, pinned. "
+                    "Needs the admin token."))
+    q.add_argument("machine", help="the machine's name")
     q = ds.add_parser(
         "peek", help="dry run: replay a machine's recent batches with new code, commit nothing",
         description="Replay the newest batches of a machine bound to a word against source "
@@ -91,12 +119,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--word", help="the word the source is a version of (default: the bound one)")
     q.add_argument("--branch", help="the branch use() reads (default: the binding's)")
     q.add_argument("--last", type=int, default=10, help="batches to replay (default 10)")
-    g = q.add_argument_group("which host")
-    g.add_argument("--store", help="the host's store: reads its token file STORE.http")
-    g.add_argument("--token-file", help="the token file written by avm host run")
-    g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
-    g.add_argument("--token", help="the admin token (default: the token file's)")
-    g.add_argument("--json", action="store_true", help="print the host's JSON answer")
+    host(q)
 
 
 def _read(path: str) -> str:
@@ -107,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     """One ``avm dict`` command; errors raise AvmError (the caller prints them)."""
     if args.dict_command == "peek":
         return asyncio.run(_peek(args))
+    if args.dict_command in ("bind", "rollback"):
+        return asyncio.run(_rebind(args))
     if not Path(args.store).exists():
         print(f"avm: no store at {args.store}; create one with avm host run --store "
               f"{args.store}", file=sys.stderr)
@@ -160,6 +185,23 @@ def run(args: argparse.Namespace) -> int:
         elif cmd == "tag":
             d.tag(args.name, args.version)
             print(f"tag {args.name} -> @{args.version}")
+    return 0
+
+
+async def _rebind(args: argparse.Namespace) -> int:
+    from .client import connect
+    from .http import token_file_for
+
+    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
+    async with connect(args.url, args.token, token_file=token_file) as c:
+        if args.dict_command == "bind":
+            r = await c.bind(args.machine, args.word, branch=args.branch, version=args.version)
+        else:
+            r = await c.rollback(args.machine)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['name']} runs {r['behavior']} from its next batch")
     return 0
 
 
