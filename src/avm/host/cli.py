@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 
 from ..core.errors import AvmError
+from .cli_host import connect_args, host_arguments
 from .store import StoreError, backup, check
 
 __all__ = ["add_parsers", "run"]
@@ -100,15 +101,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Act on a running host's machines through its HTTP control API.")
     ms = m.add_subparsers(dest="machine_command", metavar="ACTION", required=True)
 
-    def conn(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        g = p.add_argument_group("which host")
-        g.add_argument("--store", help="the host's store: reads its token file STORE.http")
-        g.add_argument("--token-file", help="the token file written by avm host run")
-        g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
-        g.add_argument("--token", help="a token (default: the admin token of the file; "
-                       "the read token suffices for ls and state)")
-        g.add_argument("--json", action="store_true", help="print the host's JSON answer")
-        return p
+    def conn(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return host_arguments(q, "a token (default: the admin token of the file; "
+                              "the read token suffices for ls and state)")
 
     conn(ms.add_parser("ls", help="list machines with their statistics"))
     conn(ms.add_parser("state", help="print a machine's committed state")).add_argument(
@@ -195,12 +190,8 @@ def _logging(where: str) -> Iterator[None]:
 
 
 async def _machine(args: argparse.Namespace) -> int:
-    from .client import connect
-    from .http import token_file_for
-
-    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
     read_only = args.machine_command in ("ls", "state")
-    async with connect(args.url, args.token, token_file=token_file, admin=not read_only) as c:
+    async with connect_args(args, admin=not read_only) as c:
         cmd = args.machine_command
         if cmd == "ls":
             rows = await c.machines()

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_host import connect_args, host_arguments
 from .dictionary import MAIN, Dictionary, MergeConflict
 
 __all__ = ["add_parser", "run"]
@@ -83,13 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name")
     q.add_argument("version", type=int)
     def host(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        g = q.add_argument_group("which host")
-        g.add_argument("--store", help="the host's store: reads its token file STORE.http")
-        g.add_argument("--token-file", help="the token file written by avm host run")
-        g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
-        g.add_argument("--token", help="the admin token (default: the token file's)")
-        g.add_argument("--json", action="store_true", help="print the host's JSON answer")
-        return q
+        return host_arguments(q, "the admin token (default: the token file's)")
 
     q = host(ds.add_parser(
         "bind", help="run a word on a machine of the running host, from its next batch",
@@ -189,11 +184,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _rebind(args: argparse.Namespace) -> int:
-    from .client import connect
-    from .http import token_file_for
 
-    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
-    async with connect(args.url, args.token, token_file=token_file) as c:
+    async with connect_args(args) as c:
         if args.dict_command == "bind":
             r = await c.bind(args.machine, args.word, branch=args.branch, version=args.version)
         else:
@@ -206,15 +198,12 @@ async def _rebind(args: argparse.Namespace) -> int:
 
 
 async def _peek(args: argparse.Namespace) -> int:
-    from .client import connect
-    from .http import token_file_for
 
     if (args.file is None) == (args.version is None):
         print("avm: give the new source FILE, or --version ID (not both)", file=sys.stderr)
         return 2
     source = _read(args.file) if args.file is not None else None
-    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
-    async with connect(args.url, args.token, token_file=token_file) as c:
+    async with connect_args(args) as c:
         r = await c.peek(args.machine, source=source, version=args.version, word=args.word,
                          branch=args.branch, last=args.last)
     if args.json:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from ..core.errors import UsageError
+from .cli_host import connect_args, host_arguments
 from .valuepath import parse_path
 
 __all__ = ["add_parser", "run", "split_assignment"]
@@ -41,14 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ss = p.add_subparsers(dest="state_command", metavar="ACTION", required=True)
 
     def conn(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        g = q.add_argument_group("which host")
-        g.add_argument("--store", help="the host's store: reads its token file STORE.http")
-        g.add_argument("--token-file", help="the token file written by avm host run")
-        g.add_argument("--url", help="the API's address, e.g. http://127.0.0.1:8080")
-        g.add_argument("--token", help="a token (default: the file's read token for get "
-                       "and audit, its admin token for edit)")
-        g.add_argument("--json", action="store_true", help="print the host's JSON answer")
-        return q
+        return host_arguments(q, "a token (default: the file's read token for get "
+                              "and audit, its admin token for edit)")
 
     q = conn(ss.add_parser("get", help="print a machine's committed state (or a part)"))
     q.add_argument("name", help="the machine's name")
@@ -85,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .client import connect
-    from .http import token_file_for
 
     cmd = args.state_command
     sets = [split_assignment(s) for s in getattr(args, "set", [])]
@@ -95,8 +88,7 @@ async def _run(args: argparse.Namespace) -> int:
         print("avm: nothing to change: give --set PATH=LITERAL or --value LITERAL",
               file=sys.stderr)
         return 2
-    token_file = args.token_file or (token_file_for(args.store) if args.store else None)
-    async with connect(args.url, args.token, token_file=token_file, admin=cmd == "edit") as c:
+    async with connect_args(args, admin=cmd == "edit") as c:
         if cmd == "get":
             if args.path:
                 got = await c.state_at(args.name, args.path)
