@@ -505,18 +505,18 @@ def test_bytes_limit():
 )
 def test_lying_headers_are_refused_quickly(data):
     raw = bytes.fromhex(data)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a busy machine must not fail it
     with pytest.raises(CodecError):
         decode(raw)
-    assert time.perf_counter() - t0 < 0.5
+    assert time.process_time() - t0 < 0.5
 
 
 def test_items_limit_holds_for_many_small_items():
     data = encode(tuple([0] * 2000))
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a busy machine must not fail it
     with pytest.raises(CodecError, match="items"):
         decode(data, Limits(items_max=1000))
-    assert time.perf_counter() - t0 < 0.5
+    assert time.process_time() - t0 < 0.5
 
 
 # ---------------------------------------------------------------------------------------
