@@ -141,3 +141,18 @@ def test_only_text_and_byte_keys_share_an_encoding():
         assert not s._textual(v)
     assert b((b"a", 1)) == encode((b"a", 1)) and b((b"a", True)) == encode((b"a", True))
     assert b((b"a", 1)) != b((b"a", True))
+
+
+def test_the_header_joined_from_cached_fields_is_the_whole_encoding():
+    """_HeaderCache joins its fields' encodings, each encoded again only when the field
+    is another object: at every step of the examples under faults, the result is the
+    header encoded whole, byte for byte."""
+    cache = s._HeaderCache()
+    assert cache.ok
+    for example in ("counter", "bank", "chat", "blog"):
+        mod = importlib.import_module(f"examples.{example}")
+        sim = Sim(seed=3, hosts=getattr(mod, "HOSTS", ("h0",)), faults="all")
+        mod.build(sim)
+        for _ in range(150):
+            sim.step()
+            assert cache(sim.net) == s._header(sim.net)
