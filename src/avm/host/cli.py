@@ -1,5 +1,5 @@
 """The host's commands of ``avm``: ``avm store backup|check``, ``avm host run``, ``avm demo``,
-``avm machine ls|state|send|ask|suspend|resume|stop|restart|destroy``, ``avm dict ...``,
+``avm machine ls|state|send|ask|suspend|resume|step|stop|restart|destroy``, ``avm dict ...``,
 ``avm state get|edit|audit``.
 
 Kept apart from :mod:`avm.cli` (the simulator's commands), which only registers them.
@@ -39,6 +39,7 @@ examples:
   avm machine send counter '("add", 1)' --context '"main"' --store app.avm
   avm machine ask counter '"get"' --context '"main"' --store app.avm
   avm machine suspend counter --store app.avm
+  avm machine step counter --store app.avm      # one batch of the suspended machine
   avm machine ls --url http://127.0.0.1:8080 --token TOKEN
 """
 
@@ -136,6 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
     for verb, helptext in (("suspend", "stop running its batches; what arrives is queued"),
                            ("resume", "run it again, its queue first"),
+                           ("step", "run exactly one batch of a suspended machine"),
                            ("stop", "stop it: batches to it are dropped"),
                            ("restart", "run it again and send it (\"restart\", None)"),
                            ("destroy", "remove it, its state and its keys")):
@@ -254,6 +256,14 @@ async def _machine(args: argparse.Namespace) -> int:
             a = await c.ask(args.name, args.content, context=args.context,
                             timeout=args.timeout, client="cli")
             print(json.dumps(a["answer"], indent=2) if args.json else a["text"])
+            return 0
+        if cmd == "step":
+            r = await c.step(args.name)
+            print(json.dumps(r) if args.json else
+                  f"{args.name}: ran batch {r['seq']} from {r['sender']} "
+                  + (f"({r['steps']} messages, committed)" if r["ok"] else
+                     f"(failed: {r['rule']}: {r['detail']})")
+                  + f"; {r['status']}, {r['queued']} queued")
             return 0
         status = await getattr(c, cmd)(args.name)
         print(json.dumps({"name": args.name, "status": status}) if args.json
