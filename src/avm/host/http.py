@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.codec import decode
 from ..core.errors import AvmError, UnknownName, UsageError
+from ..core.netvalue import who
 from .api import REPLIES, AskFailed, Host, MachineInfo
 from .literal import parse_value, to_json, to_text
 from .metrics import event, render
@@ -182,6 +183,18 @@ class AnswerOut(BaseModel):
 class ControlOut(BaseModel):
     name: str
     status: str
+
+
+class StepOut(BaseModel):
+    name: str
+    status: str = Field(description="Its status after the step (suspended).")
+    seq: int = Field(description="The batch's sequence number on its channel.")
+    sender: str = Field(description="The batch's sender (a machine's or client's name).")
+    ok: bool = Field(description="Whether the batch committed (else it failed).")
+    steps: int = Field(description="Messages the batch ran.")
+    rule: str | None = Field(None, description="The rule a failed batch broke.")
+    detail: str | None = Field(None, description="Why a failed batch failed.")
+    queued: int = Field(description="Batches still queued for it.")
 
 
 class RowsOut(BaseModel):
@@ -374,6 +387,21 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     _control("resume", "Run it again, its queue first.")
     _control("stop", "Stop it: batches to it are dropped.")
     _control("destroy", "Remove it, its state and its keys.")
+
+    @app.post("/machines/{name}/step", response_model=StepOut, dependencies=ad,
+              tags=["control"], responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut},
+                                           504: {"model": ErrorOut}})
+    async def step(name: str) -> JSONResponse:
+        """Run exactly one batch of a suspended machine (a debugger's single step); it
+        stays suspended. 400 if it is not suspended or has nothing queued."""
+        _one(host, name)
+        e = await host.step(name)
+        f = e.failure
+        return JSONResponse({"name": name, "status": _status(host, name), "seq": e.seq,
+                             "sender": who(host._rt.net, e.chan[0]), "ok": e.ok, "steps": e.steps,
+                             "rule": getattr(f, "rule", None) if f is not None else None,
+                             "detail": str(f) if f is not None else None,
+                             "queued": _depths(host).get(name, 0)})
 
     @app.post("/machines/{name}/restart", response_model=ControlOut, dependencies=ad,
               tags=["control"], responses={404: {"model": ErrorOut}})
