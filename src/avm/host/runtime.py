@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..core import inbox
@@ -149,6 +150,8 @@ class Runtime:
         self._evict_timer: asyncio.TimerHandle | None = None
         self._count_check = 0  # the resident count at which a full host tries again
         self._gc: Any = None  # the collector's pacing while the loop runs
+        #: while above 0, the loop hands no rows to the writer by itself (see hold_commits)
+        self._held = 0
 
     # -- eviction -----------------------------------------------------------------------
     def evict_config(self, resident_max: int | None, idle_seconds: float | None,
@@ -473,6 +476,24 @@ class Runtime:
         self._last_at = time.perf_counter()
         return self._last
 
+    @contextlib.contextmanager
+    def hold_commits(self) -> Iterator[None]:
+        """While the block runs, the loop does not hand rows to the writer by itself;
+        :meth:`durable` still commits everything at once for whoever asks.
+
+        For bulk work whose own batches follow at once (``spawn_many``: a chunk of
+        machines, then their init batches): committed after those batches ran, a batch
+        made and run in between has no queue row to write and delete (the store's
+        ``Dirty.born``). Nothing is acknowledged from uncommitted rows meanwhile:
+        callers are answered after :meth:`durable`, which never waits for this.
+        """
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self._wake.set()
+
     async def durable(self) -> Network:
         """Wait until everything done so far is committed; returns that snapshot."""
         if self.failed is not None or (self.committer is not None
@@ -543,7 +564,7 @@ class Runtime:
                     if not n & 63 and time.perf_counter() > t_end:
                         break
                 self.counters["steps"] += n
-                if (n or idle) and self.dirty:
+                if (n or idle) and self.dirty and not self._held:
                     try:
                         if not self._writer_busy():
                             await self._one_commit_in_flight()
