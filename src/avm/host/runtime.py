@@ -71,6 +71,13 @@ EVICT_TRIES = 5
 CHUNK_STEPS = 2_000
 #: ... or this much time, whichever comes first.
 CHUNK_SECONDS = 0.005
+#: The loop hands its rows to the writer by itself at most this often (and whenever it
+#: runs out of work): a commit costs the writer a fixed share (the header, the batches
+#: still queued, a dozen statements, the GIL hand-backs) whatever it carries, so fewer,
+#: larger commits cost less per batch. Nobody waits for these: whoever needs a commit
+#: (an ``ask``, a ``submit``, the wire, the live events) calls ``durable``, which hands
+#: everything over at once.
+COMMIT_EVERY_SECONDS = 0.02
 #: While a commit younger than this is being written, the loop keeps stepping and the
 #: rows wait for the next commit; past it, the loop waits for the writer (back-pressure).
 COMMIT_LAG_SECONDS = 0.02
@@ -564,7 +571,8 @@ class Runtime:
                     if not n & 63 and time.perf_counter() > t_end:
                         break
                 self.counters["steps"] += n
-                if (n or idle) and self.dirty and not self._held:
+                if (n or idle) and self.dirty and not self._held and (
+                        idle or time.perf_counter() - self._last_at >= COMMIT_EVERY_SECONDS):
                     try:
                         if not self._writer_busy():
                             await self._one_commit_in_flight()
