@@ -857,7 +857,7 @@ def _weigh(v: Any) -> tuple[int, int]:
 #: id -> (record, bytes bound, items bound) of records weighed lately (the entry holds
 #: the record, so its id is not reused while the entry lives); emptied when full.
 _RECORD_WEIGHTS: dict[int, tuple[Any, int, int]] = {}
-_RECORD_WEIGHTS_MAX = 1024
+_RECORD_WEIGHTS_MAX = 256
 
 
 def _excess(v: Any) -> tuple[int, int]:
