@@ -14,7 +14,8 @@ whole protocol: A commits each batch to its outbox before it leaves, B applies i
 commits, and only then acks; A commits the ack.
 
 * **msg/s**: a client on A submits batches of 10 (or 1) ``("add", 1)`` messages to a
-  counter on B, 64 submissions in flight (each returns once committed at A); the clock
+  counter on B, 64 submissions in flight (each returns once committed at A), pausing
+  while A's outbox holds more than 1,024 batches; the clock
   stops when B's committed counter has them all *and* A's committed outbox is empty
   (every ack back and committed).
 * **round trip**: one ``("get", sink)`` to B's counter, whose answer comes back to a
@@ -61,6 +62,9 @@ from avm.host.peering import Peering  # noqa: E402
 from avm.wire.transport import HostIdentity, TransportConfig  # noqa: E402
 
 IN_FLIGHT = 64
+#: The client on A waits while A's outbox holds more batches than this (four link
+#: windows): a producer that outruns the wire only queues.
+OUTBOX_MAX = 1024
 SEED_A, SEED_B = b"bench-net-host-a", b"bench-net-host-b"
 CFG = TransportConfig(frames_per_second_max=10_000_000, idle_seconds=120)
 
@@ -207,6 +211,8 @@ async def avm_run(procs: int, durable: bool, n10: int, n1: int, rtts: int) -> di
                 t0 = time.perf_counter()
                 pending: set = set()
                 for _ in range(batches):
+                    while len(a._rt.net.outbox) > OUTBOX_MAX:  # the producer's back-pressure
+                        await asyncio.sleep(0.0005)
                     pending.add(asyncio.ensure_future(a.submit(msgs)))
                     if len(pending) >= IN_FLIGHT:
                         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -273,7 +279,7 @@ async def tls_run(frame_bytes: dict[int, int], n10: int, n1: int, rtts: int) -> 
                 writer.write(hdr.pack(8) + b"ack-ack!")
                 if len(reader._buffer) < 4:  # type: ignore[attr-defined]
                     await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
@@ -287,7 +293,7 @@ async def tls_run(frame_bytes: dict[int, int], n10: int, n1: int, rtts: int) -> 
         acks = asyncio.Semaphore(IN_FLIGHT)
         t0 = time.perf_counter()
 
-        async def read_acks(frames: int = frames) -> None:
+        async def read_acks(frames: int = frames, acks: asyncio.Semaphore = acks) -> None:
             for _ in range(frames):
                 n = hdr.unpack(await reader.readexactly(4))[0]
                 await reader.readexactly(n)
@@ -347,7 +353,7 @@ def ray_run(n10: int, n1: int, rtts: int) -> dict:
             for _ in range(batches):
                 refs.append(c.add.remote(batch))
                 if len(refs) >= IN_FLIGHT:
-                    ray.get(refs)  # noqa: any order: Ray runs an actor's calls in order
+                    ray.get(refs)  # Ray runs one actor's calls in order
                     refs = []
             ray.get(refs)
             ray.get(c.ping.remote())
@@ -364,11 +370,10 @@ def ray_run(n10: int, n1: int, rtts: int) -> dict:
 
 
 def thespian_run(n10: int, n1: int, rtts: int) -> dict:
+    from bench._thespian_actor import CounterActor  # a module Thespian can import
     from thespian.actors import ActorSystem
 
-    from bench._thespian_actor import CounterActor  # a module Thespian can import
-
-    asys = ActorSystem("multiprocTCPBase", logDefs=False)
+    asys = ActorSystem("multiprocTCPBase")
     try:
         c = asys.createActor(CounterActor)
         asys.ask(c, "get", 30)
@@ -419,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, choices=[1, 2], nargs="*", default=None,
                     help="2: host B in its own process; 1: both hosts in one (default both)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ray", "thespian", "tls", "memory", "durable"])
+    ap.add_argument("--counts", type=int, nargs=3, metavar=("B10", "B1", "RTTS"),
+                    help="batches of 10, batches of 1, round trips (overrides --short)")
     args = ap.parse_args(argv)
     n10, n1, rtts = (1000, 2000, 200) if args.short else (5000, 10000, 1000)
+    if args.counts:
+        n10, n1, rtts = args.counts
     procs = args.procs or [2, 1]
     rows: list[tuple[str, dict | str]] = []
     for p in procs:

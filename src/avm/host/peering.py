@@ -253,9 +253,9 @@ class Peering:
                 p.asked |= gap
                 p.wake.set()
             elif t is HelloReceived:
-                p = self.peers.get(peer)
-                if p is not None and p.dialer is None:
-                    p.wake.set()  # a new link from the peer: it is sent what it lacks
+                hp = self.peers.get(peer)
+                if hp is not None and hp.dialer is None:
+                    hp.wake.set()  # a new link from the peer: it is sent what it lacks
         if touched:
             # Acked once committed, by the link's ack task: this read loop goes on
             # reading (and applying) meanwhile, and the acks of everything handed out
