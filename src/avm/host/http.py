@@ -308,6 +308,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     rd, ad = [Depends(reader)], [Depends(admin)]
 
     lister = MachineLister(host)
+    lister.names()  # sorted now, not when the first page is asked for
 
     @app.get("/machines", response_model=MachinesOut, dependencies=rd, tags=["machines"])
     async def machines(prefix: Annotated[str, Query(description="only names starting so")] = "",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
@@ -332,30 +333,36 @@ class MachineLister:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._names: Any = None
-        self._sorted: list[tuple[str, bytes]] = []
         self._keys: list[str] = []
 
-    def _by_name(self, names: Map) -> tuple[list[tuple[str, bytes]], list[str]]:
-        raw = names._m
+    def names(self) -> list[str]:
+        """Every machine's name, sorted; sorted again only when a machine was spawned or
+        destroyed since (the committed name map is another object then). Called once
+        when the API starts, so the first page does not pay for 100,000 names."""
+        raw = self.host._rt.committed.names._m
         if raw is not self._names:
-            self._sorted = sorted((n, a) for n, a in raw.items() if n != REPLIES)
-            self._keys = [n for n, _ in self._sorted]
-            self._names = raw
-        return self._sorted, self._keys
+            keys = sorted(raw.keys())  # text only: ~0.1 s for 100,000
+            i = bisect.bisect_left(keys, REPLIES)
+            if i < len(keys) and keys[i] == REPLIES:
+                del keys[i]
+            self._keys, self._names = keys, raw
+        return self._keys
 
-    def _pairs(self, prefix: str) -> list[tuple[str, bytes]] | None:
+    def _pairs(self, prefix: str) -> _Pairs | None:
         """(name, address) of the machines named ``prefix...``, by name; None when some
         are evicted (their records are in the store only)."""
         rt = self.host._rt
         if rt.evicted_any:
             return None
-        pairs, keys = self._by_name(rt.committed.names)
-        if not prefix:
-            return pairs
-        lo = bisect.bisect_left(keys, prefix)
-        return pairs[lo:bisect.bisect_left(keys, prefix + "\U0010ffff", lo)]
+        keys = self.names()
+        raw = self._names
+        lo, hi = 0, len(keys)
+        if prefix:
+            lo = bisect.bisect_left(keys, prefix)
+            hi = bisect.bisect_left(keys, prefix + "\U0010ffff", lo)
+        return _Pairs(keys, raw, lo, hi)
 
-    def _rows(self, pairs: list[tuple[str, bytes]] | None,
+    def _rows(self, pairs: Any,
               prefix: str) -> list[tuple[str, bytes, str, str, int]]:
         """(name, address, behavior, status, keyver) of the committed machines ``pairs``
         (None: every machine named ``prefix...``, the host's union with the store)."""
@@ -391,7 +398,7 @@ class MachineLister:
         """``(rows, matched, total)``: the page ``offset:offset+limit`` of the machines
         named ``prefix...`` whose name or behavior contains ``match`` (case-insensitive)
         or whose status is ``match``, of ``status``, ordered by ``sort``."""
-        pairs = self._pairs(prefix)
+        pairs: Any = self._pairs(prefix)
         f = match.strip().lower()
         per = self.host._rt.per_machine
         depths: dict[bytes, int] | None = None
@@ -408,9 +415,12 @@ class MachineLister:
                     i = 0 if sort == "batches" else 1
                     pairs = sorted(pairs, key=lambda p: (per.get(p[1]) or (0, 0))[i],
                                    reverse=desc)
-            elif desc:
-                pairs = pairs[::-1]
-            rows = self._rows(pairs[offset:offset + limit], prefix)
+            if sort == "name" and desc:
+                n = len(pairs)
+                chosen_pairs = pairs[max(0, n - offset - limit):max(0, n - offset)][::-1]
+            else:
+                chosen_pairs = pairs[offset:offset + limit]
+            rows = self._rows(chosen_pairs, prefix)
             matched, offset = total, 0
         else:
             rows = self._rows(pairs, prefix)
@@ -435,6 +445,26 @@ class MachineLister:
                         depths[d] = depths.get(d, 0) + 1
         out = [_row(r, per.get(r[1], (0, 0)), depths.get(r[1], 0)) for r in chosen]
         return out, matched, total
+
+class _Pairs:
+    """``(name, address)`` of ``keys[lo:hi]``, made only for the items asked for: a page
+    of 100 of 100,000 names costs 100 lookups, not 100,000 tuples."""
+
+    def __init__(self, keys: list[str], raw: Any, lo: int, hi: int) -> None:
+        self.keys, self.raw, self.lo, self.hi = keys, raw, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __iter__(self) -> Any:
+        raw = self.raw
+        return ((n, raw[n]) for n in itertools.islice(self.keys, self.lo, self.hi))
+
+    def __getitem__(self, s: slice) -> list[tuple[str, bytes]]:
+        start, stop, step = s.indices(len(self))
+        raw, keys, lo = self.raw, self.keys, self.lo
+        return [(keys[lo + i], raw[keys[lo + i]]) for i in range(start, stop, step)]
+
 
 def _key(sort: str, per: dict, depths: dict[bytes, int] | None) -> Callable[[tuple], Any]:
     """The sort key of a row ``(name, address, behavior, status, keyver)``."""
