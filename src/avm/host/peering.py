@@ -41,8 +41,9 @@ from typing import Any
 from ..core.delivery import add_peer_host, add_remote, receive_ack, receive_batch
 from ..core.netvalue import Batch as CoreBatch
 from ..core.netvalue import Network, events
-from ..wire import Acked, Batch, BatchReceived, DuplicateBatch, GapRequested, WireError
+from ..wire import Acked, Batch, BatchReceived, DuplicateBatch, GapRequested, Rejected, WireError
 from ..wire.transport import Dialer, HostIdentity, Link, Transport, TransportConfig
+from .migrate import is_move_channel, relay_batch
 from .runtime import Runtime
 from .store import Dirty
 
@@ -73,7 +74,10 @@ class Peering:
         self.peers: dict[str, _Peer] = {}
         self._by_address: dict[bytes, str] = {}
         self.counts: dict[str, int] = {"sent": 0, "received": 0, "acks_sent": 0,
-                                       "acks_received": 0, "duplicates": 0}
+                                       "acks_received": 0, "duplicates": 0, "relayed": 0}
+        #: the host's avm.host.migrate.Mover, once made: it takes the move channels, and
+        #: says how far batches to a moving or moved machine may be acknowledged
+        self.mover: Any = None
         runtime.subscribers.append(self._on_step)
 
     # -- set-up -----------------------------------------------------------------------
@@ -166,13 +170,23 @@ class Peering:
                 await link.close("identity", "not a peer of this host")
             return
         touched: set = set()
+        relayed: set = set()
+        mover = self.mover
         for e in evs:
             if isinstance(e, BatchReceived):
                 f = e.batch
+                if mover is not None and is_move_channel(f.channel):
+                    await mover.on_image(link, peer, f)  # acks or refuses it itself
+                    continue
                 b = CoreBatch(sender=f.sender, dest=f.receiver, seq=f.seq, ts=f.ts,
                               priority=f.priority, messages=f.messages, notify=f.notify,
                               abandoned=f.tomb)
-                self.rt.apply(_receive_act(peer, self.rt.host, b))
+                if f.receiver in self.rt.net.remote._m:
+                    # a machine that moved away: relayed under its number (avm.host.migrate)
+                    self.rt.apply(_relay_act(self.rt.host, b), Dirty(heads={f.channel}))
+                    self.counts["relayed"] += 1
+                else:
+                    self.rt.apply(_receive_act(peer, self.rt.host, b))
                 touched.add(f.channel)
                 self.counts["received"] += 1
             elif isinstance(e, DuplicateBatch):
@@ -180,7 +194,15 @@ class Peering:
                 touched.add(e.channel)
             elif isinstance(e, Acked):
                 self.counts["acks_received"] += 1
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
+                    continue
                 self.rt.apply(_ack_act(e.channel, e.upto), Dirty(heads={e.channel}))
+                if e.channel[1] in self.rt.net.remote._m and mover is not None:
+                    relayed.add(e.channel)  # its sender's ack was held for this one
+            elif isinstance(e, Rejected):
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
             elif isinstance(e, GapRequested):
                 p = self.peers[peer]
                 gap = {(e.channel, s) for s in range(e.first, min(e.last, e.first + 1024) + 1)}
@@ -191,9 +213,31 @@ class Peering:
             net = await self.rt.durable()  # the ack says "committed"
             for chan in touched:
                 upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
+                if mover is not None:
+                    upto = mover.ack_floor(net, chan, upto)
                 if upto >= link.conn.committed(chan):
                     await link.ack(chan[0], chan[1], upto)
                     self.counts["acks_sent"] += 1
+        if relayed:
+            await self.ack_channels(relayed)
+
+    async def ack_channels(self, chans: set) -> None:
+        """Acknowledge ``chans`` on every link as far as committed and allowed: the acks
+        a moving or moved machine's batches waited for (avm.host.migrate)."""
+        if not chans:
+            return
+        net = await self.rt.durable()
+        mover = self.mover
+        for links in list(self.transport.links.values()):
+            for link in list(links):
+                for chan in chans:
+                    upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
+                    if mover is not None:
+                        upto = mover.ack_floor(net, chan, upto)
+                    if upto > link.conn.committed(chan):
+                        with contextlib.suppress(WireError):
+                            await link.ack(chan[0], chan[1], upto)
+                            self.counts["acks_sent"] += 1
 
 
 def _core_name(name: str) -> str:
@@ -205,6 +249,12 @@ def _receive_act(peer: str, me: str, b: CoreBatch) -> Callable[[Network], tuple[
     def act(net: Network) -> tuple[Network, list]:
         net, evs, _ = receive_batch(net, peer, me, (b.sender, b.dest), b.seq, b)
         return net, evs
+    return act
+
+
+def _relay_act(me: str, b: CoreBatch) -> Callable[[Network], tuple[Network, list]]:
+    def act(net: Network) -> tuple[Network, list]:
+        return relay_batch(net, me, b)
     return act
 
 
