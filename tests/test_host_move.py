@@ -26,8 +26,8 @@ from avm.host.migrate import (
     TRANSITIONS,
     MoveInterrupted,
     MoveLog,
-    MoveRefused,
     Mover,
+    MoveRefused,
     decode_image,
 )
 from avm.host.peering import Peering
@@ -315,3 +315,55 @@ def test_the_move_log_records_an_image_that_decodes(tmp_path):
     ml.close()
     with pytest.raises(Exception, match="image"):
         decode_image(b"\x00")
+
+
+def test_move_over_http_and_the_cli(tmp_path, capsys):
+    """POST /machines/{name}/move (admin token; in the OpenAPI document) and
+    ``avm machine move NAME --to HOST``, against a live host."""
+    import httpx
+
+    from avm.cli import main
+    from avm.host import client as hc
+    from avm.host import http as hh
+
+    async def go():
+        net = Net(tmp_path)
+        await net.start()
+        b, c = net.hosts["b"], net.hosts["c"]
+        try:
+            await b.spawn("m1", log, ())
+            await b.spawn("m2", log, ())
+            await b.send(b.cap("m1"), ("rec", "x", 1))
+            tf = tmp_path / "b.avm.http"
+            async with hh.serve(b, token_file=tf) as api:
+                async with httpx.AsyncClient() as raw:
+                    doc = (await raw.get(api.url + "/openapi.json")).json()
+                    assert "post" in doc["paths"]["/machines/{name}/move"]
+                    r = await raw.post(api.url + "/machines/m1/move", json={"to": "c"},
+                                       headers={"Authorization": "Bearer " + api.tokens.read})
+                    assert r.status_code == 403
+                    assert "m1" in b._rt.net.names  # nothing changed
+                async with hc.connect(token_file=tf) as cl:
+                    with pytest.raises(hc.HostError) as e:
+                        await cl.move("m1", "nowhere")
+                    assert e.value.status == 400
+                    got = await cl.move("m1", "c")
+                    assert got["to"] == "c" and got["phase"] == "done"
+                code = await asyncio.to_thread(
+                    main, ["machine", "move", "m2", "--to", "c", "--token-file", str(tf)])
+                assert code == 0
+            assert await where(net, "m1") == ["c"] and await where(net, "m2") == ["c"]
+            assert await c.state("m1") == (("x", 1),)
+        finally:
+            await net.close()
+    run(go())
+    assert "m2: moved to c" in capsys.readouterr().out
+
+
+def test_a_host_without_peers_refuses_to_move(tmp_path):
+    async def go():
+        async with avm.host.open(None, behaviors=[log]) as h:
+            await h.spawn("m", log, ())
+            with pytest.raises(UsageError, match="no peers"):
+                await h.move("m", to="c")
+    run(go())

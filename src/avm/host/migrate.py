@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import codec
-from ..core.caps import Capability, commons_cap
+from ..core.caps import Capability, address_text, commons_cap
 from ..core.delivery import DUPLICATE, EARLY, arrival, transmit
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.netvalue import Batch as CoreBatch
@@ -683,11 +683,8 @@ class Mover:
             raise UsageError(f"{REPLIES} is the host's own machine")
         if addr in self.away:
             raise UsageError(f"machine {name!r} is already moving")
-        peer = _core_name(to) if type(to) is str else ""
-        p = self.peering.peers.get(peer)
-        if p is None:
-            raise UsageError(f"{to!r} is not a peer of this host; peers: "
-                             f"{sorted(n[1:] for n in self.peering.peers)}")
+        peer = self._peer_named(to)
+        p = self.peering.peers[peer]
         if not rt.resident(addr):
             raise UnknownName(f"no machine named {name!r}")
         m = rt.net.machines[addr]
@@ -702,6 +699,21 @@ class Mover:
             raise MoveTimeout(f"the move of {name!r} to {to!r} did not finish in {timeout} s; "
                               "its outcome is not known yet: it goes on until the "
                               "destination answers (see the move log)") from e
+
+    def _peer_named(self, to: Any) -> str:
+        """The core name of peer ``to``: its name on this host, or (8 characters or
+        more of) its address text."""
+        peers = self.peering.peers
+        if type(to) is str and to:
+            if _core_name(to) in peers:
+                return _core_name(to)
+            if len(to) >= 8:
+                hits = [n for n, p in peers.items()
+                        if address_text(p.address).startswith(to.lower())]
+                if len(hits) == 1:
+                    return hits[0]
+        raise UsageError(f"{to!r} is not a peer of this host; peers: "
+                         f"{sorted(n[1:] for n in peers)}")
 
     def _hold(self, row: MoveRow) -> None:
         self.away[row.address] = row

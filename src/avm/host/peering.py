@@ -23,6 +23,11 @@ value; this module only carries it between two processes:
   replayed frame, on this link or a later one, applies nothing.
 * **Acks** go into the network through :func:`~avm.core.delivery.receive_ack`, which
   removes the batches from the outbox (committed like any change).
+* **Machines that moved** (:mod:`avm.host.migrate`): a batch for an address the network
+  routes to another peer is relayed there under its number
+  (:func:`~avm.host.migrate.relay_batch`), and acknowledged to its sender only once that
+  peer acknowledged it; batches to a machine being moved are not acknowledged until the
+  move is decided. The move channel's images and their answers go to the ``mover``.
 
 Not yet carried: feedback statuses and returned values of batches that fail at the
 peer (they are sent back as batches of their own only when the peer knows the sender's
