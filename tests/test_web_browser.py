@@ -125,6 +125,16 @@ def _wait_state_change(page, old: int) -> int:
     return _state(page)
 
 
+def _wait_queued(page, name: str, n: int) -> None:
+    """Wait (polling the host's API from the page) until ``name`` has ``n`` batches queued."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while page.evaluate("async (name) => (await (await fetch('/machines/' + name, { headers: "
+                        "{ Authorization: 'Bearer ' + sessionStorage.getItem('avm.token') } }))"
+                        ".json()).queued", name) < n:
+        assert time.monotonic() < deadline, f"{name} never had {n} batches queued"
+        page.wait_for_timeout(50)
+
+
 def test_the_demo_prints_the_page_address(demo):
     line = next(x for x in demo["lines"] if x.startswith("web page: open "))
     assert re.match(r"web page: open http://127\.0\.0\.1:\d+/ ", line)
@@ -205,6 +215,18 @@ def test_suspend_and_resume(page, shots):
     expect(page.locator('#machine-table tr[data-name="live.counter"] .badge')).to_have_text("suspended")
     page.goto(page.url.split("#")[0] + "#machine/live.counter")
     assert _state(page) == held  # its ticks queue while it is suspended
+    if page.evaluate("() => window.avmPage.features.step"):
+        # Step runs exactly one queued tick (each adds 1 since the roll back), and the
+        # machine stays suspended
+        _wait_queued(page, "live.counter", 2)
+        expect(page.locator("#m-step")).to_be_enabled()
+        page.click("#m-step")
+        expect(page.locator("#m-result")).to_contain_text(re.compile(r"step: ran batch #\d+ .*committed; suspended"))
+        assert _wait_state_change(page, held) == held + 1
+        expect(page.locator("#m-status")).to_have_text("suspended")
+        page.click("#m-refresh")
+        expect(page.locator("#state-tree > ul > li > .row .v-num")).to_have_text(str(held + 1))
+        held += 1
     page.click("#m-resume")
     expect(page.locator("#m-status")).to_have_text("running")
     assert _wait_state_change(page, held) > held  # the queued ticks ran

@@ -447,6 +447,56 @@ class Host:
         """Run ``name`` again, its queue first."""
         await self._control(name, lambda net, a: (nw.set_status(net, a, "running"), []))
 
+    async def step(self, name: str, timeout: float = ASK_SECONDS_DEFAULT) -> Any:
+        """Run exactly one batch of the suspended machine ``name``, then leave it suspended;
+        returns the batch's ``Applied`` event (ok or failed) once committed.
+
+        A debugger's single step, built from resume and suspend: the machine is resumed,
+        the runtime's own loop picks and runs its next batch by the batching rules (the
+        listener of its address is called with that batch's ``Applied`` event, between
+        two steps of the loop), and the listener suspends it at once, before the loop's
+        next step, so no second batch of it can run. Refused (nothing changes) when it
+        is not suspended or has no batch queued. Past ``timeout`` seconds without its
+        batch (a very busy host) it is suspended again and ``TimeoutError`` is raised.
+        """
+        rt = self._rt
+        addr = self.address(name)
+        if addr == self._replies_addr:
+            raise UsageError(f"{REPLIES} is the host's own machine")
+        rt.resident(addr)
+        m = rt.net.machines.get(addr)
+        if m is None or m.status != "suspended":
+            raise UsageError(f"{name} is {getattr(m, 'status', 'gone')}: step runs one batch of "
+                             f"a suspended machine (suspend it first)")
+        if not any(chan[1] == addr for chan in rt.net.live):
+            raise UsageError(f"{name} has no batch queued: nothing to step")
+        if addr in rt.listeners:
+            raise UsageError(f"{name} is being stepped already")
+        d = Dirty(machines={addr})
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def suspend_again() -> None:
+            rt.listeners.pop(addr, None)
+            if addr in rt.net.machines:
+                rt.apply(lambda net: (nw.set_status(net, addr, "suspended"), []),
+                         Dirty(machines={addr}))
+
+        def ran(e: Any) -> None:  # called by the loop, between two of its steps
+            suspend_again()
+            if not fut.done():
+                fut.set_result(e)
+
+        rt.listeners[addr] = ran
+        try:
+            rt.apply(lambda net: (nw.set_status(net, addr, "running"), []), d)
+            e = await asyncio.wait_for(fut, timeout)
+        except BaseException:
+            if rt.listeners.get(addr) is ran:
+                suspend_again()
+            raise
+        await rt.durable()
+        return e
+
     async def stop(self, name: str) -> None:
         """Stop ``name``: batches to it are dropped (counted, and returned to senders)."""
         await self._control(name, lambda net, a: (nw.set_status(net, a, "stopped"), []))

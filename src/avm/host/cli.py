@@ -1,5 +1,5 @@
 """The host's commands of ``avm``: ``avm store backup|check``, ``avm host run``, ``avm demo``,
-``avm machine ls|state|send|ask|suspend|resume|stop|restart|destroy``, ``avm dict ...``,
+``avm machine ls|state|send|ask|suspend|resume|step|stop|restart|destroy``, ``avm dict ...``,
 ``avm state get|edit|audit``.
 
 Kept apart from :mod:`avm.cli` (the simulator's commands), which only registers them.
@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from ..core.errors import AvmError
+from ..core.errors import AvmError, UsageError
 from .cli_host import connect_args, host_arguments
 from .store import StoreError, backup, check
 
@@ -39,6 +39,7 @@ examples:
   avm machine send counter '("add", 1)' --context '"main"' --store app.avm
   avm machine ask counter '"get"' --context '"main"' --store app.avm
   avm machine suspend counter --store app.avm
+  avm machine step counter --store app.avm      # one batch of the suspended machine
   avm machine ls --url http://127.0.0.1:8080 --token TOKEN
 """
 
@@ -82,6 +83,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "workers: one worker process per trust domain (code of several owners)")
     r.add_argument("--log", default="-", metavar="FILE",
                    help="JSON log lines to FILE (default -: stderr; 'off' for none)")
+    g = r.add_argument_group("network (docs/network.md: several hosts)")
+    g.add_argument("--listen", type=_hostport, default=None, metavar="IP:PORT",
+                   help="accept peers here (TLS over TCP) and run a DHT node on the same "
+                        "UDP port; port 0: any free one. Without it the host is alone")
+    g.add_argument("--join", type=_hostport, action="append", default=[], metavar="IP:PORT",
+                   help="another host's --listen address: join the DHT through it (repeatable)")
+    g.add_argument("--identity", default=None, metavar="FILE",
+                   help="the host's identity key (created 0600 if missing; default STORE.identity): "
+                        "the host's address stays the same as long as this file does")
+    g.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long the routing record lives; republished every ttl/3 (default 3600)")
+    g.add_argument("--no-dht", action="store_true",
+                   help="no DHT node: peers are only those that dial in")
+    g.add_argument("--chaos", default=None, metavar="SPEC",
+                   help="publish a fault proxy in front of the listener, e.g. "
+                        "'drop=0.01,delay=0.001-0.005,seed=3' (avm.wire.faults; tests only)")
 
     d = sub.add_parser(
         "demo", help="start a host with the example applications and clients", formatter_class=fmt,
@@ -120,6 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
     for verb, helptext in (("suspend", "stop running its batches; what arrives is queued"),
                            ("resume", "run it again, its queue first"),
+                           ("step", "run exactly one batch of a suspended machine"),
                            ("stop", "stop it: batches to it are dropped"),
                            ("restart", "run it again and send it (\"restart\", None)"),
                            ("destroy", "remove it, its state and its keys")):
@@ -131,6 +149,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="the peer host, by the name this host knows it by (--join)")
     mv.add_argument("--timeout", type=float, default=60.0,
                     help="seconds to wait (the move goes on after that; default 60)")
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    """``IP:PORT`` (``[IPv6]:PORT``) with a literal IP; port 0 means any free one."""
+    import ipaddress
+
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+        n = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not IP:PORT (a literal IP)") from None
+    if not sep or not 0 <= n <= 65535 or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the port is a number in 0-65535")
+    return str(ip), n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,12 +183,18 @@ def run(args: argparse.Namespace) -> int:
             print("ok" if r.ok else f"{len(r.problems)} problem(s) found")
             return 0 if r.ok else 1
         if args.command == "host" and args.host_command == "run":
-            from .demo import host_run
+            from .demo import NetOptions, host_run
 
+            net = None
+            if args.listen is not None:
+                net = NetOptions(args.listen, tuple(args.join), args.identity, args.ttl,
+                                 not args.no_dht, args.chaos)
+            elif args.join or args.identity or args.chaos:
+                raise UsageError("--join, --identity and --chaos need --listen")
             with _logging(args.log):
                 asyncio.run(host_run(args.store, args.app, args.seconds, args.durability,
                                      http=None if args.no_http else args.http,
-                                     isolation=args.isolation))
+                                     isolation=args.isolation, net=net))
             return 0
         if args.command == "demo":
             from .demo import demo
@@ -229,6 +269,14 @@ async def _machine(args: argparse.Namespace) -> int:
             print(json.dumps(r) if args.json else
                   f"{args.name}: moved to {r['to']} ({r['destination'][:16]}...); "
                   f"this host forwards to it")
+            return 0
+        if cmd == "step":
+            r = await c.step(args.name)
+            print(json.dumps(r) if args.json else
+                  f"{args.name}: ran batch {r['seq']} from {r['sender']} "
+                  + (f"({r['steps']} messages, committed)" if r["ok"] else
+                     f"(failed: {r['rule']}: {r['detail']})")
+                  + f"; {r['status']}, {r['queued']} queued")
             return 0
         status = await getattr(c, cmd)(args.name)
         print(json.dumps({"name": args.name, "status": status}) if args.json

@@ -164,6 +164,10 @@ class Client:
     async def resume(self, name: str) -> str:
         return (await self._call("POST", f"/machines/{name}/resume"))["status"]
 
+    async def step(self, name: str) -> dict[str, Any]:
+        """Run one batch of the suspended machine ``name`` (admin token); what ran."""
+        return await self._call("POST", f"/machines/{name}/step")
+
     async def stop(self, name: str) -> str:
         return (await self._call("POST", f"/machines/{name}/stop"))["status"]
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -31,7 +32,7 @@ from .apps import BuildOnHost, behaviors_of, load_module
 if TYPE_CHECKING:
     from .http import HttpApi
 
-__all__ = ["DEMO_APPS", "demo", "host_run"]
+__all__ = ["DEMO_APPS", "NetOptions", "demo", "host_run"]
 
 #: Example applications the demo runs (module, machine-name prefix).
 DEMO_APPS = (("examples.counter", "counter."), ("examples.bank", "bank."),
@@ -248,20 +249,42 @@ Stop with Ctrl-C; run `avm demo --dir {base}` to start again from the same store
     return path
 
 
+@dataclass(frozen=True)
+class NetOptions:
+    """``avm host run``'s network options: where to listen, whom to join (issue 8)."""
+
+    listen: tuple[str, int]
+    join: tuple[tuple[str, int], ...] = ()
+    identity: str | None = None  # default: STORE.identity
+    ttl_seconds: float = 3600.0
+    dht: bool = True
+    chaos: str | None = None
+
+
 async def host_run(store: str, apps: list[str], seconds: float | None = None,
                    durability: str = "full", out: TextIO | None = None,
-                   http: str | None = None, isolation: str = "inline") -> None:
+                   http: str | None = None, isolation: str = "inline",
+                   net: NetOptions | None = None) -> None:
     """``avm host run``: serve a store, building each ``--app`` module the first time;
     with ``http`` (``HOST:PORT``), its HTTP control API too; ``isolation`` as in
-    :func:`avm.host.open`."""
+    :func:`avm.host.open`. With ``net``, the host listens for peers, joins the DHT and
+    publishes its routing record (:mod:`avm.host.netjoin`); a module's
+    ``async def net_main(host, hostnet)`` then runs with it."""
     out = out or sys.stdout
     mods = [load_module(a) for a in apps]
     if http is not None:
         from .http import parse_bind
 
         parse_bind(http)  # a bad --http is refused before the store is opened
+    identity = None
+    hostname = "h0"
+    if net is not None:
+        from .identity import host_name, identity_path, load_or_create
+
+        identity, created = load_or_create(net.identity or identity_path(store))
+        hostname = host_name(identity)
     async with open(store, behaviors=behaviors_of(mods), durability=durability,
-                    isolation=isolation) as h, \
+                    isolation=isolation, host=hostname) as h, \
             _http(h, http, Path(store)) as api:
         if not h.machines():  # a new store: build every app once
             for m in mods:
@@ -269,10 +292,28 @@ async def host_run(store: str, apps: list[str], seconds: float | None = None,
                 if build is not None:
                     build(BuildOnHost(h))
             await h.flush()
+        hostnet = None
+        if net is not None and identity is not None:
+            from ..core.caps import address_text
+            from .netjoin import HostNet
+
+            hostnet = await HostNet(h, identity, listen=net.listen, join=net.join,
+                                    dht=net.dht, ttl_seconds=net.ttl_seconds,
+                                    chaos=net.chaos).start()
+            print(f"avm host: address {address_text(identity.address)} "
+                  f"({'new identity' if created else 'identity'} {net.identity or identity_path(store)})\n"
+                  f"  listening on {hostnet.endpoint} (TLS; DHT on UDP "
+                  f"{'off' if hostnet.dht is None else 'the same port'})"
+                  + (f"; joining {', '.join(f'{a}:{p}' for a, p in net.join)}" if net.join else ""),
+                  file=out, flush=True)
+        loop = asyncio.get_running_loop()
         for m in mods:
             main = getattr(m, "host_main", None)
             if main is not None:
-                asyncio.get_running_loop().create_task(main(h))
+                loop.create_task(main(h))
+            nmain = getattr(m, "net_main", None)
+            if nmain is not None and hostnet is not None:
+                loop.create_task(nmain(h, hostnet))
         print(f"avm host: serving {store} ({len(h.machines())} machines, durability "
               f"{durability}, steps {isolation}); Ctrl-C to stop", file=out, flush=True)
         if api is not None:
@@ -283,10 +324,17 @@ async def host_run(store: str, apps: list[str], seconds: float | None = None,
 
         async def report() -> None:
             s = h.stats()
-            print(f"batches {s.get('batch.ok', 0)} ok, {s.get('batch.failed', 0)} failed; "
-                  f"commits {s.get('host.commits', 0)}", file=out, flush=True)
+            line = (f"batches {s.get('batch.ok', 0)} ok, {s.get('batch.failed', 0)} failed; "
+                    f"commits {s.get('host.commits', 0)}")
+            if hostnet is not None:
+                c = hostnet.peering.counts
+                line += (f"; peers {len(hostnet.peering.peers)}, wire sent {c['sent']}, "
+                         f"received {c['received']}, duplicates refused {c['duplicates']}")
+            print(line, file=out, flush=True)
 
         try:
             await _serve(h, stop, seconds, out, report)
         finally:
             restore()
+            if hostnet is not None:
+                await hostnet.close()

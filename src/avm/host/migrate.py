@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import codec
-from ..core.caps import Capability, address_text, commons_cap
+from ..core.caps import Capability, address_text, commons_cap, parse_address
 from ..core.delivery import DUPLICATE, EARLY, arrival, transmit
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.netvalue import Batch as CoreBatch
@@ -657,6 +657,9 @@ class Mover:
         #: called with (address, peer name, peer host address) after each switch: the
         #: place to tell senders or a naming service where the machine is now
         self.on_moved: list[Callable[[bytes, str, bytes], None]] = []
+        #: host address -> the peer's name, adding the peer if it is new (HostNet's:
+        #: a destination named by its full address is reached through naming)
+        self.peer_for: Callable[[bytes], str | None] | None = None
         self.stats = MoveStatistics()
         peering.mover = self
         host.mover = self
@@ -712,6 +715,14 @@ class Mover:
                         if address_text(p.address).startswith(to.lower())]
                 if len(hits) == 1:
                     return hits[0]
+            if self.peer_for is not None:
+                try:
+                    addr = parse_address(to)
+                except AvmError:
+                    addr = None
+                name = self.peer_for(addr) if addr is not None else None
+                if name is not None and name in peers:
+                    return name
         raise UsageError(f"{to!r} is not a peer of this host; peers: "
                          f"{sorted(n[1:] for n in peers)}")
 
@@ -945,7 +956,13 @@ class Mover:
         if self.fault is not None and self.fault("imported"):
             return  # as a crash between the commit and the ack
         await link.ack(chan[0], chan[1], f.seq)
-        self._wake_peers()  # its outbox goes out from here now
+        # its outbox goes out from here now
+        net = rt.committed
+        for k, (b, _, _) in net.outbox.items():
+            p = self.peering.peers.get(net.remote.get(b.dest, "")) if k[0][0] == a else None
+            if p is not None:
+                p.due.add(k)
+        self._wake_peers()
         await self._ack_inbound(a)  # batches that came home are committed here
 
     def statistics(self) -> MoveStatistics:

@@ -199,6 +199,9 @@ async function refreshMachine() {
     $("m-rollback").title = b.bound && b.previous ? `back to ${b.previous}` : "no earlier behavior";
     $("m-peek").hidden = !(S.features.peek && b.bound);
     $("m-step").hidden = !S.features.step;
+    $("m-step").disabled = m.status !== "suspended";
+    $("m-step").title = m.status !== "suspended" ? "suspend it first: a step runs one batch of a suspended machine"
+      : "run exactly one of its queued batches";
     await Promise.all([refreshState(), refreshLogs()]);
   } catch (e) { notice(explain(e)); }
 }
@@ -281,7 +284,15 @@ async function control(action, body) {
 $("m-suspend").addEventListener("click", () => control("suspend"));
 $("m-resume").addEventListener("click", () => control("resume"));
 $("m-rollback").addEventListener("click", () => control("rollback"));
-$("m-step").addEventListener("click", () => control("step"));
+$("m-step").addEventListener("click", async () => {
+  const name = S.selected;
+  try {
+    const r = await post(`/machines/${q(name)}/step`);
+    result(`step: ran batch #${r.seq} from ${r.sender}, ` + (r.ok ? `${r.steps} msg, committed` : `failed: ${r.rule}: ${r.detail}`)
+      + `; ${r.status}, ${r.queued} queued`, r.ok);
+    if (name === S.selected) await refreshMachine();
+  } catch (e) { result(explain(e), false); }
+});
 $("m-peek").addEventListener("click", async () => {
   const b = S.binding;
   if (!b || !b.bound) return;
