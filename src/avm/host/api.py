@@ -205,7 +205,7 @@ class Host:
         evicted ones too (their committed rows)."""
         net = self._rt.committed
         out = {m.name: MachineInfo(m.name, a, m.behavior, m.status, m.keyver)
-               for a, m in net.machines.items()
+               for a, m in net.machines._m.items()  # raw: sorted below (by name)
                if m.name != REPLIES and m.name.startswith(prefix)}
         if self._rt.evicted_any:
             # The first `limit` of the union are among the first `limit` of each side.
