@@ -50,6 +50,7 @@ from ..core.codec import decode
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.netvalue import who
 from .api import REPLIES, AskFailed, Host, MachineInfo
+from .http_state import MachineLister, MachineSort, MachineStatus
 from .literal import parse_value, to_json, to_text
 from .metrics import event, render
 from .store import StoreError
@@ -161,6 +162,9 @@ class MachineOut(BaseModel):
 
 class MachinesOut(BaseModel):
     machines: list[MachineOut]
+    matched: int = Field(description="Machines that pass the filters (all pages).")
+    total: int = Field(description="Machines named with the prefix (or all of them).")
+    offset: int
 
 
 class StateOut(BaseModel):
@@ -292,27 +296,34 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     names = _namer(host)
     rd, ad = [Depends(reader)], [Depends(admin)]
 
-    def _info(m: Any, per: dict[str, tuple[int, int]], depth: dict[str, int]) -> dict:
-        n, f = per.get(m.name, (0, 0))
-        return {"name": m.name, "address": m.address.hex(), "behavior": m.behavior,
-                "status": m.status, "keyver": m.keyver, "batches": n, "failures": f,
-                "queued": depth.get(m.name, 0)}
+    lister = MachineLister(host)
+    lister.names()  # sorted now, not when the first page is asked for
 
     @app.get("/machines", response_model=MachinesOut, dependencies=rd, tags=["machines"])
     async def machines(prefix: Annotated[str, Query(description="only names starting so")] = "",
                        limit: Annotated[int, Query(ge=1, le=MACHINES_LIMIT_MAX)] = 1000,
+                       offset: Annotated[int, Query(ge=0, le=1 << 62,
+                                                    description="skip this many (paging)")] = 0,
+                       match: Annotated[str, Query(max_length=200, description=
+                                                   "only names or behaviors containing this "
+                                                   "(any case), or of this status")] = "",
+                       status: Annotated[MachineStatus | None, Query(description=
+                                                                      "only these")] = None,
+                       sort: Annotated[MachineSort, Query(description="the order")] = "name",
+                       desc: Annotated[bool, Query(description="largest first")] = False,
                        ) -> JSONResponse:
-        """The machines (by name; at most ``limit``) with their statistics since the host
-        started."""
-        per, depth = host.machine_stats(), _depths(host)
-        rows = host.machines(prefix, limit)
-        return JSONResponse({"machines": [_info(m, per, depth) for m in rows]})
+        """The machines with their statistics since the host started: filtered, sorted
+        and paged here (``offset``, at most ``limit``), so a host of 100,000 machines
+        answers a page, not all of them. ``matched``: how many passed the filters."""
+        rows, matched, total = lister.page(prefix, match, status, sort, desc, offset, limit)
+        return JSONResponse({"machines": rows, "matched": matched, "total": total,
+                             "offset": offset})
 
     @app.get("/machines/{name}", response_model=MachineOut, dependencies=rd, tags=["machines"],
              responses={404: {"model": ErrorOut}})
     async def machine(name: str) -> JSONResponse:
         """One machine."""
-        return JSONResponse(_info(_one(host, name), host.machine_stats(), _depths(host)))
+        return JSONResponse(lister.info(_one(host, name)))
 
     @app.get("/machines/{name}/state", response_model=StateOut, dependencies=rd,
              tags=["machines"], responses={404: {"model": ErrorOut}})
@@ -401,7 +412,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
                              "sender": who(host._rt.net, e.chan[0]), "ok": e.ok, "steps": e.steps,
                              "rule": getattr(f, "rule", None) if f is not None else None,
                              "detail": str(f) if f is not None else None,
-                             "queued": _depths(host).get(name, 0)})
+                             "queued": lister.info(_one(host, name))["queued"]})
 
     @app.post("/machines/{name}/restart", response_model=ControlOut, dependencies=ad,
               tags=["control"], responses={404: {"model": ErrorOut}})
@@ -428,6 +439,9 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_dict import add_dictionary_routes
 
     add_dictionary_routes(app, host, rd, ad)
+    from .http_move import add_move_routes  # moving a machine to a peer host (admin)
+
+    add_move_routes(app, host, ad)
     from .http_peek import add_peek_routes  # the peek route (admin: it runs code)
 
     add_peek_routes(app, host, rd, ad, names)
@@ -591,16 +605,6 @@ def _status(host: Host, name: str) -> str:
         return host.record(name).status if name in host.network.names else "destroyed"
     except UnknownName:
         return "destroyed"
-
-
-def _depths(host: Host) -> dict[str, int]:
-    net = host._rt.net
-    out: dict[str, int] = {}
-    for chan, _seq in net.pending.keys():
-        m = net.machines.get(chan[1]) if type(chan[1]) is bytes else None
-        if m is not None:
-            out[m.name] = out.get(m.name, 0) + 1
-    return out
 
 
 def _namer(host: Host) -> Any:

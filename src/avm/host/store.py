@@ -979,6 +979,10 @@ class GroupCommitter:
 
     def submit(self, net: Network, dirty: Dirty) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        # Running from the start, so it cannot be cancelled: a waiter that is cancelled
+        # (asyncio.wrap_future passes its cancellation on) must neither cancel the commit
+        # for the other waiters nor make set_result raise in the writer thread.
+        fut.set_running_or_notify_cancel()
         with self._cond:
             if self.failed is not None:
                 fut.set_exception(self.failed)
