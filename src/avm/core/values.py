@@ -833,6 +833,11 @@ def _weigh(v: Any) -> tuple[int, int]:
             elif tx is bool or x is None:
                 b += 1
                 continue
+            e = _RECORD_WEIGHTS.get(id(x))  # a record weighed lately (an output's capability)
+            if e is not None and e[0] is x:
+                b += e[1]
+                i += e[2] - 1
+                continue
             xb, xi = _weigh(x)
             b += xb
             i += xi - 1
