@@ -132,9 +132,12 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     b = new_batch(sender, dest, seq, ts, priority, msgs, notify)
     # First time on the wire: the earlier batches (local, before a move) are in the inbox.
     received = net.received if got is not None else net.received._set_plain(chan, seq - 1)
+    first = net.config.retry_ticks
+    if _is_peer(net.hosts[dst_host]):
+        first = net.config.retry_ticks_max  # see retry: over TCP the timer is a safety net
     net = with_(
         net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
-        outbox=_outbox_set(net, (chan, seq), (b, net.now + net.config.retry_ticks, 1)))
+        outbox=_outbox_set(net, (chan, seq), (b, net.now + first, 1)))
     evs: list = [events.Created(chan, seq, dest, len(msgs), ts, priority, net.now, b)]
     net, more = transmit(net, "batch", src_host, dst_host, chan, seq, b)
     return net, evs + more
@@ -142,7 +145,14 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
 
 def transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int,
               payload: Any) -> tuple[Network, list]:
-    """Put a transmission on the wire, through the fault model."""
+    """Put a transmission on the wire, through the fault model.
+
+    A transmission to a peer host (:func:`add_peer_host`) is handed to the host's shell
+    at once, as the ``lost-host-down`` event its delivery would make: the real wire
+    carries it (with its own faults), so the model's wire would only hold it for a step
+    that finds the host down. The stats count it as sent and lost to a down host, as
+    that delivery would.
+    """
     f = net.config.faults
     rng = net.rng
     at = net.now
@@ -151,6 +161,10 @@ def transmit(net: Network, kind: str, src: str, dst: str, chan: tuple, seq: int,
     if cut is not None and cut > at:
         return with_(net, stats=bump(net.stats, "wire.cut")), [
             events.Wire("cut", kind, src, dst, chan, seq, at)]
+    h = net.hosts.get(dst)
+    if h is not None and _is_peer(h):
+        return with_(net, stats=bump(bump(net.stats, "wire.sent"), "wire.to-down-host")), [
+            events.Wire("lost-host-down", kind, src, dst, chan, seq, at)]
     if f.loss:
         x, rng = rng_float(rng)
         if x < f.loss:
@@ -275,10 +289,18 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
     if b.abandoned:
         net = with_(net, outbox=_outbox_set(net, key, (b, net.now + cfg.retry_ticks_max, attempts)))
         return transmit(net, "batch", src, host_of_dest(net, b.dest), chan, seq, _wire_tomb(b))
-    backoff = backoff_ticks(cfg.retry_ticks, attempts, cfg.retry_ticks_max)
+    dst = host_of_dest(net, b.dest)
+    if _is_peer(net.hosts[dst]):
+        # A peer host is reached over TCP, which delivers in order or breaks the link;
+        # the host's shell retransmits on the next link and on a gap request. The timer
+        # is only a safety net that wakes the shell: at the longest delay from the first
+        # retry, so a batch acked within it never rewrites its outbox entry (and the
+        # budget of retry_max attempts lasts as long as for a lossy link).
+        backoff = cfg.retry_ticks_max
+    else:
+        backoff = backoff_ticks(cfg.retry_ticks, attempts, cfg.retry_ticks_max)
     net = with_(net, outbox=_outbox_set(net, key, (b, net.now + backoff, attempts + 1)),
                   stats=bump(net.stats, "wire.retry"))
-    dst = host_of_dest(net, b.dest)
     return transmit(net, "batch", src, dst, chan, seq, b)
 
 
@@ -349,6 +371,16 @@ def receive_batch(net: Network, src: str, dst: str, chan: tuple, seq: int,
     return net, evs, got
 
 
+#: A peer host's ``down_until``: it is never up in this network (:func:`add_peer_host`).
+PEER_DOWN_UNTIL = 1 << 62
+
+
+def _is_peer(h: HostRecord) -> bool:
+    """Whether ``h`` is a host reached over a real wire (never one the simulator crashed,
+    whose ``down_until`` is a time)."""
+    return not h.up and h.down_until >= PEER_DOWN_UNTIL
+
+
 def add_peer_host(net: Network, name: str, address: bytes) -> Network:
     """Name another host this network reaches over a real wire (a host's peer).
 
@@ -364,7 +396,7 @@ def add_peer_host(net: Network, name: str, address: bytes) -> Network:
         raise UsageError(f"a peer host needs a new name starting with '~', not {name!r}")
     if type(address) is not bytes or len(address) != 32:
         raise UsageError("a peer host's address is 32 bytes")
-    far = HostRecord(name, address, up=False, down_until=(1 << 62))
+    far = HostRecord(name, address, up=False, down_until=PEER_DOWN_UNTIL)
     return with_(net, hosts=net.hosts._set_plain(name, far))
 
 

@@ -50,6 +50,7 @@ from ..core.codec import decode
 from ..core.errors import AvmError, UnknownName, UsageError
 from ..core.netvalue import who
 from .api import REPLIES, AskFailed, Host, MachineInfo
+from .http_state import MachineLister, MachineSort, MachineStatus
 from .literal import parse_value, to_json, to_text
 from .metrics import event, render
 from .store import StoreError
@@ -161,6 +162,9 @@ class MachineOut(BaseModel):
 
 class MachinesOut(BaseModel):
     machines: list[MachineOut]
+    matched: int = Field(description="Machines that pass the filters (all pages).")
+    total: int = Field(description="Machines named with the prefix (or all of them).")
+    offset: int
 
 
 class StateOut(BaseModel):
@@ -271,21 +275,11 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
 
     @app.exception_handler(AvmError)
     async def _avm_error(request: Request, e: AvmError) -> JSONResponse:
-        if isinstance(e, UnknownName):
-            status, text = 404, str(e.args[0]) if e.args else "unknown name"
-        elif isinstance(e, StoreError):
-            status, text = 503, str(e)
-        elif isinstance(e, AskFailed):
-            status, text = 422, str(e)
-        else:
-            status, text = 400, str(e)
-        return JSONResponse({"error": type(e).__name__, "detail": text}, status)
+        return _error_response(e)
 
     @app.exception_handler(OverflowError)
     async def _overflow(request: Request, e: OverflowError) -> JSONResponse:
-        # a number too large for the store (SQLite's 64-bit integers): bad input
-        return JSONResponse({"error": "OverflowError", "detail": f"a number is out of "
-                             f"range: {e}"}, 400)
+        return _error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -297,33 +291,39 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
 
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, e: TimeoutError) -> JSONResponse:
-        return JSONResponse({"error": "TimeoutError", "detail": "no answer in time: ask again "
-                             "with a longer timeout, or read the machine's failures"}, 504)
+        return _error_response(e)
 
     names = _namer(host)
     rd, ad = [Depends(reader)], [Depends(admin)]
 
-    def _info(m: Any, per: dict[str, tuple[int, int]], depth: dict[str, int]) -> dict:
-        n, f = per.get(m.name, (0, 0))
-        return {"name": m.name, "address": m.address.hex(), "behavior": m.behavior,
-                "status": m.status, "keyver": m.keyver, "batches": n, "failures": f,
-                "queued": depth.get(m.name, 0)}
+    lister = MachineLister(host)
+    lister.names()  # sorted now, not when the first page is asked for
 
     @app.get("/machines", response_model=MachinesOut, dependencies=rd, tags=["machines"])
     async def machines(prefix: Annotated[str, Query(description="only names starting so")] = "",
                        limit: Annotated[int, Query(ge=1, le=MACHINES_LIMIT_MAX)] = 1000,
+                       offset: Annotated[int, Query(ge=0, le=1 << 62,
+                                                    description="skip this many (paging)")] = 0,
+                       match: Annotated[str, Query(max_length=200, description=
+                                                   "only names or behaviors containing this "
+                                                   "(any case), or of this status")] = "",
+                       status: Annotated[MachineStatus | None, Query(description=
+                                                                      "only these")] = None,
+                       sort: Annotated[MachineSort, Query(description="the order")] = "name",
+                       desc: Annotated[bool, Query(description="largest first")] = False,
                        ) -> JSONResponse:
-        """The machines (by name; at most ``limit``) with their statistics since the host
-        started."""
-        per, depth = host.machine_stats(), _depths(host)
-        rows = host.machines(prefix, limit)
-        return JSONResponse({"machines": [_info(m, per, depth) for m in rows]})
+        """The machines with their statistics since the host started: filtered, sorted
+        and paged here (``offset``, at most ``limit``), so a host of 100,000 machines
+        answers a page, not all of them. ``matched``: how many passed the filters."""
+        rows, matched, total = lister.page(prefix, match, status, sort, desc, offset, limit)
+        return JSONResponse({"machines": rows, "matched": matched, "total": total,
+                             "offset": offset})
 
     @app.get("/machines/{name}", response_model=MachineOut, dependencies=rd, tags=["machines"],
              responses={404: {"model": ErrorOut}})
     async def machine(name: str) -> JSONResponse:
         """One machine."""
-        return JSONResponse(_info(_one(host, name), host.machine_stats(), _depths(host)))
+        return JSONResponse(lister.info(_one(host, name)))
 
     @app.get("/machines/{name}/state", response_model=StateOut, dependencies=rd,
              tags=["machines"], responses={404: {"model": ErrorOut}})
@@ -369,13 +369,21 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
                                             504: {"model": ErrorOut}})
     async def ask(name: str, body: AskIn) -> JSONResponse:
         """Send a request with a reply capability appended; answer with the first reply."""
-        cap = _target(name, body.context)
-        content = parse_value(body.content, _mint)
+        return await _ask(name, body.content, body.context, body.timeout, body.client)
+
+    async def _ask(name: str, content_text: str, context_text: str, timeout: float,
+                   client: str) -> JSONResponse:
+        # The route's body, shared with the lean path (_FastAsk): one way to ask.
+        cap = _target(name, context_text)
+        content = parse_value(content_text, _mint)
         if type(content) not in (tuple, str):
             raise UsageError('ask takes a tuple or a str, e.g. "get" or ("get",): the reply '
                              'capability is appended')
-        v = await host.ask(cap, content, timeout=body.timeout, client=body.client)
+        v = await host.ask(cap, content, timeout=timeout, client=client)
         return JSONResponse({"name": name, "answer": to_json(v, names), "text": to_text(v)})
+
+    app.state.ask = _ask
+    app.state.admin_token = admin_b
 
     def _control(action: str, doc: str) -> None:
         async def route(name: str) -> JSONResponse:
@@ -404,7 +412,7 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
                              "sender": who(host._rt.net, e.chan[0]), "ok": e.ok, "steps": e.steps,
                              "rule": getattr(f, "rule", None) if f is not None else None,
                              "detail": str(f) if f is not None else None,
-                             "queued": _depths(host).get(name, 0)})
+                             "queued": lister.info(_one(host, name))["queued"]})
 
     @app.post("/machines/{name}/restart", response_model=ControlOut, dependencies=ad,
               tags=["control"], responses={404: {"model": ErrorOut}})
@@ -431,6 +439,9 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_dict import add_dictionary_routes
 
     add_dictionary_routes(app, host, rd, ad)
+    from .http_move import add_move_routes  # moving a machine to a peer host (admin)
+
+    add_move_routes(app, host, ad)
     from .http_peek import add_peek_routes  # the peek route (admin: it runs code)
 
     add_peek_routes(app, host, rd, ad, names)
@@ -452,6 +463,124 @@ _BEARER = HTTPBearer(auto_error=False, description="The read token (GET routes) 
                      "token (any route), from the host's token file.")
 # At module level: FastAPI resolves the (string) annotations of routes in their globals.
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+def _error_response(e: BaseException) -> JSONResponse:
+    """The answer to an error of a route (the exception handlers' and _FastAsk's)."""
+    if isinstance(e, TimeoutError):
+        return JSONResponse({"error": "TimeoutError", "detail": "no answer in time: ask again "
+                             "with a longer timeout, or read the machine's failures"}, 504)
+    if isinstance(e, OverflowError):
+        # a number too large for the store (SQLite's 64-bit integers): bad input
+        return JSONResponse({"error": "OverflowError", "detail": f"a number is out of "
+                             f"range: {e}"}, 400)
+    if isinstance(e, UnknownName):
+        status, text = 404, str(e.args[0]) if e.args else "unknown name"
+    elif isinstance(e, StoreError):
+        status, text = 503, str(e)
+    elif isinstance(e, AskFailed):
+        status, text = 422, str(e)
+    else:
+        status, text = 400, str(e)
+    return JSONResponse({"error": type(e).__name__, "detail": text}, status)
+
+
+#: The largest body the lean ask path reads itself; a larger one goes to FastAPI.
+FAST_ASK_BODY_BYTES_MAX = 64 * 1024
+_ASK_FIELDS = frozenset({"content", "context", "client", "timeout"})
+
+
+class _FastAsk:
+    """``POST /machines/{name}/ask`` without FastAPI's machinery; everything else, and
+    any ask this path does not take exactly, goes to the FastAPI application.
+
+    Why: FastAPI's middleware, dependency solving and body model cost about as much per
+    request as the ask itself (half of a round trip over one connection). This path
+    takes only requests the documented route would take the same way (the admin token
+    exactly, a JSON body whose fields have exactly the schema's types), then runs the
+    route's own body (``app.state.ask``) and answers errors as the route's handlers do.
+    Anything else (no token, the read token, a field FastAPI would coerce or refuse, a
+    large body) is handed to FastAPI with the body read so far, and gets FastAPI's
+    answer (401, 403, 422, ...). The route stays in ``/openapi.json``: it is the same
+    route, with the same schema; this only answers it sooner.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.ask = app.state.ask
+        self.bearer = b"bearer " + app.state.admin_token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if not (path.startswith("/machines/") and path.endswith("/ask")):
+            return await self.app(scope, receive, send)
+        name = path[len("/machines/"):-len("/ask")]
+        auth = ctype = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+            elif k == b"content-type":
+                ctype = v
+        ok = (name and "/" not in name and ctype == b"application/json" and auth is not None
+              and len(auth) == len(self.bearer)
+              and hmac.compare_digest(auth[:7].lower() + auth[7:], self.bearer))
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while ok and more:
+            m = await receive()
+            if m["type"] != "http.request":  # the client went away
+                return await self.app(scope, _replay(chunks, True, m, receive), send)
+            chunk = m.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = m.get("more_body", False)
+            ok = size <= FAST_ASK_BODY_BYTES_MAX
+        args = _ask_args(b"".join(chunks)) if ok else None
+        if args is None:
+            return await self.app(scope, _replay(chunks, more, None, receive), send)
+        try:
+            r = await self.ask(name, *args)
+        except (AvmError, TimeoutError, OverflowError) as e:
+            r = _error_response(e)
+        await r(scope, receive, send)
+
+
+def _ask_args(body: bytes) -> tuple | None:
+    """(content, context, timeout, client) if the body is exactly the schema's, else None."""
+    try:
+        d = json.loads(body)
+    except ValueError:
+        return None
+    if type(d) is not dict or not d.keys() <= _ASK_FIELDS:
+        return None
+    content = d.get("content")
+    context = d.get("context", "None")
+    client = d.get("client", "http")
+    timeout = d.get("timeout", 30.0)
+    if type(content) is not str or type(context) is not str or type(client) is not str:
+        return None
+    if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+        return None
+    return content, context, float(timeout), client
+
+
+def _replay(chunks: list[bytes], more: bool, last: dict | None, receive: Any) -> Any:
+    """A ``receive`` that gives what was read already (then ``last``), then reads on."""
+    if not chunks and last is None:
+        return receive
+    queue: list[dict] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
+    if last is not None:
+        queue.append(last)
+
+    async def again() -> dict:
+        if queue:
+            return queue.pop(0)
+        return await receive()
+
+    return again
 
 
 class _Denied(Exception):
@@ -476,16 +605,6 @@ def _status(host: Host, name: str) -> str:
         return host.record(name).status if name in host.network.names else "destroyed"
     except UnknownName:
         return "destroyed"
-
-
-def _depths(host: Host) -> dict[str, int]:
-    net = host._rt.net
-    out: dict[str, int] = {}
-    for chan, _seq in net.pending.keys():
-        m = net.machines.get(chan[1]) if type(chan[1]) is bytes else None
-        if m is not None:
-            out[m.name] = out.get(m.name, 0) + 1
-    return out
 
 
 def _namer(host: Host) -> Any:
@@ -592,7 +711,7 @@ class HttpApi:
         port = sock.getsockname()[1]
         shown = f"[{h}]" if family == socket.AF_INET6 else h
         self.url = f"http://{shown}:{port}"
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
+        config = uvicorn.Config(_FastAsk(self.app), log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)
         self._server = _Server(config)
         self._task = asyncio.get_running_loop().create_task(

@@ -131,7 +131,8 @@ class Feed:
         self._unlisted = 0
         self._edges: dict[tuple[str, str], list[int]] = {}
         self._interval = [0, 0, 0]  # batches, failures, drops since the last counters
-        self._known: dict[bytes, tuple[str, str]] = {}  # address -> (status, behavior)
+        self._known: dict[bytes, tuple[str, str] | None] = {}  # address -> (status, behavior)
+        self._base: Any = {}  # the raw machine map when listening began
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._replies = host._replies_addr
@@ -156,7 +157,10 @@ class Feed:
         self._pending, self._edges, self._interval = [], {}, [0, 0, 0]
         self._listed = self._failures_listed = self._unlisted = 0
         net = self.rt.net
-        self._known = {a: (m.status, m.behavior) for a, m in net.machines.items()}
+        # What each machine was when listening began, read only for machines that
+        # change (a copy of 100,000 rows would hold the first listener up for a second).
+        self._known = {}
+        self._base = net.machines._m
         self.rt.subscribers.append(self._on_events)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="avm-events")
 
@@ -240,10 +244,14 @@ class Feed:
 
     def _machine_changed(self, addr: bytes, net: Any) -> None:
         m = net.machines.get(addr)
-        before = self._known.get(addr)
+        if addr in self._known:
+            before = self._known[addr]
+        else:
+            was = self._base.get(addr)
+            before = (was.status, was.behavior) if was is not None else None
         if m is None:
             if before is not None:
-                del self._known[addr]
+                self._known[addr] = None
                 self._pending.append(("machine", {"machine": None, "address": addr.hex(),
                                                   "change": "destroyed", "status": "destroyed"}))
             return

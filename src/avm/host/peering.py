@@ -23,6 +23,11 @@ value; this module only carries it between two processes:
   replayed frame, on this link or a later one, applies nothing.
 * **Acks** go into the network through :func:`~avm.core.delivery.receive_ack`, which
   removes the batches from the outbox (committed like any change).
+* **Machines that moved** (:mod:`avm.host.migrate`): a batch for an address the network
+  routes to another peer is relayed there under its number
+  (:func:`~avm.host.migrate.relay_batch`), and acknowledged to its sender only once that
+  peer acknowledged it; batches to a machine being moved are not acknowledged until the
+  move is decided. The move channel's images and their answers go to the ``mover``.
 
 Not yet carried: feedback statuses and returned values of batches that fail at the
 peer (they are sent back as batches of their own only when the peer knows the sender's
@@ -41,8 +46,18 @@ from typing import Any
 from ..core.delivery import add_peer_host, add_remote, receive_ack, receive_batch
 from ..core.netvalue import Batch as CoreBatch
 from ..core.netvalue import Network, events
-from ..wire import Acked, Batch, BatchReceived, DuplicateBatch, GapRequested, WireError
+from ..wire import (
+    Acked,
+    Batch,
+    BatchReceived,
+    DuplicateBatch,
+    GapRequested,
+    HelloReceived,
+    Rejected,
+    WireError,
+)
 from ..wire.transport import Dialer, HostIdentity, Link, Transport, TransportConfig
+from .migrate import is_move_channel, relay_batch
 from .runtime import Runtime
 from .store import Dirty
 
@@ -59,6 +74,17 @@ class _Peer:
     asked: set = field(default_factory=set)  # (chan, seq) the peer asked for again
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    link: Link | None = None  # the link ``due`` refers to (a new one is sent everything)
+
+
+@dataclass
+class _Acks:
+    """What one link owes its peer: the channels with batches handed out since the last
+    acks were written, and the task that acks them once they are committed."""
+
+    chans: set = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
 
 
 class Peering:
@@ -72,8 +98,14 @@ class Peering:
         self.transport = Transport(identity, self._on_events, config, self._committed_seq)
         self.peers: dict[str, _Peer] = {}
         self._by_address: dict[bytes, str] = {}
+        self._acks: dict[Link, _Acks] = {}
         self.counts: dict[str, int] = {"sent": 0, "received": 0, "acks_sent": 0,
-                                       "acks_received": 0, "duplicates": 0}
+                                       "acks_received": 0, "duplicates": 0,
+                                       "resent": 0, "full_scans": 0, "writes": 0,
+                                       "relayed": 0}
+        #: the host's avm.host.migrate.Mover, once made: it takes the move channels, and
+        #: says how far batches to a moving or moved machine may be acknowledged
+        self.mover: Any = None
         runtime.subscribers.append(self._on_step)
 
     # -- set-up -----------------------------------------------------------------------
@@ -101,11 +133,14 @@ class Peering:
             self.rt.apply(lambda net: (add_remote(net, address, core), []), Dirty(heads={address}))
 
     async def close(self) -> None:
-        for p in self.peers.values():
-            if p.task is not None:
-                p.task.cancel()
+        tasks = [p.task for p in self.peers.values()] + [a.task for a in self._acks.values()]
+        for t in tasks:
+            if t is not None:
+                t.cancel()
                 with contextlib.suppress(BaseException):
-                    await p.task
+                    await t
+        self._acks.clear()
+        for p in self.peers.values():
             if p.dialer is not None:
                 await p.dialer.close()
         await self.transport.close()
@@ -120,40 +155,80 @@ class Peering:
                     p.wake.set()
 
     async def _carry(self, p: _Peer) -> None:
+        """Send the peer what its link lacks, as it is committed.
+
+        Incremental: each wake sends the transmissions the core made since the last one
+        (``p.due``, noted as the steps ran), so a wake costs what is new, not the size of
+        the outbox. A link this loop has not sent on yet (the first, or one made after a
+        break) is sent every batch of the committed outbox for the peer, in order per
+        channel: that is the retransmission over TCP, which delivers what it accepted
+        in order or breaks the link. The core's retry timer only wakes this loop.
+        """
         while True:
             await p.wake.wait()
             p.wake.clear()
             if p.dialer is None:
                 links = self.transport.links.get(p.address)
-                link = next(iter(links)) if links else None
+                link = next((k for k in links if not k.closed.is_set()), None) if links else None
                 if link is None:
-                    continue  # it will dial us; our retries come back here meanwhile
+                    continue  # it will dial us (its hello wakes this loop)
             else:
-                link = await p.dialer.link()
-            net = await self.rt.durable()  # only what is committed leaves
-            p.due.clear()
+                try:
+                    link = await p.dialer.link()
+                except WireError:
+                    return  # the dialer is closed
+            # Taken before the commit is awaited: every number noted so far is in the
+            # snapshot that durable() returns (or already acked and gone from it).
+            due, p.due = p.due, set()
             asked, p.asked = p.asked, set()
-            # The committed outbox is the truth: every batch of it for this peer, in order
-            # per channel, that is not on this link yet (or that the peer asked for again).
-            # A batch already on the link is not sent again: TCP delivers it and the
-            # receiver acks it once committed; the core's retry timer (made for lossy
-            # links) only wakes this loop, and re-sending happens on a new link.
-            todo = sorted((k for k, (b, _, _) in net.outbox.items()
-                           if net.remote.get(b.dest) == p.name),
-                          key=lambda k: (repr(k[0]), k[1]))
+            net = await self.rt.durable()  # only what is committed leaves
+            if link is not p.link:
+                p.link = link
+                self.counts["full_scans"] += 1
+                todo = [k for k, (b, _, _) in net.outbox.items()
+                        if net.remote.get(b.dest) == p.name]
+            else:
+                todo = [k for k in due | asked if k in net.outbox]
+            todo.sort(key=lambda k: (repr(k[0]), k[1]))
             try:
-                for chan, seq in todo:
-                    if seq <= link.conn.sent(chan) and (chan, seq) not in asked:
-                        continue
-                    b = net.outbox[(chan, seq)][0]
-                    frame = Batch(b.sender, b.dest, seq, tuple(b.ts), float(b.priority),
-                                  b.messages, b.notify, bool(b.abandoned))
-                    if seq > link.conn.sent(chan):  # a new number needs room in the window
-                        await link.wait_for_room()
-                    await link.send(frame)
-                    self.counts["sent"] += 1
+                await self._send_all(p, link, net, todo, asked)
             except WireError:
-                pass  # the link broke: the core's next retry wakes this loop again
+                # The link broke: the next link is sent everything (the dialer reconnects
+                # with back-off; an accepted link wakes us with its hello).
+                if p.dialer is not None:
+                    p.wake.set()
+
+    async def _send_all(self, p: _Peer, link: Link, net: Network, todo: list, asked: set) -> None:
+        """Write ``todo`` on ``link``, coalesced: as many frames per write as the window
+        allows, then wait for acks to open it again."""
+        conn = link.conn
+        out: list[bytes] = []
+        for key in todo:
+            chan, seq = key
+            sent = conn.sent(chan)
+            if seq <= sent and key not in asked:
+                continue  # on this link already: TCP delivers it
+            entry = net.outbox.get(key)
+            if entry is None:
+                continue
+            b = entry[0]
+            frame = Batch(b.sender, b.dest, seq, tuple(b.ts), float(b.priority),
+                          b.messages, b.notify, bool(b.abandoned))
+            if seq > sent and not conn.can_send():  # a new number needs room in the window
+                if out:
+                    await link.write_frames(out)
+                    self.counts["writes"] += 1
+                    out = []
+                await link.wait_for_room()
+                if conn.sent(chan) >= seq and key not in asked:
+                    continue
+            out.append(conn.send(frame))
+            self.counts["sent"] += 1
+            if seq <= sent:
+                self.counts["resent"] += 1
+        if out:
+            await link.write_frames(out)
+            self.counts["writes"] += 1
 
     # -- receiving --------------------------------------------------------------------
     def _committed_seq(self, peer: bytes, chan: tuple) -> int:
@@ -166,34 +241,105 @@ class Peering:
                 await link.close("identity", "not a peer of this host")
             return
         touched: set = set()
+        relayed: set = set()
+        mover = self.mover
         for e in evs:
-            if isinstance(e, BatchReceived):
+            t = type(e)
+            if t is BatchReceived:
                 f = e.batch
+                if mover is not None and is_move_channel(f.channel):
+                    await mover.on_image(link, peer, f)  # acks or refuses it itself
+                    continue
                 b = CoreBatch(sender=f.sender, dest=f.receiver, seq=f.seq, ts=f.ts,
                               priority=f.priority, messages=f.messages, notify=f.notify,
                               abandoned=f.tomb)
-                self.rt.apply(_receive_act(peer, self.rt.host, b))
+                if f.receiver in self.rt.net.remote._m:
+                    # a machine that moved away: relayed under its number (avm.host.migrate)
+                    self.rt.apply(_relay_act(self.rt.host, b), Dirty(heads={f.channel}))
+                    self.counts["relayed"] += 1
+                else:
+                    self.rt.apply(_receive_act(peer, self.rt.host, b))
                 touched.add(f.channel)
                 self.counts["received"] += 1
-            elif isinstance(e, DuplicateBatch):
+            elif t is DuplicateBatch:
                 self.counts["duplicates"] += 1
                 touched.add(e.channel)
-            elif isinstance(e, Acked):
+            elif t is Acked:
                 self.counts["acks_received"] += 1
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
+                    continue
                 self.rt.apply(_ack_act(e.channel, e.upto), Dirty(heads={e.channel}))
-            elif isinstance(e, GapRequested):
+                if e.channel[1] in self.rt.net.remote._m and mover is not None:
+                    relayed.add(e.channel)  # its sender's ack was held for this one
+            elif t is Rejected:
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
+            elif t is GapRequested:
                 p = self.peers[peer]
                 gap = {(e.channel, s) for s in range(e.first, min(e.last, e.first + 1024) + 1)}
                 p.due |= gap
                 p.asked |= gap
                 p.wake.set()
+            elif t is HelloReceived:
+                hp = self.peers.get(peer)
+                if hp is not None and hp.dialer is None:
+                    hp.wake.set()  # a new link from the peer: it is sent what it lacks
         if touched:
-            net = await self.rt.durable()  # the ack says "committed"
-            for chan in touched:
-                upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
-                if upto >= link.conn.committed(chan):
-                    await link.ack(chan[0], chan[1], upto)
-                    self.counts["acks_sent"] += 1
+            # Acked once committed, by the link's ack task: this read loop goes on
+            # reading (and applying) meanwhile, and the acks of everything handed out
+            # during one commit go out together, one per channel, in one write.
+            a = self._acks.get(link)
+            if a is None:
+                a = self._acks[link] = _Acks()
+                a.task = asyncio.ensure_future(self._ack_loop(link, a))
+            a.chans |= touched
+            a.wake.set()
+        if relayed:
+            await self.ack_channels(relayed)
+
+    async def ack_channels(self, chans: set) -> None:
+        """Acknowledge ``chans`` on every link as far as committed and allowed: the acks
+        a moving or moved machine's batches waited for (avm.host.migrate)."""
+        if not chans:
+            return
+        net = await self.rt.durable()
+        mover = self.mover
+        for links in list(self.transport.links.values()):
+            for link in list(links):
+                for chan in chans:
+                    upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
+                    if mover is not None:
+                        upto = mover.ack_floor(net, chan, upto)
+                    if upto > link.conn.committed(chan):
+                        with contextlib.suppress(WireError):
+                            await link.ack(chan[0], chan[1], upto)
+                            self.counts["acks_sent"] += 1
+
+    async def _ack_loop(self, link: Link, a: _Acks) -> None:
+        """Ack what ``link`` handed out, only after the commit that holds it."""
+        try:
+            while not link.closed.is_set():
+                await a.wake.wait()
+                a.wake.clear()
+                chans, a.chans = a.chans, set()
+                net = await self.rt.durable()  # the ack says "committed"
+                conn = link.conn
+                out: list[bytes] = []
+                for chan in sorted(chans, key=repr):
+                    upto = min(net.received.get(chan, 0), conn.handed_out(chan))
+                    if self.mover is not None:
+                        upto = self.mover.ack_floor(net, chan, upto)
+                    if upto >= conn.committed(chan):
+                        out.append(conn.ack(chan[0], chan[1], upto))
+                        self.counts["acks_sent"] += 1
+                if out:
+                    await link.write_frames(out)
+        except WireError:
+            pass  # the link broke: the sender resends on its next link, acked there
+        finally:
+            if self._acks.get(link) is a:
+                del self._acks[link]
 
 
 def _core_name(name: str) -> str:
@@ -205,6 +351,12 @@ def _receive_act(peer: str, me: str, b: CoreBatch) -> Callable[[Network], tuple[
     def act(net: Network) -> tuple[Network, list]:
         net, evs, _ = receive_batch(net, peer, me, (b.sender, b.dest), b.seq, b)
         return net, evs
+    return act
+
+
+def _relay_act(me: str, b: CoreBatch) -> Callable[[Network], tuple[Network, list]]:
+    def act(net: Network) -> tuple[Network, list]:
+        return relay_batch(net, me, b)
     return act
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.codec import decode, encode
+from ..core.codec import DEFAULT_LIMITS, Limits, _count_items, decode, encode
 from ..core.conserve import strip
 from ..core.errors import AvmError
 from ..core.network import Batch, Config, MachineRecord, Network, events
@@ -86,6 +86,11 @@ REPLAY_PER_MACHINE_MAX = 32
 REPLAY_ROWS_MAX = 10_000
 #: Operators' state edits kept in the audit table.
 AUDIT_ROWS_MAX = 100_000
+#: Machines whose committed state encodings the writer remembers, and their bytes in all
+#: (a machine's state above ENCODED_ONE_BYTES_MAX is encoded afresh at every commit).
+ENCODED_MAX = 10_000
+ENCODED_BYTES_MAX = 16 * 1024 * 1024
+ENCODED_ONE_BYTES_MAX = 64 * 1024
 KEY_FILE_SUFFIX = ".keys"
 DOMAIN_KEY = "domain:"
 KEY_FILE_MODE = 0o600
@@ -186,6 +191,11 @@ class Dirty:
     #: machine made by a spawner -> the machine that asked for it (its trust domain
     #: follows; see Runtime._adopt). Nothing to write by itself.
     parents: dict = field(default_factory=dict)
+    #: (chan, seq) of the batches created since this Dirty began. None of them has a row
+    #: yet (a Dirty is written once, whole): one that is gone again from the snapshot
+    #: being written has nothing to delete, so a batch made and run between two commits
+    #: costs the queue table nothing.
+    born: set = field(default_factory=set)
     everything: bool = False
 
     def merge(self, other: Dirty) -> None:
@@ -203,6 +213,7 @@ class Dirty:
         self.replay += other.replay
         self.audit += other.audit
         self.parents.update(other.parents)
+        self.born |= other.born
         self.everything = self.everything or other.everything
 
     def __bool__(self) -> bool:
@@ -246,7 +257,9 @@ def dirty_from_events(evs: Iterable[Any], dirty: Dirty) -> None:
             dirty.history.append((e.at, chan, e.seq, dest, e.ok, e.steps, e.read_only))
         elif t is events.Created:
             chan = e.chan
-            dirty.pending.add((chan, e.seq))
+            k = (chan, e.seq)
+            dirty.pending.add(k)
+            dirty.born.add(k)
             dirty.sent.add(chan)
             dirty.heads.add(chan)
         elif t is events.Dropped:
@@ -311,6 +324,67 @@ def _header(net: Network) -> bytes:
     return encode(replace_fields(net, secret=b"", **{f: empty for f in _ROW_FIELDS}))
 
 
+class _HeaderCache:
+    """The header of each commit, built from its fields' encodings, each field encoded
+    again only when it is another object than at the last commit.
+
+    Why: the header is written at every commit, and most of its fields (the
+    configuration, the wire, the timers, the spawners) do not change between commits;
+    encoding it whole took a third of a millisecond, a share of every ``ask``'s commit.
+    A record's canonical encoding is its tag, an array head, and its items' own
+    canonical encodings one after another (what _upgrade_header relies on too), so the
+    parts can be joined. Each field is encoded with two levels less room for nesting
+    (the record's tag and array), the whole is held to the size and item limits, so
+    what this gives is what ``encode`` would give, or the same refusal
+    (tests/test_host_store.py loads every commit back byte for byte).
+    """
+
+    _LIMITS = Limits(depth_max=DEFAULT_LIMITS.depth_max - 2)
+
+    def __init__(self) -> None:
+        self.names = record_fields(Network)
+        self.parts: dict[str, tuple[Any, bytes]] = {}
+        d = _DEFAULT_NET
+        whole = encode(d)
+        fields = [self._part(f, self._value(d, f)) for f in self.names]
+        head = _NET_PREFIX + bytes((0x98, len(self.names) + 1))
+        tail = b"".join(fields)
+        name = whole[len(head):len(whole) - len(tail)]
+        self.head = head + name
+        #: the joined encoding is the canonical one (else every header is encoded whole)
+        self.ok = (len(self.names) + 1 < 256 and whole.startswith(head)
+                   and whole.endswith(tail) and self.head + tail == whole)
+
+    @staticmethod
+    def _value(net: Network, f: str) -> Any:
+        if f == "secret":
+            return b""
+        if f in _ROW_FIELDS:
+            return _EMPTY_MAP
+        return getattr(net, f)
+
+    def _part(self, f: str, v: Any) -> bytes:
+        got = self.parts.get(f)
+        if got is not None and got[0] is v:
+            return got[1]
+        b = encode(v, self._LIMITS)
+        self.parts[f] = (v, b)
+        return b
+
+    def __call__(self, net: Network) -> bytes:
+        if not self.ok:
+            return _header(net)
+        blob = self.head + b"".join([self._part(f, self._value(net, f)) for f in self.names])
+        if len(blob) > DEFAULT_LIMITS.bytes_max or (
+                len(blob) > DEFAULT_LIMITS.items_max
+                and _count_items(blob) > DEFAULT_LIMITS.items_max):
+            return _header(net)  # raises what encode raises
+        return blob
+
+
+_EMPTY_MAP = Map()
+
+
 class Store:
     """One host's store: a main SQLite file and its key file (or nothing, in memory).
 
@@ -336,6 +410,11 @@ class Store:
         self._keys: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None  # readers for machines loaded on demand
         self._rkeys: sqlite3.Connection | None = None
+        #: address -> (state, signal, encoded state, encoded signal) as last committed
+        #: (the writer thread's; see _remember)
+        self._encoded: dict[bytes, tuple] = {}
+        self._encoded_bytes = 0
+        self._header = _HeaderCache()
         if self.path is not None:
             self._open()
 
@@ -587,7 +666,9 @@ class Store:
             self.commits += 1
             return
         try:
-            rows = _Rows(net, dirty)  # encode (and check) everything before writing
+            # encode (and check) everything before writing
+            rows = _Rows(net, dirty, {} if dirty.everything else self._encoded,
+                         self._header)
         except AvmError as e:
             raise StoreError(f"refusing to commit: {e}") from e
         db, kdb = self._db, self._keys
@@ -596,7 +677,7 @@ class Store:
                 with kdb:  # before the main commit: a crash leaves a spare key, never a gap
                     if rows.secret is not None:
                         kdb.execute("INSERT OR REPLACE INTO secret VALUES (0, ?)", (rows.secret,))
-                    kdb.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", rows.keys)
+                    _many(kdb, "INSERT OR REPLACE INTO keys VALUES", rows.keys)
                 if self.fault is not None:
                     self.fault("keys")
             with db:
@@ -604,18 +685,17 @@ class Store:
                     for table in ("machines", "queue", "applied", "sent", "random_n"):
                         db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('header', ?)", (rows.header,))
-                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                               [(DOMAIN_KEY + a.hex(), d) for a, d in dirty.domains.items()])
-                db.executemany("INSERT OR REPLACE INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               rows.machines)
-                db.executemany("DELETE FROM machines WHERE address = ?", rows.machines_gone)
-                db.executemany("INSERT OR REPLACE INTO queue VALUES (?, ?, ?)", rows.queue)
-                db.executemany("DELETE FROM queue WHERE chan = ? AND seq = ?", rows.queue_gone)
-                db.executemany("DELETE FROM queue WHERE chan = ?", rows.chans_gone)
-                db.executemany("INSERT OR REPLACE INTO queue VALUES (?, ?, ?)", rows.chan_rows)
-                db.executemany("INSERT OR REPLACE INTO applied VALUES (?, ?)", rows.applied)
-                db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?)", rows.sent)
-                db.executemany("INSERT OR REPLACE INTO random_n VALUES (?, ?)", rows.random)
+                _many(db, "INSERT OR REPLACE INTO meta VALUES",
+                      [(DOMAIN_KEY + a.hex(), d) for a, d in dirty.domains.items()])
+                _many(db, "INSERT OR REPLACE INTO machines VALUES", rows.machines)
+                _many(db, "DELETE FROM machines WHERE address IN (VALUES", rows.machines_gone, ")")
+                _many(db, "INSERT OR REPLACE INTO queue VALUES", rows.queue)
+                _many(db, "DELETE FROM queue WHERE (chan, seq) IN (VALUES", rows.queue_gone, ")")
+                _many(db, "DELETE FROM queue WHERE chan IN (VALUES", rows.chans_gone, ")")
+                _many(db, "INSERT OR REPLACE INTO queue VALUES", rows.chan_rows)
+                _many(db, "INSERT OR REPLACE INTO applied VALUES", rows.applied)
+                _many(db, "INSERT OR REPLACE INTO sent VALUES", rows.sent)
+                _many(db, "INSERT OR REPLACE INTO random_n VALUES", rows.random)
                 _append_log(db, "failures", "(at, chan, seq, dest, rule, detail)", rows.failures,
                             LOG_ROWS_MAX)
                 _append_log(db, "drops", "(at, chan, seq, dest, reason)", rows.drops, LOG_ROWS_MAX)
@@ -628,10 +708,29 @@ class Store:
                 self.fault("commit")
             if rows.keys_gone:  # after the main commit: the machine is gone first
                 with kdb:
-                    kdb.executemany("DELETE FROM keys WHERE address = ?", rows.keys_gone)
+                    _many(kdb, "DELETE FROM keys WHERE address IN (VALUES", rows.keys_gone, ")")
         except sqlite3.Error as e:
             raise StoreError(f"commit failed: {e}") from e
         self.commits += 1
+        self._remember(rows)
+
+    def _remember(self, rows: _Rows) -> None:
+        """Keep the committed encodings of the machines just written (ENCODED_MAX of
+        them, ENCODED_BYTES_MAX in all): a machine whose next batch leaves its state
+        object as it was (a read-only batch) is written again without encoding it."""
+        enc = self._encoded
+        for (a,) in rows.machines_gone:
+            enc.pop(a, None)
+        if len(enc) + len(rows.encoded) > ENCODED_MAX or self._encoded_bytes > ENCODED_BYTES_MAX:
+            enc.clear()
+            self._encoded_bytes = 0
+        for a, e in rows.encoded.items():
+            if len(e[2]) <= ENCODED_ONE_BYTES_MAX:
+                old = enc.get(a)
+                if old is not None:
+                    self._encoded_bytes -= len(old[2])
+                enc[a] = e
+                self._encoded_bytes += len(e[2])
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -646,15 +745,41 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return db
 
 
+#: Rows per statement of :func:`_many`, largest first: a commit's rows go in statements
+#: of these sizes, so a few statements (each compiled once and cached) carry any count.
+_MANY_ROWS = (256, 32, 4, 1)
+
+
+def _many(db: sqlite3.Connection, head: str, rows: list, tail: str = "") -> None:
+    """``executemany`` of ``head (?, ...) tail`` over ``rows``, many rows per statement.
+
+    Why not ``executemany``: SQLite's module releases the GIL around every row it steps,
+    and the writer thread must then win the GIL back from the event loop, which steps
+    batches without pause: each row waited up to the interpreter's switch interval (5
+    ms), and commits of thousands of rows fell seconds behind. One multi-row statement
+    (``VALUES (...), (...)``) is one step: the same rows, in the same order, one wait.
+    """
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    i = 0
+    n = len(rows)
+    for size in _MANY_ROWS:
+        if n - i < size:
+            continue
+        sql = f"{head} {', '.join([one] * size)}{tail}"
+        while n - i >= size:
+            db.execute(sql, [x for r in rows[i:i + size] for x in r])
+            i += size
+
+
 def _append_log(db: sqlite3.Connection, table: str, cols: str, rows: list, keep: int) -> None:
     if not rows:
         return
-    marks = ", ".join("?" * cols.count(",")) + ", ?"
-    cur = db.executemany(f"INSERT INTO {table} {cols} VALUES ({marks})", rows)  # noqa: S608
+    _many(db, f"INSERT INTO {table} {cols} VALUES", rows)
     last = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]  # noqa: S608
     if last is not None and last > keep:
         db.execute(f"DELETE FROM {table} WHERE id <= ?", (last - keep,))  # noqa: S608
-    del cur
 
 
 def _aux_rows(dirty: Dirty) -> tuple[list, list]:
@@ -690,17 +815,64 @@ def _write_aux(db: sqlite3.Connection, rows: _Rows) -> None:
                        "WHERE dest = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                        (dest, dest, REPLAY_PER_MACHINE_MAX))
     if rows.machines_gone:
-        db.executemany("DELETE FROM replay WHERE dest = ?", rows.machines_gone)
+        _many(db, "DELETE FROM replay WHERE dest IN (VALUES", rows.machines_gone, ")")
     if rows.audit:
         _append_log(db, "audit", "(at, who, machine, act, detail, before, after)", rows.audit,
                     AUDIT_ROWS_MAX)
 
 
+class _Blobs:
+    """The encodings of one commit's channels and addresses, each encoded once.
+
+    A commit names the same few channels and machines in many rows (the history has a
+    row per batch). Only keys made of exact ``bytes`` and ``str`` (an address, or tuples
+    of them: every channel the core makes) are remembered: for those, equal means the
+    same encoding; anything else (a number, where ``1 == 1.0 == True``) is encoded each
+    time.
+    """
+
+    __slots__ = ("memo",)
+
+    def __init__(self) -> None:
+        self.memo: dict = {}
+
+    def __call__(self, v: Any) -> bytes:
+        if not _textual(v):
+            return encode(v)
+        got = self.memo.get(v)
+        if got is None:
+            got = self.memo[v] = encode(v)
+        return got
+
+
+def _textual(v: Any) -> bool:
+    t = type(v)
+    if t is bytes or t is str:
+        return True
+    if t is tuple:
+        for x in v:
+            tx = type(x)
+            if tx is bytes or tx is str:
+                continue
+            if tx is not tuple or not _textual(x):
+                return False
+        return True
+    return False
+
+
+#: States cheap to encode and check afresh (and small ints are shared objects): never
+#: taken from the memo.
+_FLAT_STATES = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 class _Rows:
     """The encoded rows of one commit, built (and checked) before any is written."""
 
-    def __init__(self, net: Network, dirty: Dirty) -> None:
-        self.header = _header(net)
+    def __init__(self, net: Network, dirty: Dirty, memo: dict | None = None,
+                 header: Callable[[Network], bytes] = _header) -> None:
+        if memo is None:
+            memo = {}
+        self.header = header(net)
         self.secret = net.secret if dirty.everything else None
         mach = net.machines
         keys = net.keys
@@ -711,15 +883,27 @@ class _Rows:
         addrs = list(mach) if dirty.everything else dirty.machines
         self.machines: list = []
         self.machines_gone: list = []
+        #: address -> (state, signal, their encodings) of the rows built here, for the
+        #: store's memo once this commit is durable
+        self.encoded: dict = {}
         for a in addrs:
             m = mach.get(a)
             if m is None:
                 self.machines_gone.append((a,))
                 continue
-            state = encode(m.state)
-            decode(state)  # a state that cannot be decoded never commits
+            st, sig = m.state, m.signal
+            e = memo.get(a)
+            if e is not None and e[0] is st and type(st) not in _FLAT_STATES:
+                # The very state object committed before (values are immutable): the
+                # encoding it had, already proven to decode.
+                state = e[2]
+            else:
+                state = encode(st)
+                decode(state)  # a state that cannot be decoded never commits
+            sblob = e[3] if e is not None and e[1] is sig else _blob(sig)
+            self.encoded[a] = (st, sig, state, sblob)
             self.machines.append((a, m.name, m.behavior, m.status, m.keyver, m.host,
-                                  _blob(m.signal), state))
+                                  sblob, state))
         self.keys: list = []
         self.keys_gone: list = []
         for a in (list(keys) if dirty.everything else dirty.keys):
@@ -730,32 +914,37 @@ class _Rows:
                 self.keys.extend((a, v, k) for v, k in vs.items())
         self.queue: list = []
         self.queue_gone: list = []
+        born = dirty.born
+        blob = _Blobs()
         for k in (list(pend) if dirty.everything else dirty.pending):
             b = pend.get(k)
-            chan = _blob(k[0])
             if b is None:
-                self.queue_gone.append((chan, k[1]))
+                if k not in born:  # a batch made since the last commit has no row
+                    self.queue_gone.append((blob(k[0]), k[1]))
             else:
-                self.queue.append((chan, k[1], _blob(b)))
+                self.queue.append((blob(k[0]), k[1], _blob(b)))
         self.chans_gone: list = []
         self.chan_rows: list = []
         for c in () if dirty.everything else dirty.chans:
-            cb = _blob(c)
+            cb = blob(c)
             self.chans_gone.append((cb,))
             q = head.get(c)
             while q is not None and (c, q) in pend:
                 self.chan_rows.append((cb, q, _blob(pend[(c, q)])))
                 q += 1
-        self.applied = [(_blob(c), head[c] - 1)
+        self.applied = [(blob(c), head[c] - 1)
                         for c in (list(head) if dirty.everything else dirty.heads) if c in head]
-        self.sent = [(_blob(c), sent[c])
+        self.sent = [(blob(c), sent[c])
                      for c in (list(sent) if dirty.everything else dirty.sent) if c in sent]
-        self.random = [(_blob(r), rnd[r])
+        self.random = [(blob(r), rnd[r])
                        for r in (list(rnd) if dirty.everything else dirty.random) if r in rnd]
-        self.failures = [(a, _blob(c), s, _blob(d), r, t) for a, c, s, d, r, t in dirty.failures]
-        self.drops = [(a, _blob(c), s, _blob(d), r) for a, c, s, d, r in dirty.drops]
-        self.history = [(a, _blob(c), s, _blob(d), int(o), n, int(r))
-                        for a, c, s, d, o, n, r in dirty.history]
+        self.failures = [(a, blob(c), s, blob(d), r, t) for a, c, s, d, r, t in dirty.failures]
+        self.drops = [(a, blob(c), s, blob(d), r) for a, c, s, d, r in dirty.drops]
+        # Only the newest HISTORY_ROWS_MAX survive the commit's trim: the older ones of a
+        # large group are never written.
+        hist = dirty.history[-HISTORY_ROWS_MAX:]
+        self.history = [(a, blob(c), s, blob(d), int(o), n, int(r))
+                        for a, c, s, d, o, n, r in hist]
         self.replay, self.audit = _aux_rows(dirty)
 
 
@@ -790,6 +979,10 @@ class GroupCommitter:
 
     def submit(self, net: Network, dirty: Dirty) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        # Running from the start, so it cannot be cancelled: a waiter that is cancelled
+        # (asyncio.wrap_future passes its cancellation on) must neither cancel the commit
+        # for the other waiters nor make set_result raise in the writer thread.
+        fut.set_running_or_notify_cancel()
         with self._cond:
             if self.failed is not None:
                 fut.set_exception(self.failed)

@@ -313,6 +313,12 @@ class Link:
             self._shut()
             raise TransportError(f"the stream broke: {type(e).__name__}") from None
 
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Write frames already made by the session (``conn.send``, ``conn.ack``) in one
+        write and one wait for the socket to drain: the coalesced form of :meth:`send`,
+        for a sender with many frames ready at once."""
+        await self._write(b"".join(frames))
+
     async def send(self, frame: Frame) -> None:
         """Send ``frame`` (LocalProtocolError if the session does not allow it now)."""
         await self._write(self.conn.send(frame))

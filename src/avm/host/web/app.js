@@ -3,7 +3,7 @@
 // nothing is fetched from anywhere else.
 
 import { api, post, q, readEvents, setToken, token, ApiError } from "./api.js";
-import { renderTree } from "./tree.js";
+import { renderLazyTree, PAGE } from "./tree.js";
 import { editor, renderDiff, escapeHtml } from "./code.js";
 import { Traffic, drawNetwork, sparkline } from "./graph.js";
 
@@ -15,6 +15,8 @@ const S = {
   view: "machines",
   features: { peek: false, step: false, stateEdit: null, logs: false, audit: false },
   machines: new Map(),      // name -> row of GET /machines (and status from events)
+  list: null,               // {matched, total}: the machine table's page, as the host counted it
+  rows: [],                 // that page's rows, in the host's order
   lastCounts: new Map(),    // name -> [batches, time] for the /s column
   sort: { key: "name", dir: 1 },
   page: 0,
@@ -92,72 +94,71 @@ window.addEventListener("hashchange", route);
 // ---------------------------------------------------------------------------------
 
 let machinesAt = 0;
-// The page asks for at most FETCH machines (by name, from the filter's text as a name
-// prefix): a host of 100,000 machines answers a page, not all of them.
-const FETCH = 2000;
+let machinesAsked = 0;
+// The host filters, sorts and pages the machine list (GET /machines?offset&limit&match
+// &status&sort&desc): the page asks for the PER rows it shows, never for all of them.
+const PER = 100;
 
 async function refreshMachines(force = true) {
   const now = performance.now();
   if (!force && now - machinesAt < 1000) return;
   machinesAt = now;
   const f = $("machine-filter").value.trim();
-  const prefix = /^[^\s]+$/.test(f) && S.total > FETCH ? f : "";
+  const st = $("machine-status").value;
+  const { key, dir } = S.sort;
+  const asked = ++machinesAsked;
   try {
-    const { machines } = await api(`/machines?limit=${FETCH}&prefix=${q(prefix)}`);
-    S.fetched = { prefix, n: machines.length };
+    const r = await api(`/machines?offset=${S.page * PER}&limit=${PER}&match=${q(f)}&sort=${key}&desc=${dir < 0}` + (st ? `&status=${st}` : ""));
+    if (asked !== machinesAsked) return; // a newer request was sent meanwhile
     const t = performance.now();
-    const seen = new Set();
-    for (const m of machines) {
-      seen.add(m.name);
+    const fresh = new Map();
+    for (const m of r.machines) {
       const before = S.lastCounts.get(m.name);
       m.rate = before && t > before[1] ? Math.max(0, (m.batches - before[0]) / ((t - before[1]) / 1000)) : 0;
       S.lastCounts.set(m.name, [m.batches, t]);
-      S.machines.set(m.name, m);
+      fresh.set(m.name, m);
     }
-    for (const name of [...S.machines.keys()]) if (!seen.has(name)) { S.machines.delete(name); S.lastCounts.delete(name); }
+    const sel = S.selected && S.machines.get(S.selected);
+    S.machines = fresh;
+    if (sel && !fresh.has(S.selected)) S.machines.set(S.selected, sel);
+    for (const name of [...S.lastCounts.keys()]) if (!fresh.has(name)) S.lastCounts.delete(name);
+    S.list = { matched: r.matched, total: r.total };
+    S.rows = r.machines;
     drawMachines();
   } catch (e) { notice(explain(e)); }
 }
 
 function drawMachines() {
-  const f = $("machine-filter").value.trim().toLowerCase();
-  const st = $("machine-status").value;
-  const rows = [...S.machines.values()].filter((m) =>
-    (!st || m.status === st) &&
-    (!f || m.name.toLowerCase().includes(f) || m.behavior.toLowerCase().includes(f) || m.status === f));
-  const { key, dir } = S.sort;
-  rows.sort((a, b) => (a[key] < b[key] ? -dir : a[key] > b[key] ? dir : 0));
-  const per = 100, pages = Math.max(1, Math.ceil(rows.length / per));
-  S.page = Math.min(S.page, pages - 1);
-  const slice = rows.slice(S.page * per, S.page * per + per);
+  const matched = S.list ? S.list.matched : 0;
+  const total = S.list ? S.list.total : S.total;
+  const pages = Math.max(1, Math.ceil(matched / PER));
   const body = $("machine-table").tBodies[0];
-  body.innerHTML = slice.map((m) => `<tr data-name="${escapeHtml(m.name)}" class="${m.failures ? "failing" : ""}">
+  body.innerHTML = S.rows.map((m) => `<tr data-name="${escapeHtml(m.name)}" class="${m.failures ? "failing" : ""}">
     <td><a href="#machine/${q(m.name)}">${escapeHtml(m.name)}</a></td><td><code>${escapeHtml(m.behavior)}</code></td>
     <td><span class="badge ${m.status}">${m.status}</span></td><td class="num">${m.batches}</td>
     <td class="num">${m.rate ? m.rate.toFixed(1) : ""}</td><td class="num fails">${m.failures}</td><td class="num">${m.queued}</td></tr>`).join("");
-  const total = Math.max(S.total, S.machines.size);
-  $("machine-count").textContent = S.fetched && S.fetched.n >= FETCH
-    ? `${rows.length} shown; the host has ${total} machines: the first ${FETCH}${S.fetched.prefix ? ` named ${S.fetched.prefix}\u2026` : ""} are listed (type a name prefix)`
-    : `${rows.length} of ${total} machines`;
+  const from = matched ? S.page * PER + 1 : 0, to = Math.min(matched, S.page * PER + PER);
+  $("machine-count").textContent = `${matched === total ? `${total} machines` : `${matched} of ${total} machines match`}; ${from}\u2013${to} shown`;
   $("machine-page").textContent = `page ${S.page + 1} of ${pages}`;
   $("machine-prev").disabled = S.page === 0;
   $("machine-next").disabled = S.page >= pages - 1;
 }
 
 let filterTimer = null;
-$("machine-filter").addEventListener("input", () => {
-  S.page = 0;
-  drawMachines();
-  if (S.total > FETCH) { clearTimeout(filterTimer); filterTimer = setTimeout(() => refreshMachines(), 300); }
-});
-$("machine-status").addEventListener("change", () => { S.page = 0; drawMachines(); });
-$("machine-prev").addEventListener("click", () => { S.page--; drawMachines(); });
-$("machine-next").addEventListener("click", () => { S.page++; drawMachines(); });
-for (const th of document.querySelectorAll("#machine-table th")) {
+function machinesAgain(delay = 0) {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => refreshMachines(), delay);
+}
+$("machine-filter").addEventListener("input", () => { S.page = 0; machinesAgain(200); });
+$("machine-status").addEventListener("change", () => { S.page = 0; machinesAgain(); });
+$("machine-prev").addEventListener("click", () => { S.page = Math.max(0, S.page - 1); machinesAgain(); });
+$("machine-next").addEventListener("click", () => { S.page++; machinesAgain(); });
+for (const th of document.querySelectorAll("#machine-table th[data-sort]")) {
   th.addEventListener("click", () => {
     const k = th.dataset.sort;
     S.sort = { key: k, dir: S.sort.key === k ? -S.sort.dir : (["name", "behavior", "status"].includes(k) ? 1 : -1) };
-    drawMachines();
+    S.page = 0;
+    machinesAgain();
   });
 }
 
@@ -230,13 +231,16 @@ async function refreshState() {
   const name = S.selected;
   if (!name) return;
   try {
-    const s = await api(`/machines/${q(name)}/state`);
-    if (name !== S.selected) return;
     const box = $("state-tree");
+    const onEdit = S.features.stateEdit ? editField : null;
+    // one level and one page at a time: a large container's children are asked for
+    // when it is opened
+    const load = (path, offset) => api(`/machines/${q(name)}/state/tree?path=${q(path)}&offset=${offset}&limit=${PAGE}`);
+    const top = await load("$", 0);
+    if (name !== S.selected) return;
     const keep = box.scrollTop;
-    renderTree(box, s.state, { onEdit: S.features.stateEdit ? editField : null, open: S.stateOpen });
+    renderLazyTree(box, top, { onEdit, open: S.stateOpen, load });
     box.scrollTop = keep;
-    box.dataset.text = s.text;
   } catch (e) { notice(explain(e)); }
 }
 
@@ -545,7 +549,8 @@ async function openWord(word, version = null) {
     $("dict-diff-title").textContent = d.a ? `v${d.a} \u2192 v${d.b}` : `new in v${d.b}`;
     renderDiff($("dict-diff"), d.diff);
     for (const li of $("dict-words").children) li.classList.toggle("active", li.dataset.word === word);
-    const bound = [...S.machines.values()].filter((m) => m.behavior.startsWith(`dict:${S.dict.branch}/${word}@`));
+    const tag = `dict:${S.dict.branch}/${word}@`; // machines that run a version of this word
+    const bound = S.features.peek ? (await api(`/machines?match=${q(tag)}&limit=100`)).machines.filter((m) => m.behavior.startsWith(tag)) : [];
     $("dict-peek").hidden = $("dict-peek-machine").hidden = !S.features.peek || !bound.length;
     $("dict-peek-machine").innerHTML = bound.map((m) => `<option>${escapeHtml(m.name)}</option>`).join("");
   } catch (e) { notice(explain(e)); }
@@ -604,22 +609,16 @@ $("dict-peek").addEventListener("click", async () => {
 // start
 // ---------------------------------------------------------------------------------
 
-async function features() {
-  try {
-    const doc = await (await fetch("/openapi.json")).json();
-    const paths = doc.paths || {};
-    S.features.peek = !!paths["/machines/{name}/peek"];
-    S.features.step = !!paths["/machines/{name}/step"]?.post;
-    S.features.logs = !!paths["/batches/failures"];
-    S.features.audit = !!paths["/machines/{name}/audit"];
-    if (paths["/machines/{name}/state"]?.post) {
-      // an audited edit: the whole state at "$", else one path, expecting the value the
-      // editor saw (a 409 says it changed meanwhile)
-      S.features.stateEdit = (name, path, value, old) => post(`/machines/${q(name)}/state`, path === "$"
-        ? { value, who: "web" }
-        : { set: [{ path, value }], expect: old === null ? [] : [{ path, value: old }], who: "web" });
-    }
-  } catch { /* an older host: no extras */ }
+// The routes the page uses beyond the basics ship with it (the same package): no need
+// to read the OpenAPI document first (on a host of 100,000 machines, every request the
+// page waits for before it shows anything counts).
+function features() {
+  S.features.peek = S.features.step = S.features.logs = S.features.audit = true;
+  // an audited edit: the whole state at "$", else one path, expecting the value the
+  // editor saw (a 409 says it changed meanwhile)
+  S.features.stateEdit = (name, path, value, old) => post(`/machines/${q(name)}/state`, path === "$"
+    ? { value, who: "web" }
+    : { set: [{ path, value }], expect: old === null ? [] : [{ path, value: old }], who: "web" });
 }
 
 let started = false;
@@ -629,11 +628,10 @@ async function start() {
   notice("");
   if (!started) {
     started = true;
-    await features();
+    features();
     setInterval(() => { if (S.view === "machines" && !S.live) refreshMachines(false); }, 3000);
   }
-  await refreshMachines();
-  listen();
+  listen();  // the live stream and the view's own requests go out together
   route();
 }
 

@@ -4,6 +4,11 @@
 // {"$linear": x}, and capabilities opaquely as {"$cap": name} (never a context).
 // Containers show PAGE children at a time; paths are written as avm state paths
 // (docs/dictionary.md): name.key, [2], ["a b"].
+//
+// A large state is not sent whole: renderLazyTree draws the nodes of the host's tree
+// route (GET /machines/{name}/state/tree: a node's kind, size, and its value when it is
+// a leaf or small) and asks for a large container's children, a page at a time, only
+// when it is opened.
 
 export const PAGE = 200;
 
@@ -96,6 +101,70 @@ export function renderTree(root, value, { onEdit = null, open = new Set(["$"]) }
   ul.style.paddingLeft = "0";
   ul.append(node("state", value, [], onEdit, open));
   root.append(ul);
+}
+
+// Render the tree route's answer for the whole state (`top`) into `root`; `load(path,
+// offset)` fetches a page of a large container's children (the same route).
+export function renderLazyTree(root, top, { onEdit = null, open = new Set(["$"]), load }) {
+  root.replaceChildren();
+  const ul = h("ul");
+  ul.style.paddingLeft = "0";
+  ul.append(top.lazy ? lazyNode("state", top, onEdit, open, load, top) : node("state", top.value, [], onEdit, open));
+  root.append(ul);
+}
+
+// The path parts of a path the host wrote ("$", "members", "log[0]", "['a b']").
+const partsOf = (path) => (path === "$" ? [] : [/^[[.]/.test(path) ? path : "." + path]);
+
+function lazySummary(n) {
+  if (n.kind === "map") return h("span", "kind", `Map (${n.size})`);
+  if (n.kind === "tuple") return h("span", "kind", `tuple (${n.size})`);
+  return h("span", "kind", `${n.kind} (${n.size})`);
+}
+
+function lazyNode(label, n, onEdit, open, load, first = null) {
+  const li = h("li");
+  li.className = "lazy";
+  const row = h("span", "row");
+  li.append(row);
+  li.dataset.path = n.path;
+  const toggle = h("span", "toggle", "\u25b8");
+  row.append(toggle, h("span", "key", label), document.createTextNode(": "), lazySummary(n));
+  let sub = null;
+  const show = (page) => {
+    for (const c of page.children) {
+      sub.append(c.lazy ? lazyNode(c.label, c, onEdit, open, load) : node(c.label, c.value, partsOf(c.path), onEdit, open));
+    }
+    if (page.next !== null && page.next !== undefined) {
+      const m = h("li");
+      const left = n.size - page.next;
+      const b = h("button", "small more", `show ${Math.min(PAGE, left)} more (${left} left)`);
+      b.type = "button";
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try { const p = await load(n.path, page.next); m.remove(); show(p); } catch (e) { b.disabled = false; b.title = String(e.message || e); }
+      });
+      m.append(b);
+      sub.append(m);
+    }
+  };
+  const expand = async () => {
+    toggle.textContent = "\u25be";
+    sub = h("ul");
+    li.append(sub);
+    open.add(n.path);
+    const mine = sub;
+    try {
+      const page = first && first.offset === 0 ? first : await load(n.path, 0);
+      if (sub === mine) show(page);
+    } catch (e) { if (sub === mine) sub.append(h("li", "error", String(e.message || e))); }
+  };
+  toggle.addEventListener("click", () => {
+    if (sub) { sub.remove(); sub = null; toggle.textContent = "\u25b8"; open.delete(n.path); }
+    else expand();
+  });
+  if (open.has(n.path)) expand();
+  return li;
 }
 
 function node(label, value, parts, onEdit, open) {
