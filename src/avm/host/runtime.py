@@ -511,7 +511,9 @@ class Runtime:
             return self.committed
         gen, snap, fut = last
         if not fut.done():
-            await asyncio.wrap_future(fut)
+            # shielded: a waiter that is cancelled (a peer link closing) must not cancel
+            # the commit's future, which other waiters share and the writer completes
+            await asyncio.shield(asyncio.wrap_future(fut))
         else:
             fut.result()  # raises the StoreError of a failed commit
         if gen > self._committed_gen:
@@ -634,7 +636,7 @@ class Runtime:
         """
         last = self._last
         if last is not None and not last[2].done():
-            await asyncio.wrap_future(last[2])
+            await asyncio.shield(asyncio.wrap_future(last[2]))  # as in durable()
 
     def _wake_at(self, ms: int) -> None:
         """Run again when the wall clock reaches ``ms`` (the next timer's due time)."""
