@@ -367,3 +367,45 @@ def test_a_host_without_peers_refuses_to_move(tmp_path):
             with pytest.raises(UsageError, match="no peers"):
                 await h.move("m", to="c")
     run(go())
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_a_machine_moves_there_and_back_and_there_again(tmp_path, switch):
+    """B -> C -> B -> C while A sends (to B all along, or following each move): the
+    hosts relay to each other, and a session whose channel numbers were overtaken on
+    another path is renewed; every batch is in the log once, in order."""
+    async def go():
+        net = Net(tmp_path)
+        await net.start()
+        a = net.hosts["a"]
+        try:
+            mcap = await net.hosts["b"].spawn("m", log, ())
+            net.peerings["a"].add_remote(mcap.address, "b")
+            n = 0
+
+            async def send(k: int) -> None:
+                nonlocal n
+                for _ in range(k):
+                    n += 1
+                    await a.send(mcap, ("rec", "a", n))
+
+            await send(5)
+            for src, dst in (("b", "c"), ("c", "b"), ("b", "c")):
+                mv = asyncio.ensure_future(net.hosts[src].move("m", to=dst))
+                while not mv.done():
+                    await send(1)
+                    await asyncio.sleep(0)
+                await mv
+                if switch:
+                    net.peerings["a"].add_remote(mcap.address, dst)
+                await send(5)
+
+            async def all_in():
+                return len(await log_of(net, "m")) == n
+            await until(all_in, what="every batch at C")
+            await until(lambda: settled(net), what="outboxes empty")
+            assert await where(net, "m") == ["c"]
+            check_log(await log_of(net, "m"), {"a": n})
+        finally:
+            await net.close()
+    run(go())

@@ -49,6 +49,7 @@ from ..core.netvalue import Network, events
 from ..wire import (
     Acked,
     Batch,
+    BatchHeld,
     BatchReceived,
     DuplicateBatch,
     GapRequested,
@@ -102,7 +103,7 @@ class Peering:
         self.counts: dict[str, int] = {"sent": 0, "received": 0, "acks_sent": 0,
                                        "acks_received": 0, "duplicates": 0,
                                        "resent": 0, "full_scans": 0, "writes": 0,
-                                       "relayed": 0}
+                                       "relayed": 0, "stale_links": 0}
         #: the host's avm.host.migrate.Mover, once made: it takes the move channels, and
         #: says how far batches to a moving or moved machine may be acknowledged
         self.mover: Any = None
@@ -242,6 +243,7 @@ class Peering:
             return
         touched: set = set()
         relayed: set = set()
+        stale = False
         mover = self.mover
         for e in evs:
             t = type(e)
@@ -281,6 +283,12 @@ class Peering:
                 p.due |= gap
                 p.asked |= gap
                 p.wake.set()
+            elif t is BatchHeld:
+                if self.rt.net.received.get(e.channel, 0) >= e.last:
+                    # The gap this session waits for was filled on another path (a
+                    # machine that moved back, avm.host.migrate): its numbers are stale.
+                    # A new link starts from the store's and is sent the outbox again.
+                    stale = True
             elif t is HelloReceived:
                 hp = self.peers.get(peer)
                 if hp is not None and hp.dialer is None:
@@ -297,6 +305,9 @@ class Peering:
             a.wake.set()
         if relayed:
             await self.ack_channels(relayed)
+        if stale:
+            self.counts["stale_links"] += 1
+            await link.close("ok", "a channel's numbers moved on another link")
 
     async def ack_channels(self, chans: set) -> None:
         """Acknowledge ``chans`` on every link as far as committed and allowed: the acks
