@@ -632,6 +632,7 @@ class _Decoder:
         name = _tag_name(tag)
         inner = self.enter(depth, start)
         span = None
+        nans = self.nans
         if tag == TAG_CAPABILITY:
             # A channel's messages mostly name the same few capabilities: one checked
             # decoding of each exact byte form is kept (capabilities are immutable), and
@@ -667,7 +668,9 @@ class _Decoder:
             raise _Fail(f"cannot be encoded again: {_error_text(e)}", start) from None
         if again != raw:
             raise _Fail("not the canonical encoding of its value", start)
-        if span is not None and span[0] == self.pos:
+        # A capability holding a NaN is not kept: a hit would not count it, and the
+        # same bytes must decode the same way whatever was decoded before.
+        if span is not None and span[0] == self.pos and self.nans == nans:
             if len(_CAP_CACHE) >= _CAP_CACHE_MAX:
                 _CAP_CACHE.clear()
             _CAP_CACHE[raw] = (obj, span[1], span[2])
