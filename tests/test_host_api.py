@@ -319,3 +319,23 @@ def test_a_spawner_makes_machines_that_are_stored(tmp_path):
 
     assert run(first()) == 2
     run(second())
+
+
+def test_an_answer_is_given_only_once_the_step_that_made_it_is_committed(tmp_path):
+    """An ask's answer must not tell a client of a state a crash could still undo: when
+    ask returns, the batch that answered is in the committed snapshot."""
+    bump = avm.Behavior("bump")
+
+    @bump.on("bump")
+    def _bump(count, reply):
+        return [(reply, count + 1)], count + 1
+
+    async def go():
+        async with avm.host.open(tmp_path / "h.avm", behaviors=[bump]) as h:
+            cap = await h.spawn("b", bump, 0)
+            addr = h.address("b")
+            for _ in range(30):
+                n = await h.ask(cap, "bump")
+                assert h._committed_record(h._rt.committed, addr, "b").state == n
+
+    run(go())

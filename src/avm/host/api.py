@@ -407,7 +407,7 @@ class Host:
         (``("get",)`` and ``"get"`` send ``("get", reply)``); see
         :func:`avm.core.ask.outside_request`. Raises
         :class:`AskFailed` if the request's batch fails or is dropped, ``TimeoutError``
-        past ``timeout`` seconds.
+        past ``timeout`` seconds. Returns only once the batch that answered is committed.
         """
         token = ("ask", os.urandom(12))  # unique across restarts: a stale answer matches nothing
         reply = mint(self._rt.net, self._rt.env, self._replies_addr, token)
@@ -424,7 +424,11 @@ class Host:
                 if type(e) is events.Created:
                     self._rt.watches[(e.chan, e.seq)] = done
             await self._rt.durable()
-            return await asyncio.wait_for(fut, timeout)
+            answer = await asyncio.wait_for(fut, timeout)
+            # The batch that answered is committed before the answer is given: a client
+            # is never told of a step that a crash could undo (and re-run differently).
+            await self._rt.durable()
+            return answer
         finally:
             self._asks.pop(token, None)
 
