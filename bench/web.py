@@ -86,10 +86,13 @@ def main() -> None:
     views = [
         ("machines (first page of 100, by name)", "#machines",
          '#machine-table tbody tr[data-name="m000098"]', "#machine-table tbody", None),
+        ("machines, the next page", None,
+         '#machine-table tbody tr[data-name="m000198"]', "#machine-table tbody",
+         "document.querySelector('#machine-next').click()"),
         ("machines, sorted by batches (largest first)", None,
          "#machine-table tbody tr", "#machine-table tbody",
          "document.querySelector('#machine-table th[data-sort=\"batches\"]').click()"),
-        (f"machines, filtered to {last}", None,
+        (f"machines, filtered to {last} (after the filter's 0.2 s pause)", None,
          f'#machine-table tbody tr[data-name="{last}"]', "#machine-table tbody",
          f"(() => {{ const f = document.querySelector('#machine-filter'); f.value = '{last}';"
          " f.dispatchEvent(new Event('input')); })()"),
