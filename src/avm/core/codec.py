@@ -634,7 +634,7 @@ class _Decoder:
         span = None
         if tag == TAG_CAPABILITY:
             # A channel's messages mostly name the same few capabilities: one checked
-            # decoding of each exact byte form is kept (capabilities are immutable), and
+            # decoding of each exact unrestricted byte form is kept (immutable), and
             # a repeat costs a bounded scan of its heads, under the same limits.
             span = _span(self.data, self.pos, min(self.end, self.pos + _CAP_SPAN_MAX))
             if span is not None:
@@ -667,7 +667,9 @@ class _Decoder:
             raise _Fail(f"cannot be encoded again: {_error_text(e)}", start) from None
         if again != raw:
             raise _Fail("not the canonical encoding of its value", start)
-        if span is not None and span[0] == self.pos:
+        if span is not None and span[0] == self.pos and obj[2] == 0:
+            # unrestricted ones only: a linear, affine or relevant capability is an item
+            # that each decoding makes anew (a copy is a distinct object, counted apart)
             if len(_CAP_CACHE) >= _CAP_CACHE_MAX:
                 _CAP_CACHE.clear()
             _CAP_CACHE[raw] = (obj, span[1], span[2])

@@ -112,6 +112,10 @@ class Host:
         self._replies_addr: bytes = replies
         runtime.listeners[replies] = self._on_reply
         self._live: Live | None = None
+        #: the avm.host.migrate.Mover of this host, once one is made over its peering
+        self.mover: Any = None
+        #: machines being moved to another host: control calls refuse them meanwhile
+        self._moving: set[bytes] = set()
 
     @property
     def live(self) -> Live:
@@ -428,6 +432,8 @@ class Host:
         addr = self.address(name)
         if addr == self._replies_addr:
             raise UsageError(f"{REPLIES} is the host's own machine")
+        if addr in self._moving:
+            raise UsageError(f"machine {name!r} is moving to another host; wait for the move")
         self._rt.resident(addr)  # an evicted machine comes back to be acted on
         d = Dirty(machines={addr}, keys={addr} if keys else set())
         self._rt.apply(lambda net: act(net, addr), d)
@@ -515,6 +521,18 @@ class Host:
         act, like ``export_machine`` in the simulator).
         """
         await self._control(name, lambda net, a: (nw.export_machine(net, a)[0], []), keys=True)
+
+    async def move(self, name: str, *, to: str, timeout: float | None = 60.0) -> Any:
+        """Move machine ``name`` with its state, keys and queues to peer host ``to``;
+        returns the :class:`avm.host.migrate.MoveResult` once this host forwards to it.
+
+        Needs a :class:`avm.host.migrate.Mover` over this host's peering (``avm host run
+        --listen/--join`` makes one). See :mod:`avm.host.migrate` for what is promised.
+        """
+        if self.mover is None:
+            raise UsageError("this host has no peers to move machines to: make an "
+                             "avm.host.migrate.Mover(host, peering) first")
+        return await self.mover.move(name, to, timeout=timeout)
 
     async def spawner(self, behaviors: Iterable[str] | str | None = None) -> tuple[Capability, Capability]:
         """Grant a spawner (:mod:`avm.core.spawner`): ``(spawner, revoke)``, committed.

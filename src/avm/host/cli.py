@@ -142,6 +142,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            ("restart", "run it again and send it (\"restart\", None)"),
                            ("destroy", "remove it, its state and its keys")):
         conn(ms.add_parser(verb, help=helptext)).add_argument("name", help="the machine's name")
+    mv = conn(ms.add_parser("move", help="move it with its state, keys and queues to a peer "
+                            "host (the host forwards to it afterwards)"))
+    mv.add_argument("name", help="the machine's name")
+    mv.add_argument("--to", required=True, metavar="HOST",
+                    help="the peer host, by the name this host knows it by (--join)")
+    mv.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait (the move goes on after that; default 60)")
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -256,6 +263,12 @@ async def _machine(args: argparse.Namespace) -> int:
             a = await c.ask(args.name, args.content, context=args.context,
                             timeout=args.timeout, client="cli")
             print(json.dumps(a["answer"], indent=2) if args.json else a["text"])
+            return 0
+        if cmd == "move":
+            r = await c.move(args.name, args.to, timeout=args.timeout)
+            print(json.dumps(r) if args.json else
+                  f"{args.name}: moved to {r['to']} ({r['destination'][:16]}...); "
+                  f"this host forwards to it")
             return 0
         if cmd == "step":
             r = await c.step(args.name)

@@ -206,6 +206,12 @@ class Client:
                 "expect": [{"path": p, "value": v} for p, v in expect or ()]}
         return await self._call("POST", f"/machines/{name}/state", json=body)
 
+    async def move(self, name: str, to: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Move ``name`` to peer host ``to`` (admin token); ``{"to", "destination",
+        "seq", "phase", "forwarded"}`` once this host forwards to it."""
+        return await self._call("POST", f"/machines/{name}/move",
+                                json={"to": to, "timeout": timeout})
+
     async def destroy(self, name: str) -> str:
         return (await self._call("POST", f"/machines/{name}/destroy"))["status"]
 

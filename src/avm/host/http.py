@@ -439,6 +439,9 @@ def make_app(host: Host, tokens: Tokens, token_file: Path | None = None) -> Fast
     from .http_dict import add_dictionary_routes
 
     add_dictionary_routes(app, host, rd, ad)
+    from .http_move import add_move_routes  # moving a machine to a peer host (admin)
+
+    add_move_routes(app, host, ad)
     from .http_peek import add_peek_routes  # the peek route (admin: it runs code)
 
     add_peek_routes(app, host, rd, ad, names)

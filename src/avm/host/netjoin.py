@@ -173,6 +173,10 @@ class HostNet:
         self.peering = Peering(self.rt, identity, config)
         self._deliver = self.peering.transport.handler
         self.peering.transport.handler = self._on_events
+        from .migrate import Mover  # machines that move to and from this host
+
+        self.mover = Mover(host, self.peering)
+        self.mover.peer_for = self._peer
         self.dht: DhtNode | None = None
         self.naming: Naming | None = None
         self.proxy: Any = None
@@ -253,6 +257,7 @@ class HostNet:
                 await t
         if self.naming is not None:
             await self.naming.stop()
+        await self.mover.close()
         await self.peering.close()
         if self.proxy is not None:
             await self.proxy.close()

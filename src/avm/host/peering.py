@@ -23,6 +23,11 @@ value; this module only carries it between two processes:
   replayed frame, on this link or a later one, applies nothing.
 * **Acks** go into the network through :func:`~avm.core.delivery.receive_ack`, which
   removes the batches from the outbox (committed like any change).
+* **Machines that moved** (:mod:`avm.host.migrate`): a batch for an address the network
+  routes to another peer is relayed there under its number
+  (:func:`~avm.host.migrate.relay_batch`), and acknowledged to its sender only once that
+  peer acknowledged it; batches to a machine being moved are not acknowledged until the
+  move is decided. The move channel's images and their answers go to the ``mover``.
 
 Not yet carried: feedback statuses and returned values of batches that fail at the
 peer (they are sent back as batches of their own only when the peer knows the sender's
@@ -48,9 +53,11 @@ from ..wire import (
     DuplicateBatch,
     GapRequested,
     HelloReceived,
+    Rejected,
     WireError,
 )
 from ..wire.transport import Dialer, HostIdentity, Link, Transport, TransportConfig
+from .migrate import is_move_channel, relay_batch
 from .runtime import Runtime
 from .store import Dirty
 
@@ -94,7 +101,11 @@ class Peering:
         self._acks: dict[Link, _Acks] = {}
         self.counts: dict[str, int] = {"sent": 0, "received": 0, "acks_sent": 0,
                                        "acks_received": 0, "duplicates": 0,
-                                       "resent": 0, "full_scans": 0, "writes": 0}
+                                       "resent": 0, "full_scans": 0, "writes": 0,
+                                       "relayed": 0}
+        #: the host's avm.host.migrate.Mover, once made: it takes the move channels, and
+        #: says how far batches to a moving or moved machine may be acknowledged
+        self.mover: Any = None
         runtime.subscribers.append(self._on_step)
 
     # -- set-up -----------------------------------------------------------------------
@@ -230,14 +241,24 @@ class Peering:
                 await link.close("identity", "not a peer of this host")
             return
         touched: set = set()
+        relayed: set = set()
+        mover = self.mover
         for e in evs:
             t = type(e)
             if t is BatchReceived:
                 f = e.batch
+                if mover is not None and is_move_channel(f.channel):
+                    await mover.on_image(link, peer, f)  # acks or refuses it itself
+                    continue
                 b = CoreBatch(sender=f.sender, dest=f.receiver, seq=f.seq, ts=f.ts,
                               priority=f.priority, messages=f.messages, notify=f.notify,
                               abandoned=f.tomb)
-                self.rt.apply(_receive_act(peer, self.rt.host, b))
+                if f.receiver in self.rt.net.remote._m:
+                    # a machine that moved away: relayed under its number (avm.host.migrate)
+                    self.rt.apply(_relay_act(self.rt.host, b), Dirty(heads={f.channel}))
+                    self.counts["relayed"] += 1
+                else:
+                    self.rt.apply(_receive_act(peer, self.rt.host, b))
                 touched.add(f.channel)
                 self.counts["received"] += 1
             elif t is DuplicateBatch:
@@ -245,7 +266,15 @@ class Peering:
                 touched.add(e.channel)
             elif t is Acked:
                 self.counts["acks_received"] += 1
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
+                    continue
                 self.rt.apply(_ack_act(e.channel, e.upto), Dirty(heads={e.channel}))
+                if e.channel[1] in self.rt.net.remote._m and mover is not None:
+                    relayed.add(e.channel)  # its sender's ack was held for this one
+            elif t is Rejected:
+                if mover is not None and is_move_channel(e.channel):
+                    mover.on_answer(e)
             elif t is GapRequested:
                 p = self.peers[peer]
                 gap = {(e.channel, s) for s in range(e.first, min(e.last, e.first + 1024) + 1)}
@@ -266,6 +295,26 @@ class Peering:
                 a.task = asyncio.ensure_future(self._ack_loop(link, a))
             a.chans |= touched
             a.wake.set()
+        if relayed:
+            await self.ack_channels(relayed)
+
+    async def ack_channels(self, chans: set) -> None:
+        """Acknowledge ``chans`` on every link as far as committed and allowed: the acks
+        a moving or moved machine's batches waited for (avm.host.migrate)."""
+        if not chans:
+            return
+        net = await self.rt.durable()
+        mover = self.mover
+        for links in list(self.transport.links.values()):
+            for link in list(links):
+                for chan in chans:
+                    upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
+                    if mover is not None:
+                        upto = mover.ack_floor(net, chan, upto)
+                    if upto > link.conn.committed(chan):
+                        with contextlib.suppress(WireError):
+                            await link.ack(chan[0], chan[1], upto)
+                            self.counts["acks_sent"] += 1
 
     async def _ack_loop(self, link: Link, a: _Acks) -> None:
         """Ack what ``link`` handed out, only after the commit that holds it."""
@@ -279,6 +328,8 @@ class Peering:
                 out: list[bytes] = []
                 for chan in sorted(chans, key=repr):
                     upto = min(net.received.get(chan, 0), conn.handed_out(chan))
+                    if self.mover is not None:
+                        upto = self.mover.ack_floor(net, chan, upto)
                     if upto >= conn.committed(chan):
                         out.append(conn.ack(chan[0], chan[1], upto))
                         self.counts["acks_sent"] += 1
@@ -300,6 +351,12 @@ def _receive_act(peer: str, me: str, b: CoreBatch) -> Callable[[Network], tuple[
     def act(net: Network) -> tuple[Network, list]:
         net, evs, _ = receive_batch(net, peer, me, (b.sender, b.dest), b.seq, b)
         return net, evs
+    return act
+
+
+def _relay_act(me: str, b: CoreBatch) -> Callable[[Network], tuple[Network, list]]:
+    def act(net: Network) -> tuple[Network, list]:
+        return relay_batch(net, me, b)
     return act
 
 
