@@ -35,4 +35,5 @@ def test_three_hosts_under_faults_and_kill_minus_9_keep_every_promise(tmp_path):
     assert result.forged_sent > 0 and result.forged_applied == 0  # P7 across hosts
     assert result.dropped_unseal == result.forged_sent  # each forgery refused, at its receiver
     assert set(figures.censuses) == {o.n} and len(figures.censuses) >= 3  # P8: n balls
+    assert result.dead_letters == 0  # no value stuck anywhere
     assert result.bounces > o.n  # the balls did cross hosts

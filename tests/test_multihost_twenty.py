@@ -26,4 +26,5 @@ def test_twenty_hosts_find_each_other_through_the_dht_and_lose_nothing(tmp_path)
     assert all(c > 1 for c in figures.contacts), figures.contacts
     assert result.forged_applied == 0 and result.dropped_unseal == result.forged_sent
     assert figures.censuses == (HOSTS,)  # one ball per host, none lost or copied
+    assert result.dead_letters == 0  # no value stuck anywhere
     assert result.bounces > HOSTS

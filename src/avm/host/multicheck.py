@@ -102,16 +102,20 @@ ball = Behavior("multicheck.ball")
 
 @ball.init
 def _ball_init(state: Any, args: Any) -> tuple:
-    return [], Map({"other": None, "bounces": 0})
+    return [], Map({"other": None, "bounces": 0, "held": ()})
 
 
 @ball.on("other")
 def _ball_other(state: Map, other: Any) -> tuple:
-    return [], state.set("other", other)
+    # a ball that came before this host knew its neighbour was kept: pass it on now
+    out = [(other, ("ball", b)) for b in state["held"]]
+    return out, state.set("other", other).set("held", ())
 
 
 @ball.on("ball")
 def _ball_ball(state: Map, b: Any) -> tuple:
+    if state["other"] is None:
+        return [], state.set("held", (*state["held"], b))
     return [(state["other"], ("ball", b))], state.set("bounces", state["bounces"] + 1)
 
 
@@ -280,6 +284,7 @@ class CheckResult:
     forged_applied: int
     dropped_unseal: int
     bounces: int
+    dead_letters: int = 0  # entries on every host: values nobody took back
 
 
 def check(o: Options, refused_by_host: tuple[int, ...] | None = None) -> CheckResult:
@@ -331,8 +336,9 @@ def check(o: Options, refused_by_host: tuple[int, ...] | None = None) -> CheckRe
                 outbox = outbox.delete(key)  # the receiver has it: counted there
         view = SimpleNamespace(net=replace_fields(net, outbox=outbox), env=_env())
         linear += census(view).linear  # type: ignore[arg-type]  # duck-typed: .net, .env
+    dead = sum(len(v) for net in nets for v in net.dead_letters._m.values())
     return CheckResult(c.report(quiescent=True), linear, tuple(committed), forged_sent,
-                       forged_applied, unseal, bounces)
+                       forged_applied, unseal, bounces, dead)
 
 
 def _env() -> Any:
