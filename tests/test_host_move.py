@@ -247,6 +247,19 @@ def test_bad_moves_are_refused_and_change_nothing(tmp_path):
             assert await b.state("m") == (("x", 1),)
             assert [r.phase for r in net.movers["b"].log.rows()] == ["aborted"]
             assert net.movers["c"].stats.refused_in == 1
+            # C takes no machine from B: refused, and it runs at B
+            await b.spawn("m2", log, ())
+            net.movers["c"].accept = lambda src, addr, name: src != IDS["b"].address
+            with pytest.raises(MoveRefused, match="no machines from that host"):
+                await b.move("m2", to="c")
+            net.movers["c"].accept = None
+            # a machine C routes to A may come from A only, not from B
+            m2 = b.address("m2")
+            net.peerings["c"].add_remote(m2, "a")
+            with pytest.raises(MoveRefused, match="only that host"):
+                await b.move("m2", to="c")
+            assert await where(net, "m2") == ["b"] and b.record("m2").status == "running"
+            assert net.movers["c"].stats.refused_in == 3
         finally:
             await net.close()
     run(go())

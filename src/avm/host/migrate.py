@@ -657,6 +657,10 @@ class Mover:
         #: called with (address, peer name, peer host address) after each switch: the
         #: place to tell senders or a naming service where the machine is now
         self.on_moved: list[Callable[[bytes, str, bytes], None]] = []
+        #: who may move machines here: called with (the sending host's address, the
+        #: machine's address, its name). None: any peer, except that a machine this host
+        #: routes to another peer may come from that peer only
+        self.accept: Callable[[bytes, bytes, str], bool] | None = None
         #: host address -> the peer's name, adding the peer if it is new (HostNet's:
         #: a destination named by its full address is reached through naming)
         self.peer_for: Callable[[bytes], str | None] | None = None
@@ -923,6 +927,15 @@ class Mover:
             if type(content) is not tuple or len(content) != 2 or content[0] != "image":
                 raise MoveRefused("not an image")
             image = decode_image(content[1])
+            mi: MachineImage = image["machine"]
+            routed = rt.net.remote.get(mi.address)
+            if routed is not None and routed != peer:
+                # A peer may not take over the traffic of a machine another host serves.
+                raise MoveRefused("this host routes that machine to another host; only "
+                                  "that host may move it here")
+            if self.accept is not None and not self.accept(link.peer or b"", mi.address,
+                                                           mi.name):
+                raise MoveRefused("this host takes no machines from that host")
             peers = {p.address: n for n, p in self.peering.peers.items()}
             me = self.peering.identity.address
 
