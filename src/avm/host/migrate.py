@@ -184,7 +184,7 @@ class MoveRow:
     address: bytes
     peer: str
     peer_address: bytes
-    seq: int
+    seq: int | None  # the image's number on the move channel, drawn as it is stored
     phase: str
     status: str  # the machine's status before the move
     image: bytes | None = None
@@ -208,7 +208,7 @@ def _core_name(name: str) -> str:
 _LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS moves (id TEXT PRIMARY KEY, at INTEGER NOT NULL,
     name TEXT NOT NULL, address BLOB NOT NULL, peer TEXT NOT NULL,
-    peer_address BLOB NOT NULL, seq INTEGER NOT NULL, phase TEXT NOT NULL,
+    peer_address BLOB NOT NULL, seq INTEGER, phase TEXT NOT NULL,
     status TEXT NOT NULL, image BLOB, detail TEXT NOT NULL,
     UNIQUE (peer_address, seq));
 """
@@ -263,9 +263,10 @@ class MoveLog:
             raise MoveError(f"a move cannot go from {row.phase!r} to {phase!r}")
         new = replace(row, phase=phase, **changes)
         with self._db:
-            self._db.execute("UPDATE moves SET phase = ?, image = ?, detail = ? WHERE id = ?",
-                             (new.phase, new.image if phase == "sent" else None,
-                              new.detail, new.id))
+            self._db.execute("UPDATE moves SET phase = ?, seq = ?, image = ?, detail = ? "
+                             "WHERE id = ?", (new.phase, new.seq,
+                                              new.image if phase == "sent" else None,
+                                              new.detail, new.id))
         return new
 
     def rows(self, active: bool = False) -> list[MoveRow]:
@@ -695,8 +696,8 @@ class Mover:
         if not rt.resident(addr):
             raise UnknownName(f"no machine named {name!r}")
         m = rt.net.machines[addr]
-        row = MoveRow(os.urandom(8).hex(), name, addr, peer, p.address,
-                      self.log.next_seq(p.address), "prepare", m.status)
+        row = MoveRow(os.urandom(8).hex(), name, addr, peer, p.address, None, "prepare",
+                      m.status)
         self.log.add(row)  # durable before anything changes
         self._hold(row)
         task = self._tasks[addr] = asyncio.ensure_future(self._run(row))
@@ -781,7 +782,10 @@ class Mover:
             except MoveError as e:
                 await self._abort(row, str(e))
                 raise
-            row = self.log.advance(row, "sent", image=blob)
+            # The number is drawn now: one that never left (a move aborted before this)
+            # would leave a gap the destination's session waits on.
+            row = self.log.advance(row, "sent", image=blob,
+                                   seq=self.log.next_seq(row.peer_address))
             self.away[a] = row
             self._stop_at("exported")
         if row.phase == "sent":
@@ -799,8 +803,8 @@ class Mover:
             self._release(row)
             for fn in self.on_moved:
                 fn(row.address, row.peer, row.peer_address)
-        return MoveResult(row.name, row.address, row.peer[1:], row.peer_address, row.seq,
-                          row.phase, forwarded)
+        return MoveResult(row.name, row.address, row.peer[1:], row.peer_address,
+                          row.seq or 0, row.phase, forwarded)
 
     async def _abort(self, row: MoveRow, why: str) -> None:
         """The machine runs here again as it did before the move."""
@@ -832,7 +836,7 @@ class Mover:
         """Send the stored image until the destination answers: "acked", or the reason
         of a definite refusal."""
         chan = self._channel(row)
-        assert row.image is not None
+        assert row.image is not None and row.seq is not None
         frame = Batch(chan[0], chan[1], row.seq, (int(time.time() * 1000), 0), 0.0,
                       ((commons_cap(row.peer_address, MOVE_SERVICE), ("image", row.image)),),
                       None, False)
