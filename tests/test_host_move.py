@@ -152,6 +152,19 @@ async def settled(net: Net) -> bool:
 def test_phases_and_transitions_are_data():
     assert set(PHASES) == {p for t in TRANSITIONS for p in t}
     assert ("done", "sent") not in TRANSITIONS and ("aborted", "sent") not in TRANSITIONS
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "network.md").read_text()
+    for phase in PHASES:  # the docs' table lists every phase
+        assert f"| `{phase}` |" in doc, phase
+    ml = MoveLog(None)
+    from avm.host.migrate import MoveError, MoveRow
+    row = MoveRow("x", "m", b"a" * 32, "~c", b"c" * 32, None, "prepare", "running")
+    ml.add(row)
+    with pytest.raises(MoveError):
+        ml.advance(row, "done")  # not a transition: refused, nothing written
+    assert [r.phase for r in ml.rows()] == ["prepare"]
+    assert ml.advance(row, "sent", image=b"i", seq=ml.next_seq(b"c" * 32)).seq == 1
+    assert [(r.phase, r.image, r.seq) for r in ml.rows(active=True)] == [("sent", b"i", 1)]
+    assert ml.next_seq(b"c" * 32) == 2
 
 
 def test_a_machine_moves_while_senders_send_and_nothing_is_lost_or_reordered(tmp_path):
@@ -237,6 +250,11 @@ def test_bad_moves_are_refused_and_change_nothing(tmp_path):
                 await b.move("m", to="nowhere")
             with pytest.raises(UnknownName):
                 await b.move("nobody", to="c")
+            from avm.host.migrate import IMAGE_BYTES_MAX, MoveError
+            await b.spawn("big", log, b"x" * (IMAGE_BYTES_MAX + 1))
+            with pytest.raises(MoveError, match="image"):
+                await b.move("big", to="c")  # too large for one move: nothing changed
+            assert await where(net, "big") == ["b"] and b.record("big").status == "running"
             await c.spawn("m", log, ())  # the name is taken at C: a definite refusal
             with pytest.raises(MoveRefused):
                 await b.move("m", to="c")
@@ -245,8 +263,21 @@ def test_bad_moves_are_refused_and_change_nothing(tmp_path):
             await b.send(b.cap("m"), ("rec", "x", 1))
             await b.idle()
             assert await b.state("m") == (("x", 1),)
-            assert [r.phase for r in net.movers["b"].log.rows()] == ["aborted"]
+            assert [r.phase for r in net.movers["b"].log.rows()] == ["aborted", "aborted"]
             assert net.movers["c"].stats.refused_in == 1
+            # C takes no machine from B: refused, and it runs at B
+            await b.spawn("m2", log, ())
+            net.movers["c"].accept = lambda src, addr, name: src != IDS["b"].address
+            with pytest.raises(MoveRefused, match="no machines from that host"):
+                await b.move("m2", to="c")
+            net.movers["c"].accept = None
+            # a machine C routes to A may come from A only, not from B
+            m2 = b.address("m2")
+            net.peerings["c"].add_remote(m2, "a")
+            with pytest.raises(MoveRefused, match="only that host"):
+                await b.move("m2", to="c")
+            assert await where(net, "m2") == ["b"] and b.record("m2").status == "running"
+            assert net.movers["c"].stats.refused_in == 3
         finally:
             await net.close()
     run(go())

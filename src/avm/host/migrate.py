@@ -184,7 +184,7 @@ class MoveRow:
     address: bytes
     peer: str
     peer_address: bytes
-    seq: int
+    seq: int | None  # the image's number on the move channel, drawn as it is stored
     phase: str
     status: str  # the machine's status before the move
     image: bytes | None = None
@@ -208,7 +208,7 @@ def _core_name(name: str) -> str:
 _LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS moves (id TEXT PRIMARY KEY, at INTEGER NOT NULL,
     name TEXT NOT NULL, address BLOB NOT NULL, peer TEXT NOT NULL,
-    peer_address BLOB NOT NULL, seq INTEGER NOT NULL, phase TEXT NOT NULL,
+    peer_address BLOB NOT NULL, seq INTEGER, phase TEXT NOT NULL,
     status TEXT NOT NULL, image BLOB, detail TEXT NOT NULL,
     UNIQUE (peer_address, seq));
 """
@@ -263,9 +263,10 @@ class MoveLog:
             raise MoveError(f"a move cannot go from {row.phase!r} to {phase!r}")
         new = replace(row, phase=phase, **changes)
         with self._db:
-            self._db.execute("UPDATE moves SET phase = ?, image = ?, detail = ? WHERE id = ?",
-                             (new.phase, new.image if phase == "sent" else None,
-                              new.detail, new.id))
+            self._db.execute("UPDATE moves SET phase = ?, seq = ?, image = ?, detail = ? "
+                             "WHERE id = ?", (new.phase, new.seq,
+                                              new.image if phase == "sent" else None,
+                                              new.detail, new.id))
         return new
 
     def rows(self, active: bool = False) -> list[MoveRow]:
@@ -657,6 +658,10 @@ class Mover:
         #: called with (address, peer name, peer host address) after each switch: the
         #: place to tell senders or a naming service where the machine is now
         self.on_moved: list[Callable[[bytes, str, bytes], None]] = []
+        #: who may move machines here: called with (the sending host's address, the
+        #: machine's address, its name). None: any peer, except that a machine this host
+        #: routes to another peer may come from that peer only
+        self.accept: Callable[[bytes, bytes, str], bool] | None = None
         #: host address -> the peer's name, adding the peer if it is new (HostNet's:
         #: a destination named by its full address is reached through naming)
         self.peer_for: Callable[[bytes], str | None] | None = None
@@ -691,8 +696,8 @@ class Mover:
         if not rt.resident(addr):
             raise UnknownName(f"no machine named {name!r}")
         m = rt.net.machines[addr]
-        row = MoveRow(os.urandom(8).hex(), name, addr, peer, p.address,
-                      self.log.next_seq(p.address), "prepare", m.status)
+        row = MoveRow(os.urandom(8).hex(), name, addr, peer, p.address, None, "prepare",
+                      m.status)
         self.log.add(row)  # durable before anything changes
         self._hold(row)
         task = self._tasks[addr] = asyncio.ensure_future(self._run(row))
@@ -777,7 +782,10 @@ class Mover:
             except MoveError as e:
                 await self._abort(row, str(e))
                 raise
-            row = self.log.advance(row, "sent", image=blob)
+            # The number is drawn now: one that never left (a move aborted before this)
+            # would leave a gap the destination's session waits on.
+            row = self.log.advance(row, "sent", image=blob,
+                                   seq=self.log.next_seq(row.peer_address))
             self.away[a] = row
             self._stop_at("exported")
         if row.phase == "sent":
@@ -795,8 +803,8 @@ class Mover:
             self._release(row)
             for fn in self.on_moved:
                 fn(row.address, row.peer, row.peer_address)
-        return MoveResult(row.name, row.address, row.peer[1:], row.peer_address, row.seq,
-                          row.phase, forwarded)
+        return MoveResult(row.name, row.address, row.peer[1:], row.peer_address,
+                          row.seq or 0, row.phase, forwarded)
 
     async def _abort(self, row: MoveRow, why: str) -> None:
         """The machine runs here again as it did before the move."""
@@ -828,7 +836,7 @@ class Mover:
         """Send the stored image until the destination answers: "acked", or the reason
         of a definite refusal."""
         chan = self._channel(row)
-        assert row.image is not None
+        assert row.image is not None and row.seq is not None
         frame = Batch(chan[0], chan[1], row.seq, (int(time.time() * 1000), 0), 0.0,
                       ((commons_cap(row.peer_address, MOVE_SERVICE), ("image", row.image)),),
                       None, False)
@@ -923,6 +931,15 @@ class Mover:
             if type(content) is not tuple or len(content) != 2 or content[0] != "image":
                 raise MoveRefused("not an image")
             image = decode_image(content[1])
+            mi: MachineImage = image["machine"]
+            routed = rt.net.remote.get(mi.address)
+            if routed is not None and routed != peer:
+                # A peer may not take over the traffic of a machine another host serves.
+                raise MoveRefused("this host routes that machine to another host; only "
+                                  "that host may move it here")
+            if self.accept is not None and not self.accept(link.peer or b"", mi.address,
+                                                           mi.name):
+                raise MoveRefused("this host takes no machines from that host")
             peers = {p.address: n for n, p in self.peering.peers.items()}
             me = self.peering.identity.address
 
