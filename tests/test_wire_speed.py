@@ -15,7 +15,7 @@ import avm.host
 from avm.core import codec
 from avm.core.caps import Capability
 from avm.core.codec import DecodeError
-from avm.core.delivery import add_peer_host, add_remote, retry, send_batch
+from avm.core.delivery import PEER_RETRY_FACTOR, add_peer_host, add_remote, retry, send_batch
 from avm.core.network import Network
 from avm.host.peering import Peering
 from avm.wire.transport import TransportConfig
@@ -148,13 +148,14 @@ def test_the_peer_retry_timer_is_a_safety_net_not_a_doubling_retransmit():
     net2, evs = send_batch(net, ("client", "x"), far, (), host, 1.0)
     (key,) = [k for k in net2.outbox if k[0] == (("client", "x"), far)]
     _, retry_at, attempts = net2.outbox[key]
-    assert retry_at == net2.now + cfg.retry_ticks_max and attempts == 1
+    every = cfg.retry_ticks_max * PEER_RETRY_FACTOR
+    assert retry_at == net2.now + every and attempts == 1
     # handed to the shell at once: nothing waits on the model's wire for a down host
     assert [e.what for e in evs if type(e).__name__ == "Wire"] == ["lost-host-down"]
     assert len(net2.wire) == len(net.wire)
     net3, evs = retry(net2, key)
     _, retry_at, attempts = net3.outbox[key]
-    assert retry_at == net3.now + cfg.retry_ticks_max and attempts == 2
+    assert retry_at == net3.now + every and attempts == 1 + PEER_RETRY_FACTOR
     assert [e.what for e in evs] == ["lost-host-down"]
 
 

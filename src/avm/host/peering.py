@@ -185,6 +185,8 @@ class Peering:
             if link is not p.link:
                 p.link = link
                 self.counts["full_scans"] += 1
+                # When it closes, this loop wakes to send everything on the next one.
+                link.closed_callbacks.append(p.wake.set)
                 todo = [k for k, (b, _, _) in net.outbox.items()
                         if net.remote.get(b.dest) == p.name]
             else:
