@@ -58,8 +58,10 @@ TOKENS = 8
 
 
 async def host_ring(mode: str, hops: int, width: int,
-                    isolation: str = "inline") -> tuple[float, int]:
-    """Batches/s (or messages/s with width > 1) and commits, for ``hops`` batches.
+                    isolation: str = "inline") -> tuple[float, int, float]:
+    """Batches/s (or messages/s with width > 1), commits, and the process's CPU
+    microseconds per batch (every thread: the loop and the store's writer), for
+    ``hops`` batches. The CPU figure moves less than the rate on a shared machine.
 
     With ``isolation="workers"`` the ring's machines belong to two trust domains (even
     and odd), so every hop crosses from one worker process to the other.
@@ -73,6 +75,7 @@ async def host_ring(mode: str, hops: int, width: int,
         await h.idle()
         c0 = h.store.commits
         t = time.perf_counter()
+        cpu = time.process_time()
         if width == 1:
             await h.submit([(caps[i % MACHINES], ("hop", hops // TOKENS, 1)) for i in range(TOKENS)])
         else:
@@ -81,7 +84,7 @@ async def host_ring(mode: str, hops: int, width: int,
             await h.submit([(caps[0], ("hop", hops, 1))])
         await h.idle(timeout=600)
         dt = time.perf_counter() - t
-        return hops / dt, h.store.commits - c0
+        return hops / dt, h.store.commits - c0, (time.process_time() - cpu) / hops * 1e6
 
 
 @ring.on("wide")
@@ -91,7 +94,8 @@ def _wide(state, k, width):
     return [(state, ("wide", k - 1, width))] + [(state, ("hop", 0, 1))] * (width - 1), state
 
 
-async def host_wide(mode: str, batches: int, width: int) -> float:
+async def host_wide(mode: str, batches: int, width: int) -> tuple[float, float]:
+    """Messages/s, and the process's CPU microseconds per message."""
     d = tempfile.mkdtemp(prefix="avm-bench-")
     path = os.path.join(d, "b.avm")
     async with avm.host.open(path, behaviors=[ring], durability=mode) as h:
@@ -99,9 +103,11 @@ async def host_wide(mode: str, batches: int, width: int) -> float:
         await h.submit([(caps[i], ("next", caps[(i + 1) % MACHINES])) for i in range(MACHINES)])
         await h.idle()
         t = time.perf_counter()
+        cpu = time.process_time()
         await h.submit([(caps[i], ("wide", batches // TOKENS, width)) for i in range(TOKENS)])
         await h.idle(timeout=600)
-        return batches * width / (time.perf_counter() - t)
+        n = batches * width
+        return n / (time.perf_counter() - t), (time.process_time() - cpu) / n * 1e6
 
 
 def raw_sqlite(n: int) -> float:
@@ -340,15 +346,16 @@ def main() -> None:
     raw = raw_sqlite(2000)
     rows: list[tuple[str, float, str]] = []
     for mode in ("full", "normal"):
-        rate, commits = asyncio.run(host_ring(mode, n, 1))
+        rate, commits, cpu = asyncio.run(host_ring(mode, n, 1))
         rows.append((f"host {mode}, 1 message/batch (batches/s)", rate,
-                     f"{n / max(commits, 1):.0f} batches per commit"))
+                     f"{n / max(commits, 1):.0f} batches per commit, {cpu:.1f} us CPU each"))
     for mode in ("full", "normal"):
-        rate = asyncio.run(host_wide(mode, n // 4, 10))
-        rows.append((f"host {mode}, 10 messages/batch (messages/s)", rate, ""))
-    mem, _ = asyncio.run(host_ring("memory", n, 1))
-    rows.append(("host in memory, 1 message/batch (batches/s)", mem, ""))
-    iso, _ = asyncio.run(host_ring("memory", max(n // 10, TOKENS), 1, "workers"))
+        rate, cpu = asyncio.run(host_wide(mode, n // 4, 10))
+        rows.append((f"host {mode}, 10 messages/batch (messages/s)", rate,
+                     f"{cpu:.1f} us CPU per message"))
+    mem, _, cpu = asyncio.run(host_ring("memory", n, 1))
+    rows.append(("host in memory, 1 message/batch (batches/s)", mem, f"{cpu:.1f} us CPU each"))
+    iso, _, _ = asyncio.run(host_ring("memory", max(n // 10, TOKENS), 1, "workers"))
     rows.append(("in memory, isolated workers, 1 message/batch", iso,
                  f"{iso / mem:.2f}x inline"))
     try:

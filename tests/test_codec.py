@@ -679,3 +679,28 @@ def test_negative_zero_is_its_own_value():
 def test_register_extension_refuses_tags_outside_the_block(bad):
     with pytest.raises(ValueError):
         codec.register_extension(complex, bad, lambda c: (), lambda t: 0j)
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        return ("ok", codec.decode(data))
+    except codec.DecodeError as e:
+        return ("refused", str(e))
+
+
+def test_the_same_bytes_decode_the_same_way_whatever_was_decoded_before():
+    # Decoding keeps checked capabilities by their exact bytes; a capability with a NaN
+    # among its commons arguments must still count its NaN when it is seen again.
+    from avm.core.caps import commons_cap
+
+    cap = codec.encode(commons_cap(b"\x01" * 32, "x", (float("nan"),)))
+    for data in (b"\xa1" + cap + b"\x00", b"\x82" + cap + cap, cap):
+        codec._CAP_CACHE.clear()
+        cold = _outcome(data)
+        codec.decode(cap)
+        codec.decode(cap)
+        warm = _outcome(data)
+        assert repr(cold) == repr(warm)
+    codec._CAP_CACHE.clear()
+    codec.decode(cap)
+    assert cap not in codec._CAP_CACHE

@@ -156,3 +156,49 @@ def test_the_header_joined_from_cached_fields_is_the_whole_encoding():
         for _ in range(150):
             sim.step()
             assert cache(sim.net) == s._header(sim.net)
+
+
+cell = Behavior("test.store_speed.cell")
+
+
+@cell.init
+def _cell_init(state, n):
+    return [], n
+
+
+@cell.on("get")
+def _cell_get(n, reply):
+    return [(reply, ("n", n))], n
+
+
+def test_spawn_many_commits_each_chunk_after_its_init_batches_ran(tmp_path, monkeypatch):
+    """The init batches of a chunk run before the chunk is committed (Runtime.
+    hold_commits), so none is ever written to the queue, and every machine is there
+    (evicted, loaded on demand) with its initial state."""
+    import asyncio
+
+    import avm.host
+    from avm.host import runtime
+
+    monkeypatch.setattr(runtime, "CHUNK_STEPS", 8)  # the loop would commit every 8 steps
+    queued: list = []
+    real = s._many
+
+    def spy(db, head, rows, tail=""):
+        if head.startswith("INSERT OR REPLACE INTO queue"):
+            queued.extend(rows)
+        real(db, head, rows, tail)
+
+    async def go():
+        async with avm.host.open(tmp_path / "h.avm", behaviors=[cell],
+                                 durability="normal") as h:
+            await h.idle()
+            monkeypatch.setattr(s, "_many", spy)
+            made = await h.spawn_many(cell, ((f"m{i}", i) for i in range(120)), chunk=50)
+            monkeypatch.setattr(s, "_many", real)
+            return made, [await h.ask(h.cap(f"m{i}"), "get") for i in (0, 49, 50, 119)]
+
+    made, answers = asyncio.run(asyncio.wait_for(go(), 60))
+    assert made == 120
+    assert answers == [("n", 0), ("n", 49), ("n", 50), ("n", 119)]
+    assert queued == []

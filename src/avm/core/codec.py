@@ -632,6 +632,7 @@ class _Decoder:
         name = _tag_name(tag)
         inner = self.enter(depth, start)
         span = None
+        nans = self.nans
         if tag == TAG_CAPABILITY:
             # A channel's messages mostly name the same few capabilities: one checked
             # decoding of each exact unrestricted byte form is kept (immutable), and
@@ -667,9 +668,11 @@ class _Decoder:
             raise _Fail(f"cannot be encoded again: {_error_text(e)}", start) from None
         if again != raw:
             raise _Fail("not the canonical encoding of its value", start)
-        if span is not None and span[0] == self.pos and obj[2] == 0:
-            # unrestricted ones only: a linear, affine or relevant capability is an item
-            # that each decoding makes anew (a copy is a distinct object, counted apart)
+        # Unrestricted ones only: a linear, affine or relevant capability is an item
+        # that each decoding makes anew (a copy is a distinct object, counted apart).
+        # Nor one holding a NaN: a hit would not count it, and the same bytes must
+        # decode the same way whatever was decoded before.
+        if span is not None and span[0] == self.pos and obj[2] == 0 and self.nans == nans:
             if len(_CAP_CACHE) >= _CAP_CACHE_MAX:
                 _CAP_CACHE.clear()
             _CAP_CACHE[raw] = (obj, span[1], span[2])

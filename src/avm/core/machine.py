@@ -497,6 +497,9 @@ def capability_problem(cap: Any) -> str | None:
     holds one) reaches the runtime too; one malformed capability must fail its batch, not
     the scheduler that would later compare its priority or hash its address.
     """
+    e = _GOOD_CAPS.get(id(cap))
+    if e is cap:  # this very object passed before; a Capability cannot change
+        return None
     try:
         _check_cap_fields(cap.address, cap.keyver, cap.kind, cap.priority, cap.sealed,
                           cap.commons)
@@ -506,7 +509,18 @@ def capability_problem(cap: Any) -> str | None:
         return safe_text(e)
     except Exception:
         return "its fields cannot be read"
+    if type(cap) is Capability:
+        if len(_GOOD_CAPS) >= _GOOD_CAPS_MAX:
+            _GOOD_CAPS.clear()
+        _GOOD_CAPS[id(cap)] = cap
     return None
+
+
+#: id -> capability of capabilities that passed capability_problem lately (a machine
+#: sends through the same few, batch after batch); the entry holds the object, so its
+#: id is not reused while it lives. Emptied when full.
+_GOOD_CAPS: dict[int, Any] = {}
+_GOOD_CAPS_MAX = 256
 
 
 def _same_substructure(old: Any, new: Any) -> bool:

@@ -720,7 +720,11 @@ def _run(net: Network, env: Env, pick: tuple) -> tuple[Network, list]:
         return _fail_batch(net, chan, b, Failure("undeliverable", str(e)), evs)
     runner = env.batch_runner
     if runner is None:
-        r = run_batch(fn, m.state, msgs, plain_messages=plain)
+        # The machines map counts each record's substructural items (its index holds
+        # only records with some): a record outside it gives its state's census, empty,
+        # without walking the state again at every batch.
+        items: list | None = [] if dest not in net.machines._subs else None
+        r = run_batch(fn, m.state, msgs, items, plain_messages=plain)
     else:  # a host runs it elsewhere (avm.host.isolation), by this same function
         r = runner(net, dest, m, fn, msgs, plain)
     if not r.ok:

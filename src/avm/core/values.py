@@ -833,15 +833,36 @@ def _weigh(v: Any) -> tuple[int, int]:
             elif tx is bool or x is None:
                 b += 1
                 continue
+            e = _RECORD_WEIGHTS.get(id(x))  # a record weighed lately (an output's capability)
+            if e is not None and e[0] is x:
+                b += e[1]
+                i += e[2] - 1
+                continue
             xb, xi = _weigh(x)
             b += xb
             i += xi - 1
         return b, i
+    e = _RECORD_WEIGHTS.get(id(v))
+    if e is not None and e[0] is v:
+        return e[1], e[2]
     row = VALUE_TYPES.get(t)
     if row is None or row.tag is None or row.to_items is None:
         raise ValueRuleError("$", f"a {t.__name__} is not a value")
     b, i = _weigh(row.to_items(v))
-    return b + _head(row.tag), i + 1
+    b += _head(row.tag)
+    i += 1
+    # Records (capabilities above all: a machine's state, every output) are immutable
+    # values, weighed again at every batch that keeps or sends the same object.
+    if len(_RECORD_WEIGHTS) >= _RECORD_WEIGHTS_MAX:
+        _RECORD_WEIGHTS.clear()
+    _RECORD_WEIGHTS[id(v)] = (v, b, i)
+    return b, i
+
+
+#: id -> (record, bytes bound, items bound) of records weighed lately (the entry holds
+#: the record, so its id is not reused while the entry lives); emptied when full.
+_RECORD_WEIGHTS: dict[int, tuple[Any, int, int]] = {}
+_RECORD_WEIGHTS_MAX = 256
 
 
 def _excess(v: Any) -> tuple[int, int]:

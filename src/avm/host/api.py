@@ -320,7 +320,6 @@ class Host:
             self._pool.add(bname, rt.env.behaviors[bname])
         it = iter(pairs)
         total = 0
-        previous: list[bytes] = []
         error: list[AvmError] = []
         with paced_gc():
             while True:
@@ -349,7 +348,13 @@ class Host:
                     inits.extend((e.chan, e.seq) for e in out if type(e) is events.Created)
                     return net, out
 
-                rt.apply(act, journaled=True)
+                hold = rt.hold_commits()
+                hold.__enter__()  # until the chunk's init batches ran: see hold_commits
+                try:
+                    rt.apply(act, journaled=True)
+                except BaseException:
+                    hold.__exit__(None, None, None)
+                    raise
                 done = asyncio.get_running_loop().create_future()
                 if inits:
                     last = inits[-1]  # same priority, later timestamp: the chunk's last init
@@ -361,18 +366,20 @@ class Host:
                     rt.watches[last] = fin
                 else:
                     done.set_result(None)
-                # The previous chunk is committed and evicted while the loop runs this
-                # chunk's init batches (evict waits for the commits first).
-                if previous and not resident:
-                    await rt.evict(only=previous)
-                await done
-                previous = made
+                # The chunk's init batches run before anything waits for a commit: a
+                # batch made and run between two commits has no queue row to write or
+                # delete (the writer once encoded every init batch, env and all, to
+                # delete it at the next commit: more than half of creation's cost).
+                try:
+                    await done
+                finally:
+                    hold.__exit__(None, None, None)
                 total += len(made)
+                if not resident:
+                    await rt.evict(only=made)  # commits the chunk first
                 if error:
                     break
             await rt.durable()
-            if previous and not resident:
-                await rt.evict(only=previous)
         if error:
             raise error[0]
         return total

@@ -104,13 +104,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "demo", help="start a host with the example applications and clients", formatter_class=fmt,
         description=("Start a host on an embedded store with the example applications "
                      "running and clients sending them work; prints what to type."),
-        epilog="examples:\n  avm demo\n  avm demo --dir ./demo --seconds 10")
+        epilog="examples:\n  avm demo\n  avm demo --dir ./demo --seconds 10\n  avm demo --hosts 3")
     d.add_argument("--dir", default=None, help="folder of the store (default: a new temporary one)")
     d.add_argument("--seconds", type=float, default=None, help="stop after this long")
     d.add_argument("--http", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="serve the HTTP control API here (default 127.0.0.1:0, any free port)")
     d.add_argument("--log", default="off", metavar="FILE",
                    help="JSON log lines to FILE (- for stderr; default off)")
+    d.add_argument("--hosts", type=int, default=1, metavar="N",
+                   help="spread the examples over N host processes that talk over TLS and "
+                        "find each other through the DHT (default 1: one host)")
+    d.add_argument("--role", type=int, default=None, help=argparse.SUPPRESS)  # a child of --hosts
 
     m = sub.add_parser(
         "machine", help="list, read, message and control the machines of a running host",
@@ -200,7 +204,18 @@ def run(args: argparse.Namespace) -> int:
             from .demo import demo
 
             with _logging(args.log):
-                asyncio.run(demo(args.dir, args.seconds, http=args.http))
+                if args.role is not None or args.hosts > 1:
+                    from .demo_hosts import demo_hosts, demo_role
+
+                    if args.role is None:
+                        asyncio.run(demo_hosts(args.hosts, args.dir, args.seconds))
+                    elif args.dir is None:
+                        raise UsageError("--role needs --dir")
+                    else:
+                        asyncio.run(demo_role(args.role, args.hosts, args.dir, args.seconds,
+                                              http=args.http))
+                else:
+                    asyncio.run(demo(args.dir, args.seconds, http=args.http))
             return 0
         if args.command == "machine":
             return asyncio.run(_machine(args))

@@ -874,7 +874,7 @@ class Mover:
         ``address`` (acks held back while it moved)."""
         net = self.rt.committed
         chans = [c for m in (net.received, net.head) for c in m._m if c[1] == address]
-        await self.peering.ack_channels(set(chans))
+        self.peering.ack_channels(set(chans))
 
     def _wake_peers(self) -> None:
         for p in self.peering.peers.values():
@@ -964,6 +964,21 @@ class Mover:
                 p.due.add(k)
         self._wake_peers()
         await self._ack_inbound(a)  # batches that came home are committed here
+        await self._renew_stale(a)
+
+    async def _renew_stale(self, address: bytes) -> None:
+        """Close the links whose sessions took a channel to ``address`` less far than
+        this host has it now (it lived here before, and the rest came in the image): such
+        a session would hold what follows as early forever. A new link starts from the
+        store's numbers, and its sender sends its outbox again."""
+        net = self.rt.committed
+        chans = [c for c in net.received._m if c[1] == address]
+        for links in list(self.peering.transport.links.values()):
+            for link in list(links):
+                if any(link.conn.handed_out(c) < net.received[c] for c in chans):
+                    self.peering.counts["stale_links"] += 1
+                    with contextlib.suppress(WireError, OSError):
+                        await link.close("ok", "a channel's numbers moved on another link")
 
     def statistics(self) -> MoveStatistics:
         return replace(self.stats, detail={})

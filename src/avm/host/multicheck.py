@@ -129,6 +129,11 @@ class Options:
     ttl_seconds: float = 30.0
     durability: str = "normal"
     pace_seconds: float = 0.0  # pause between two client sends
+    #: hand the routing record over in the introduction too; False: only the DHT finds it
+    learn_records: bool = True
+    #: join the DHT through every other host's port; False: through host 0's only (the
+    #: others are then found by Kademlia's own lookups)
+    join_all: bool = True
 
 
 def free_ports(n: int) -> tuple[int, ...]:
@@ -183,11 +188,12 @@ async def _setup(h: Host, net: HostNet, o: Options, i: int) -> None:
     assert net.naming is not None
     intro = _paths(o, i)[2]
     if not intro.exists():
+        record = (await net.naming.publish()).data if o.learn_records else None
         write_introduction(intro, net.address, {"sink": h.cap("sink"), "ball": h.cap("ball")},
-                           (await net.naming.publish()).data)
+                           record)
     nxt = (i + 1) % o.n
     addr, caps, record = await _intro_of(o, nxt)
-    if record is not None:
+    if record is not None and o.learn_records:
         with contextlib.suppress(RecordError):  # an old one: the DHT has a newer record
             net.learn_record(record)
     for name in ("sink", "ball"):
@@ -221,7 +227,8 @@ async def _run(o: Options, i: int, conn: Any) -> None:
         chaos = f"{o.chaos},seed={int.from_bytes(os.urandom(4), 'big')}"
     async with open(store, behaviors=BEHAVIORS, durability=o.durability,
                     host=host_name(identity)) as h:
-        join = [("127.0.0.1", p) for j, p in enumerate(o.ports) if j != i]
+        join = [("127.0.0.1", p) for j, p in enumerate(o.ports)
+                if j != i and (o.join_all or j == 0)]
         net = await HostNet(h, identity, listen=("127.0.0.1", o.ports[i]), join=join,
                             ttl_seconds=o.ttl_seconds, chaos=chaos).start()
         try:
@@ -351,6 +358,7 @@ class RunFigures:
     duplicates: int = 0  # duplicates refused by sessions, over every life of every host
     by_host: list[int] = field(default_factory=list)  # the same, per host
     censuses: tuple[int, ...] = ()  # the whole system's linear items, at each full stop
+    contacts: tuple[int, ...] = ()  # each host's DHT contacts at the end
     seconds: float = 0.0
 
 
@@ -371,6 +379,7 @@ class Ring:
         self.conns: list[Any] = [None] * o.n
         self.dups: list[int] = [0] * o.n  # this life's count, per host
         self.status: dict[int, tuple] = {}
+        self.sent: list[int] = [0] * o.n  # the highest number each client reported
         self.figures = RunFigures(by_host=[0] * o.n)
         self.progress = progress or (lambda text: None)
 
@@ -416,6 +425,7 @@ class Ring:
                     ready.discard(msg[1])
                 elif kind == "progress":
                     self.dups[i] = max(self.dups[i], msg[3])
+                    self.sent[i] = max(self.sent[i], msg[2])
                 elif kind == "status":
                     self.dups[i] = max(self.dups[i], msg[4])
                     self.status[i] = msg
@@ -465,6 +475,7 @@ class Ring:
                     raise AssertionError(f"host {j} died") from None
                 if msg[0] == "progress":
                     self.dups[j] = max(self.dups[j], msg[3])
+                    self.sent[j] = max(self.sent[j], msg[2])
                     if c is conn:
                         seen[0] += 1
 
@@ -508,11 +519,14 @@ class Ring:
 
 
 def run(o: Options, kills: int, seed: int, progress: Any = None,
-        census_every: int = 0) -> tuple[CheckResult, RunFigures]:
+        census_every: int = 0, census_start: bool = True, min_sent: int = 0,
+        seconds: float = 0.0) -> tuple[CheckResult, RunFigures]:
     """Start the ring, make ``kills`` random kill -9 and restarts (seeded), drain, check.
 
     ``census_every``: every that many kills, stop all hosts at once and take the census
-    (it must not change)."""
+    (it must not change); ``census_start``: once right after the start too.
+    ``min_sent``: before stopping, wait until every client has sent that many batches;
+    ``seconds``: and until the run has lasted that long (kills go on meanwhile)."""
     import random
 
     rng = random.Random(seed)
@@ -520,8 +534,14 @@ def run(o: Options, kills: int, seed: int, progress: Any = None,
     t0 = time.monotonic()
     try:
         ring.start_all()
-        ring.figures.censuses += (check_live_census(ring),)
-        for k in range(kills):
+        ring.progress(f"{o.n} hosts up after {time.monotonic() - t0:.1f} s")
+        if census_start:
+            ring.figures.censuses += (check_live_census(ring),)
+        k = 0
+        while k < kills or time.monotonic() - t0 < seconds or min(ring.sent) < min_sent:
+            if k >= kills:
+                ring.progressed(rng.randrange(o.n), 1)
+                continue
             victim = rng.randrange(o.n)
             ring.progressed(rng.randrange(o.n), rng.randint(1, 2))
             ring.kill(victim)
@@ -530,10 +550,13 @@ def run(o: Options, kills: int, seed: int, progress: Any = None,
             ring.wait_ready([victim])
             if census_every and (k + 1) % census_every == 0:
                 ring.census_now()
-            if ring.progress:
-                ring.progress(f"kill {k + 1}/{kills}: host {victim}; duplicates refused "
-                              f"so far {ring.figures.duplicates + sum(ring.dups)}")
+                ring.progress(f"census at kill {k + 1}: {ring.figures.censuses[-1]} linear items")
+            k += 1
+            ring.progress(f"kill {k}/{kills} at {time.monotonic() - t0:.0f} s: host {victim}; "
+                          f"duplicates refused so far {ring.figures.duplicates + sum(ring.dups)}")
+        ring.progress(f"draining: clients sent {sum(ring.sent)} batches so far")
         ring.drain()
+        ring.figures.contacts = tuple(ring.status[i][5] for i in range(o.n))
         ring.kill_all()
         result = check(o, tuple(ring.figures.by_host))
         ring.figures.censuses += (result.linear,)

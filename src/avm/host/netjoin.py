@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 PEERS_MAX = 1024
 #: Seconds between attempts to join the DHT while no node answers.
 JOIN_RETRY_SECONDS = 0.5
+#: Seconds between two checks that the DHT still has contacts (else: join again).
+REJOIN_CHECK_SECONDS = 2.0
 #: Capabilities read from one batch to learn where machines live, at most.
 LEARN_CAPS_MAX = 64
 #: How deep :func:`_caps_in` looks into a message's value.
@@ -248,6 +250,15 @@ class HostNet:
         self.joined.set()
         with contextlib.suppress(Exception):
             await self.naming.publish()  # now that there are nodes to hold it
+        # Kademlia drops a contact that does not answer in time (a peer restarting, a
+        # loaded machine); a host whose table ran empty joins again.
+        while True:
+            await asyncio.sleep(REJOIN_CHECK_SECONDS)
+            if self.dht.contacts() == 0:
+                self.learned["rejoins"] += 1
+                with contextlib.suppress(Exception):
+                    if await self.dht.bootstrap(self.join_at) > 0:
+                        await self.naming.publish()
 
     async def close(self) -> None:
         for t in self._tasks:

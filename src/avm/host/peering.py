@@ -49,6 +49,7 @@ from ..core.netvalue import Network, events
 from ..wire import (
     Acked,
     Batch,
+    BatchHeld,
     BatchReceived,
     DuplicateBatch,
     GapRequested,
@@ -102,7 +103,7 @@ class Peering:
         self.counts: dict[str, int] = {"sent": 0, "received": 0, "acks_sent": 0,
                                        "acks_received": 0, "duplicates": 0,
                                        "resent": 0, "full_scans": 0, "writes": 0,
-                                       "relayed": 0}
+                                       "relayed": 0, "stale_links": 0}
         #: the host's avm.host.migrate.Mover, once made: it takes the move channels, and
         #: says how far batches to a moving or moved machine may be acknowledged
         self.mover: Any = None
@@ -129,8 +130,15 @@ class Peering:
     def add_remote(self, address: bytes, peer: str) -> None:
         """Machine ``address`` lives on peer ``peer``."""
         core = _core_name(peer)
-        if self.rt.net.remote.get(address) != core:
+        before = self.rt.net.remote.get(address)
+        if before != core:
             self.rt.apply(lambda net: (add_remote(net, address, core), []), Dirty(heads={address}))
+            p = self.peers.get(core)
+            if before is not None and p is not None:
+                # It moved (avm.host.migrate): what the outbox holds for it goes to its
+                # new host, on whatever link is up there, in order per channel.
+                p.due |= {k for k, (b, _, _) in self.rt.net.outbox.items() if b.dest == address}
+                p.wake.set()
 
     async def close(self) -> None:
         tasks = [p.task for p in self.peers.values()] + [a.task for a in self._acks.values()]
@@ -244,6 +252,7 @@ class Peering:
             return
         touched: set = set()
         relayed: set = set()
+        stale = False
         mover = self.mover
         for e in evs:
             t = type(e)
@@ -283,6 +292,12 @@ class Peering:
                 p.due |= gap
                 p.asked |= gap
                 p.wake.set()
+            elif t is BatchHeld:
+                if self.rt.net.received.get(e.channel, 0) >= e.last:
+                    # The gap this session waits for was filled on another path (a
+                    # machine that moved back, avm.host.migrate): its numbers are stale.
+                    # A new link starts from the store's and is sent the outbox again.
+                    stale = True
             elif t is HelloReceived:
                 hp = self.peers.get(peer)
                 if hp is not None and hp.dialer is None:
@@ -298,25 +313,31 @@ class Peering:
             a.chans |= touched
             a.wake.set()
         if relayed:
-            await self.ack_channels(relayed)
+            self.ack_channels(relayed)
+        if stale:
+            self.counts["stale_links"] += 1
+            await link.close("ok", "a channel's numbers moved on another link")
 
-    async def ack_channels(self, chans: set) -> None:
-        """Acknowledge ``chans`` on every link as far as committed and allowed: the acks
-        a moving or moved machine's batches waited for (avm.host.migrate)."""
+    def ack_channels(self, chans: set) -> None:
+        """Acknowledge ``chans`` on every link that handed out more of them than it
+        acknowledged, by the links' ack tasks (after the commit, as far as allowed): the
+        acks a moving or moved machine's batches waited for (avm.host.migrate)."""
         if not chans:
             return
-        net = await self.rt.durable()
-        mover = self.mover
         for links in list(self.transport.links.values()):
             for link in list(links):
-                for chan in chans:
-                    upto = min(net.received.get(chan, 0), link.conn.handed_out(chan))
-                    if mover is not None:
-                        upto = mover.ack_floor(net, chan, upto)
-                    if upto > link.conn.committed(chan):
-                        with contextlib.suppress(WireError):
-                            await link.ack(chan[0], chan[1], upto)
-                            self.counts["acks_sent"] += 1
+                if link.closed.is_set():
+                    continue
+                conn = link.conn
+                want = {c for c in chans if conn.handed_out(c) > conn.committed(c)}
+                if not want:
+                    continue
+                a = self._acks.get(link)
+                if a is None:
+                    a = self._acks[link] = _Acks()
+                    a.task = asyncio.ensure_future(self._ack_loop(link, a))
+                a.chans |= want
+                a.wake.set()
 
     async def _ack_loop(self, link: Link, a: _Acks) -> None:
         """Ack what ``link`` handed out, only after the commit that holds it."""

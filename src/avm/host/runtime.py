@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..core import inbox
@@ -70,6 +71,13 @@ EVICT_TRIES = 5
 CHUNK_STEPS = 2_000
 #: ... or this much time, whichever comes first.
 CHUNK_SECONDS = 0.005
+#: The loop hands its rows to the writer by itself at most this often (and whenever it
+#: runs out of work): a commit costs the writer a fixed share (the header, the batches
+#: still queued, a dozen statements, the GIL hand-backs) whatever it carries, so fewer,
+#: larger commits cost less per batch. Nobody waits for these: whoever needs a commit
+#: (an ``ask``, a ``submit``, the wire, the live events) calls ``durable``, which hands
+#: everything over at once.
+COMMIT_EVERY_SECONDS = 0.02
 #: While a commit younger than this is being written, the loop keeps stepping and the
 #: rows wait for the next commit; past it, the loop waits for the writer (back-pressure).
 COMMIT_LAG_SECONDS = 0.02
@@ -149,6 +157,8 @@ class Runtime:
         self._evict_timer: asyncio.TimerHandle | None = None
         self._count_check = 0  # the resident count at which a full host tries again
         self._gc: Any = None  # the collector's pacing while the loop runs
+        #: while above 0, the loop hands no rows to the writer by itself (see hold_commits)
+        self._held = 0
 
     # -- eviction -----------------------------------------------------------------------
     def evict_config(self, resident_max: int | None, idle_seconds: float | None,
@@ -473,6 +483,24 @@ class Runtime:
         self._last_at = time.perf_counter()
         return self._last
 
+    @contextlib.contextmanager
+    def hold_commits(self) -> Iterator[None]:
+        """While the block runs, the loop does not hand rows to the writer by itself;
+        :meth:`durable` still commits everything at once for whoever asks.
+
+        For bulk work whose own batches follow at once (``spawn_many``: a chunk of
+        machines, then their init batches): committed after those batches ran, a batch
+        made and run in between has no queue row to write and delete (the store's
+        ``Dirty.born``). Nothing is acknowledged from uncommitted rows meanwhile:
+        callers are answered after :meth:`durable`, which never waits for this.
+        """
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self._wake.set()
+
     async def durable(self) -> Network:
         """Wait until everything done so far is committed; returns that snapshot."""
         if self.failed is not None or (self.committer is not None
@@ -483,7 +511,9 @@ class Runtime:
             return self.committed
         gen, snap, fut = last
         if not fut.done():
-            await asyncio.wrap_future(fut)
+            # shielded: a waiter that is cancelled (a peer link closing) must not cancel
+            # the commit's future, which other waiters share and the writer completes
+            await asyncio.shield(asyncio.wrap_future(fut))
         else:
             fut.result()  # raises the StoreError of a failed commit
         if gen > self._committed_gen:
@@ -543,7 +573,8 @@ class Runtime:
                     if not n & 63 and time.perf_counter() > t_end:
                         break
                 self.counters["steps"] += n
-                if (n or idle) and self.dirty:
+                if (n or idle) and self.dirty and not self._held and (
+                        idle or time.perf_counter() - self._last_at >= COMMIT_EVERY_SECONDS):
                     try:
                         if not self._writer_busy():
                             await self._one_commit_in_flight()
@@ -605,7 +636,7 @@ class Runtime:
         """
         last = self._last
         if last is not None and not last[2].done():
-            await asyncio.wrap_future(last[2])
+            await asyncio.shield(asyncio.wrap_future(last[2]))  # as in durable()
 
     def _wake_at(self, ms: int) -> None:
         """Run again when the wall clock reaches ``ms`` (the next timer's due time)."""
