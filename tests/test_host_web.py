@@ -275,3 +275,13 @@ def test_the_state_tree_route_shows_capabilities_opaque_and_needs_a_token():
     assert len(p["children"]) == 50 and p["next"] is None
     assert p["children"][0]["path"] == "caps[250]" and p["children"][0]["value"] == {"$cap": "t"}
     assert bad.status_code == 400 and nobody.status_code == 404
+
+
+def test_every_view_has_a_screenshot_in_the_docs_and_the_readme_shows_them():
+    readme = (ROOT / "README.md").read_text()
+    web = (ROOT / "docs" / "web.md").read_text()
+    for view in ("machines", "machine", "batches", "network", "dictionary"):
+        png = ROOT / "docs" / "screenshots" / f"{view}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png  # made by the browser tests
+        assert f"docs/screenshots/{view}.png" in readme, view
+        assert f"screenshots/{view}.png" in web, view

@@ -26,7 +26,8 @@ filled three ways, never overriding what it holds and never claiming a local mac
    :func:`read_introduction` carry a host's capabilities in a file);
 2. the sender of a batch that arrived from peer P lives on P (P authenticated itself);
 3. a capability inside such a batch, to a machine this host does not know, lives on P
-   (replies: a request carries the capability of the machine that wants the answer).
+   (replies: a request carries the capability of the machine that wants the answer;
+   the status capability of its feedback, so the delivered/failed report crosses back).
 
 A peer can misdirect only the traffic to machines it names in this way (first learned
 wins), and gains nothing from it: capabilities are sealed with keys only their own
@@ -179,6 +180,9 @@ class HostNet:
 
         self.mover = Mover(host, self.peering)
         self.mover.peer_for = self._peer
+        from .returns import Returns  # linear values given back across hosts
+
+        self.returns = Returns(self.rt)
         self.dht: DhtNode | None = None
         self.naming: Naming | None = None
         self.proxy: Any = None
@@ -210,6 +214,7 @@ class HostNet:
             self._tasks.append(asyncio.ensure_future(self._join_loop()))
         else:
             self.joined.set()  # the first node of a DHT, or no DHT: nothing to join
+        self.returns.scan()  # letters a crash left before they were moved
         # peers the store knows (batches to them may wait in the outbox): reach them again
         for name, rec in list(self.rt.net.hosts._m.items()):
             if name.startswith("~") and name not in self.peering.peers:
@@ -337,6 +342,8 @@ class HostNet:
         found: list[bytes] = []
         if type(frame.sender) is bytes:
             found.append(frame.sender)
+        if frame.notify is not None:  # its feedback goes back to the status capability
+            _caps_in(frame.notify, found, LEARN_DEPTH_MAX)
         for _cap, content in frame.messages:
             _caps_in(content, found, LEARN_DEPTH_MAX)
             if len(found) > LEARN_CAPS_MAX:
