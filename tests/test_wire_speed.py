@@ -238,3 +238,38 @@ def test_peer_hosts_deliver_with_the_ordinary_transport_config(tmp_path, seed):
             await pb.close()
     run(go())
 
+
+
+def test_a_host_whose_commit_failed_closes_its_links_and_leaves_no_failed_task(tmp_path):
+    import gc
+
+    async def go():
+        seen: list = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: seen.append(ctx))
+        async with avm.host.open(tmp_path / "a.avm", behaviors=[counter]) as a, \
+                avm.host.open(tmp_path / "b.avm", behaviors=[counter]) as b:
+            cap = await b.spawn("counter", counter, 0)
+            pa, pb, _ = await pair(a, b)
+            pa.add_remote(cap.address, "b")
+            await a.send(cap, ("add", 1))
+            await until(lambda: _is(b.state("counter"), 1))
+
+            def fail(where: str) -> None:
+                if where == "rows":
+                    raise OSError("simulated disk failure")
+            b._rt.store.fault = fail
+            await a.send(cap, ("add", 1))
+
+            async def b_stopped():
+                return b._rt.failed is not None or b._rt.committer.failed is not None
+            await until(b_stopped)
+            for _ in range(3):
+                await a.send(cap, ("add", 1))
+            await asyncio.sleep(0.3)
+            assert len((await a._rt.durable()).outbox) >= 3  # nothing acked past the failure
+            await pa.close()
+            await pb.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [c for c in seen if "never retrieved" in str(c.get("message", ""))], seen
+    run(go())
