@@ -15,7 +15,7 @@ import avm.host
 from avm.core import codec
 from avm.core.caps import Capability
 from avm.core.codec import DecodeError
-from avm.core.delivery import add_peer_host, add_remote, retry, send_batch
+from avm.core.delivery import PEER_RETRY_FACTOR, add_peer_host, add_remote, retry, send_batch
 from avm.core.network import Network
 from avm.host.peering import Peering
 from avm.wire.transport import TransportConfig
@@ -148,13 +148,14 @@ def test_the_peer_retry_timer_is_a_safety_net_not_a_doubling_retransmit():
     net2, evs = send_batch(net, ("client", "x"), far, (), host, 1.0)
     (key,) = [k for k in net2.outbox if k[0] == (("client", "x"), far)]
     _, retry_at, attempts = net2.outbox[key]
-    assert retry_at == net2.now + cfg.retry_ticks_max and attempts == 1
+    every = cfg.retry_ticks_max * PEER_RETRY_FACTOR
+    assert retry_at == net2.now + every and attempts == 1
     # handed to the shell at once: nothing waits on the model's wire for a down host
     assert [e.what for e in evs if type(e).__name__ == "Wire"] == ["lost-host-down"]
     assert len(net2.wire) == len(net.wire)
     net3, evs = retry(net2, key)
     _, retry_at, attempts = net3.outbox[key]
-    assert retry_at == net3.now + cfg.retry_ticks_max and attempts == 2
+    assert retry_at == net3.now + every and attempts == 1 + PEER_RETRY_FACTOR
     assert [e.what for e in evs] == ["lost-host-down"]
 
 
@@ -237,3 +238,38 @@ def test_peer_hosts_deliver_with_the_ordinary_transport_config(tmp_path, seed):
             await pb.close()
     run(go())
 
+
+
+def test_a_host_whose_commit_failed_closes_its_links_and_leaves_no_failed_task(tmp_path):
+    import gc
+
+    async def go():
+        seen: list = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: seen.append(ctx))
+        async with avm.host.open(tmp_path / "a.avm", behaviors=[counter]) as a, \
+                avm.host.open(tmp_path / "b.avm", behaviors=[counter]) as b:
+            cap = await b.spawn("counter", counter, 0)
+            pa, pb, _ = await pair(a, b)
+            pa.add_remote(cap.address, "b")
+            await a.send(cap, ("add", 1))
+            await until(lambda: _is(b.state("counter"), 1))
+
+            def fail(where: str) -> None:
+                if where == "rows":
+                    raise OSError("simulated disk failure")
+            b._rt.store.fault = fail
+            await a.send(cap, ("add", 1))
+
+            async def b_stopped():
+                return b._rt.failed is not None or b._rt.committer.failed is not None
+            await until(b_stopped)
+            for _ in range(3):
+                await a.send(cap, ("add", 1))
+            await asyncio.sleep(0.3)
+            assert len((await a._rt.durable()).outbox) >= 3  # nothing acked past the failure
+            await pa.close()
+            await pb.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [c for c in seen if "never retrieved" in str(c.get("message", ""))], seen
+    run(go())

@@ -134,7 +134,7 @@ def send_batch(net: Network, sender: Any, dest: Any, msgs: tuple, src_host: str,
     received = net.received if got is not None else net.received._set_plain(chan, seq - 1)
     first = net.config.retry_ticks
     if _is_peer(net.hosts[dst_host]):
-        first = net.config.retry_ticks_max  # see retry: over TCP the timer is a safety net
+        first = net.config.retry_ticks_max * PEER_RETRY_FACTOR  # see retry: a safety net
     net = with_(
         net, next_seq=net.next_seq._set_plain(chan, seq), received=received,
         outbox=_outbox_set(net, (chan, seq), (b, net.now + first, 1)))
@@ -292,14 +292,17 @@ def retry(net: Network, key: tuple) -> tuple[Network, list]:
     dst = host_of_dest(net, b.dest)
     if _is_peer(net.hosts[dst]):
         # A peer host is reached over TCP, which delivers in order or breaks the link;
-        # the host's shell retransmits on the next link and on a gap request. The timer
-        # is only a safety net that wakes the shell: at the longest delay from the first
-        # retry, so a batch acked within it never rewrites its outbox entry (and the
-        # budget of retry_max attempts lasts as long as for a lossy link).
-        backoff = cfg.retry_ticks_max
+        # the host's shell retransmits on the next link and on a gap request, and a
+        # closed link wakes it. The timer is only a safety net that wakes the shell,
+        # PEER_RETRY_FACTOR times the longest delay, so a batch queued or acked within
+        # it never rewrites its outbox entry; it counts as that many attempts, so the
+        # budget of retry_max attempts lasts as long as for a lossy link.
+        backoff = cfg.retry_ticks_max * PEER_RETRY_FACTOR
+        spent = PEER_RETRY_FACTOR
     else:
         backoff = backoff_ticks(cfg.retry_ticks, attempts, cfg.retry_ticks_max)
-    net = with_(net, outbox=_outbox_set(net, key, (b, net.now + backoff, attempts + 1)),
+        spent = 1
+    net = with_(net, outbox=_outbox_set(net, key, (b, net.now + backoff, attempts + spent)),
                   stats=bump(net.stats, "wire.retry"))
     return transmit(net, "batch", src, dst, chan, seq, b)
 
@@ -373,6 +376,9 @@ def receive_batch(net: Network, src: str, dst: str, chan: tuple, seq: int,
 
 #: A peer host's ``down_until``: it is never up in this network (:func:`add_peer_host`).
 PEER_DOWN_UNTIL = 1 << 62
+#: A batch to a peer host is retried every ``retry_ticks_max * PEER_RETRY_FACTOR`` ticks
+#: (4 s on a host), each retry counting as this many attempts (see retry).
+PEER_RETRY_FACTOR = 16
 
 
 def _is_peer(h: HostRecord) -> bool:

@@ -60,7 +60,7 @@ from ..wire import (
 from ..wire.transport import Dialer, HostIdentity, Link, Transport, TransportConfig
 from .migrate import is_move_channel, relay_batch
 from .runtime import Runtime
-from .store import Dirty
+from .store import Dirty, StoreError
 
 __all__ = ["Peering"]
 
@@ -189,10 +189,15 @@ class Peering:
             # snapshot that durable() returns (or already acked and gone from it).
             due, p.due = p.due, set()
             asked, p.asked = p.asked, set()
-            net = await self.rt.durable()  # only what is committed leaves
+            try:
+                net = await self.rt.durable()  # only what is committed leaves
+            except StoreError:
+                return  # this host stopped after a failed commit: nothing more leaves
             if link is not p.link:
                 p.link = link
                 self.counts["full_scans"] += 1
+                # When it closes, this loop wakes to send everything on the next one.
+                link.closed_callbacks.append(p.wake.set)
                 todo = [k for k, (b, _, _) in net.outbox.items()
                         if net.remote.get(b.dest) == p.name]
             else:
@@ -243,6 +248,14 @@ class Peering:
         return self.rt.committed.received.get(chan, 0)
 
     async def _on_events(self, link: Link, evs: list) -> None:
+        try:
+            await self._handle(link, evs)
+        except StoreError:
+            # This host stopped after a failed commit: it takes nothing more, and the
+            # peer keeps what it sent until a restarted host acks it.
+            await link.close("unavailable", "the host stopped after a failed commit")
+
+    async def _handle(self, link: Link, evs: list) -> None:
         peer = self._by_address.get(link.peer) if link.peer is not None else None
         if peer is None:
             if any(isinstance(e, BatchReceived) for e in evs):
@@ -358,6 +371,8 @@ class Peering:
                     await link.write_frames(out)
         except WireError:
             pass  # the link broke: the sender resends on its next link, acked there
+        except StoreError:
+            await link.close("unavailable", "the host stopped after a failed commit")
         finally:
             if self._acks.get(link) is a:
                 del self._acks[link]

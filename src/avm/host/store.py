@@ -344,6 +344,8 @@ class _HeaderCache:
     def __init__(self) -> None:
         self.names = record_fields(Network)
         self.parts: dict[str, tuple[Any, bytes]] = {}
+        self.entries: dict[str, dict[Any, tuple[Any, Any, bytes, bytes]]] = {}
+        self.ok = False  # (set below; the default network's maps are small anyway)
         d = _DEFAULT_NET
         whole = encode(d)
         fields = [self._part(f, self._value(d, f)) for f in self.names]
@@ -367,9 +369,40 @@ class _HeaderCache:
         got = self.parts.get(f)
         if got is not None and got[0] is v:
             return got[1]
-        b = encode(v, self._LIMITS)
+        if type(v) is Map and len(v) >= _MAP_ENTRIES_MIN and self.ok:
+            b = self._map(f, v)
+        else:
+            b = encode(v, self._LIMITS)
         self.parts[f] = (v, b)
         return b
+
+    _ENTRY_LIMITS = Limits(depth_max=DEFAULT_LIMITS.depth_max - 3)
+
+    def _map(self, f: str, m: Map) -> bytes:
+        """A large map field (the outbox, the channels' numbers) from its entries'
+        encodings, each entry encoded again only when its key or value is another object
+        than at the last commit: the outbox of a busy sender holds hundreds of batches,
+        and encoding all of them at every commit was most of a commit's cost.
+
+        A canonical map is its head and its pairs sorted by their keys' encodings
+        (length first, then bytewise), each pair the key's encoding then the value's;
+        the entries are held to two levels less room than the field (the record's, the
+        map's), so the result is what ``encode`` gives (tests/test_store_header_maps.py).
+        """
+        old = self.entries.get(f, {})
+        new: dict[Any, tuple[Any, Any, bytes, bytes]] = {}
+        lim = self._ENTRY_LIMITS
+        for k, v in m._m.items():
+            got = old.get(k)
+            if got is None or got[0] is not k or got[1] is not v:
+                got = (k, v, encode(k, lim), encode(v, lim))
+            new[k] = got
+        self.entries[f] = new
+        pairs = sorted(((e[2], e[3]) for e in new.values()), key=lambda p: (len(p[0]), p[0]))
+        n = len(pairs)
+        head = (bytes((0xA0 | n,)) if n < 24 else bytes((0xB8, n)) if n < 256
+                else b"\xb9" + n.to_bytes(2, "big") if n < 65536 else b"\xba" + n.to_bytes(4, "big"))
+        return head + b"".join([kb + vb for kb, vb in pairs])
 
     def __call__(self, net: Network) -> bytes:
         if not self.ok:
@@ -383,6 +416,8 @@ class _HeaderCache:
 
 
 _EMPTY_MAP = Map()
+#: A header map field with this many entries is encoded entry by entry (_HeaderCache._map).
+_MAP_ENTRIES_MIN = 32
 
 
 class Store:

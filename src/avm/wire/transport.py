@@ -292,6 +292,8 @@ class Link:
         self._tokens_at = time.monotonic()
         self._tasks: list[asyncio.Task] = []
         self._nonce = 0
+        #: called (with no arguments) once the link has closed
+        self.closed_callbacks: list[Callable[[], None]] = []
         writer.transport.set_write_buffer_limits(high=config.write_buffer_high_bytes)
 
     def start(self) -> None:
@@ -348,6 +350,9 @@ class Link:
             return
         self.closed.set()
         self._room.set()
+        for fn in self.closed_callbacks:
+            with contextlib.suppress(Exception):
+                fn()
         with contextlib.suppress(Exception):
             self.writer.close()
         for t in self._tasks:
